@@ -1,0 +1,25 @@
+"""Constants shared across dreambat: file names of a run, data formats, defaults."""
+
+from __future__ import annotations
+
+# Subject photos: extensions compared case-insensitively.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+# img2dataset / LAION-style webdataset shards: image keys tried in this order.
+SHARD_IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+SHARD_CAPTION_KEY = "txt"
+SHARD_METADATA_KEY = "json"
+
+# Files of a run's output_dir (SPEC section 5).
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+SELECTION_MANIFEST_NAME = "selection.jsonl"
+BAT_REPORT_NAME = "bat_report.json"
+RESOLVED_CONFIG_NAME = "dreambat_config.json"
+MODEL_CARD_NAME = "README.md"
+
+# Stable Diffusion attention projections that DreamBooth-LoRA adapts.
+UNET_LORA_TARGET_MODULES: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_ENCODER_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+# CLIP's tokenizer context length; a locally built CLIPTokenizer must be told.
+CLIP_MODEL_MAX_LENGTH = 77
