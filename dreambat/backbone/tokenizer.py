@@ -1,0 +1,99 @@
+"""A CLIP byte-level BPE tokenizer whose vocabulary and merges are written locally.
+
+Real Stable Diffusion checkpoints ship CLIP's 49,408-token vocabulary; we cannot download it, so
+the tiny backbone gets a vocabulary made here: every byte (alone and word-final), plus one merge
+chain per word of a given word list, so those words become single tokens while any other text still
+tokenizes (down to single bytes). The format is CLIP's own, so ``CLIPTokenizer`` and every
+diffusers pipeline treat it like the real thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+import json
+from functools import lru_cache
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPTokenizer
+
+from ..constants import CLIP_MODEL_MAX_LENGTH
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+WORD_END = "</w>"
+
+# Words every tiny tokenizer knows besides the caller's: DreamBooth's rare identifier, the class
+# words and prompt fillers users type in examples.
+BASE_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "in", "on", "with", "and", "photo", "picture", "image", "sks", "dog",
+    "cat", "toy", "object", "background", "front", "top", "left", "right", "bottom", "center",
+)
+
+
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping: dict[int, str] = {b: chr(b) for b in printable}
+    offset = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + offset)
+            offset += 1
+    return mapping
+
+
+def _train_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learned on ``words`` until every word is one token.
+
+    Hand-written merge chains conflict (the merge ``r i`` of "right" would split "striped"), so we
+    let ``tokenizers``' trainer order them: applying the learned merges by rank reproduces the
+    training segmentation, i.e. each training word collapses to a single token.
+    """
+    trainer_model = Tokenizer(models.BPE(end_of_word_suffix=WORD_END, continuing_subword_prefix=""))
+    trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1_000_000, min_frequency=1, end_of_word_suffix=WORD_END, show_progress=False
+    )
+    trainer_model.train_from_iterator(words, trainer)
+    merges = json.loads(trainer_model.to_str())["model"]["merges"]
+    return [tuple(pair) for pair in merges]
+
+
+def build_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and BPE merges that make each of ``words`` one token.
+
+    Returns:
+        vocab: token -> id; ids 0..511 are the bytes (plain, then word-final), followed by the
+            merged tokens in merge order and finally the two special tokens, as in CLIP's file.
+        merges: ordered merge pairs.
+    """
+    table = byte_to_unicode()
+    unique = [w for w in dict.fromkeys(w.strip().lower() for w in words) if w and " " not in w]
+    merges = _train_merges(unique) if unique else []
+    tokens = [table[b] for b in range(256)] + [table[b] + WORD_END for b in range(256)]
+    tokens += [left + right for left, right in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def build_clip_tokenizer(words: Iterable[str] = ()) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` knowing :data:`BASE_WORDS` and ``words`` as single tokens.
+
+    ``model_max_length`` is CLIP's 77: a tokenizer built from raw files would otherwise default to
+    an effectively unbounded length and pipelines would not pad prompts to the text encoder's size.
+    """
+    vocab, merges = build_vocab_and_merges([*BASE_WORDS, *words])
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=CLIP_MODEL_MAX_LENGTH,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+    )

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dreambat.backbone.tiny import TINY_SIZES, build_tiny_components, write_tiny_backbone
+from dreambat.backbone.tokenizer import BASE_WORDS, build_clip_tokenizer
+from dreambat.errors import ConfigError
+
+
+def test_written_folder_loads_offline_and_samples(tiny_backbone):
+    index = json.loads((tiny_backbone / "model_index.json").read_text())
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_backbone, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red star", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    size = TINY_SIZES["test"].resolution
+    assert out.images.shape == (1, size, size, 3)
+    assert np.isfinite(out.images).all()
+    assert pipe.tokenizer.model_max_length == 77
+    assert pipe.scheduler.config.steps_offset == 1 and not pipe.scheduler.config.clip_sample
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a = build_tiny_components("test", seed=3)["unet"].state_dict()
+    b = build_tiny_components("test", seed=3)["unet"].state_dict()
+    c = build_tiny_components("test", seed=4)["unet"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_build_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_components("test", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_existing_folder_is_kept_unless_overwrite(tmp_path):
+    folder = write_tiny_backbone(tmp_path / "sd", "test", seed=0)
+    marker = folder / "unet" / "marker"
+    marker.write_text("x")
+    write_tiny_backbone(folder, "test", seed=1)
+    assert marker.exists()
+    write_tiny_backbone(folder, "test", seed=1, overwrite=True)
+    assert not marker.exists()
+    assert not (tmp_path / "sd.tmp").exists()
+
+
+def test_demo_size_native_resolution():
+    spec = TINY_SIZES["demo"]
+    unet = build_tiny_components("demo")["unet"]
+    assert unet.config.sample_size * 2 ** (len(spec.vae_channels) - 1) == spec.resolution
+
+
+def test_unknown_size_lists_valid_names():
+    with pytest.raises(ConfigError, match="demo"):
+        build_tiny_components("huge")
+
+
+def test_tokenizer_knows_words_as_single_tokens_and_still_spells_others():
+    words = ["striped", "right", "star", "checkered"]
+    tok = build_clip_tokenizer(words)
+    for word in [*words, *BASE_WORDS]:
+        ids = tok(word, add_special_tokens=False).input_ids
+        assert tok.convert_ids_to_tokens(ids) == [word + "</w>"], word
+    ids = tok("zebra!", add_special_tokens=False).input_ids
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids).replace(" ", "") == "zebra!"
+
+
+def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = build_clip_tokenizer(["striped"])
+    tok.save_pretrained(tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path)
+    text = "a photo of sks striped star"
+    assert loaded(text).input_ids == tok(text).input_ids
+    assert loaded.model_max_length == 77
