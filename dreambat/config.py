@@ -1,0 +1,132 @@
+"""Typed, validated configuration of a training run.
+
+Flags keep the names of diffusers' ``examples/dreambooth/train_dreambooth_lora.py`` so a user's
+existing command line works. The argparse parser is generated from these dataclasses (one place
+for names, types, defaults and help), the command line is parsed once at the entry point, and
+nothing below it ever sees an argparse namespace. ``__post_init__`` refuses invalid values and
+combinations before any model is loaded, with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """A DreamBooth-LoRA run: model, subject data, optimisation, outputs, validation."""
+
+    pretrained_model_name_or_path: str = _help(
+        "Backbone: a local diffusers Stable Diffusion folder, or a hub id already in your "
+        "Hugging Face cache (nothing is downloaded)."
+    )
+    instance_data_dir: str = _help("Folder with the 3-10 subject photos (jpg/jpeg/png/webp/bmp).")
+    instance_prompt: str = _help("Prompt naming the subject, e.g. 'a photo of sks dog'.")
+    revision: str | None = _help("Revision (branch, tag or commit) of the backbone.", default=None)
+    variant: str | None = _help("Weight variant of the backbone files, e.g. 'fp16'.", default=None)
+    output_dir: str = _help("Where LoRA weights, samples and logs are written.", default="dreambat-lora")
+    seed: int | None = _help("Seed for reproducible training and validation.", default=None)
+    resolution: int | None = _help(
+        "Training resolution; images are resized and cropped to it. Default: the backbone's "
+        "native resolution (UNet sample_size x VAE scale factor).",
+        default=None,
+    )
+    center_crop: bool = _help("Center-crop instead of random-crop after resizing.", default=False)
+    random_flip: bool = _help("Randomly flip training images horizontally.", default=False)
+    train_text_encoder: bool = _help("Also train a LoRA on the text encoder.", default=False)
+    train_batch_size: int = _help("Batch size per process.", default=1)
+    num_train_epochs: int = _help("Epochs, used when --max_train_steps is not set.", default=1)
+    max_train_steps: int | None = _help("Total optimisation steps; overrides epochs.", default=None)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimiser step.", default=1)
+    gradient_checkpointing: bool = _help("Trade compute for memory in the UNet.", default=False)
+    learning_rate: float = _help("Initial learning rate (after warmup).", default=1e-4)
+    scale_lr: bool = _help(
+        "Multiply the learning rate by processes x batch size x accumulation steps.", default=False
+    )
+    lr_scheduler: LrScheduler = _help("Learning-rate schedule.", default="constant")
+    lr_warmup_steps: int = _help("Warmup steps of the schedule.", default=0)
+    lr_num_cycles: int = _help("Hard restarts for cosine_with_restarts.", default=1)
+    lr_power: float = _help("Power of the polynomial schedule.", default=1.0)
+    adam_beta1: float = _help("Adam beta1.", default=0.9)
+    adam_beta2: float = _help("Adam beta2.", default=0.999)
+    adam_weight_decay: float = _help("AdamW weight decay.", default=1e-2)
+    adam_epsilon: float = _help("Adam epsilon.", default=1e-8)
+    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = _help(
+        "Mixed precision; default: accelerate's config.", default=None
+    )
+    rank: int = _help("LoRA rank.", default=4)
+    lora_dropout: float = _help("Dropout inside the LoRA layers.", default=0.0)
+    snr_gamma: float | None = _help(
+        "Min-SNR weighting gamma (5.0 is the paper's value); off by default.", default=None
+    )
+    noise_offset: float = _help("Scale of offset noise (0.1 is common); 0 disables.", default=0.0)
+    dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
+    validation_prompt: str | None = _help(
+        "Prompt rendered at the end of training (and every --validation_steps).", default=None
+    )
+    num_validation_images: int = _help("Images per validation prompt.", default=4)
+    validation_steps: int | None = _help("Also validate every N optimiser steps.", default=None)
+    num_inference_steps: int = _help("Sampler steps for validation images.", default=25)
+    report_to: Literal["tensorboard", "none"] = _help("Where to log metrics.", default="tensorboard")
+    logging_dir: str = _help("TensorBoard folder, relative to output_dir.", default="logs")
+
+    def __post_init__(self) -> None:
+        if not self.instance_prompt or not self.instance_prompt.strip():
+            raise ConfigError("--instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'.")
+        positive = {
+            "train_batch_size": self.train_batch_size,
+            "num_train_epochs": self.num_train_epochs,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "num_validation_images": self.num_validation_images,
+            "num_inference_steps": self.num_inference_steps,
+            "rank": self.rank,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}.")
+        for name in ("max_train_steps", "validation_steps", "resolution"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be >= 1 when given, got {value}.")
+        if self.resolution is not None and self.resolution % 8:
+            raise ConfigError(
+                f"--resolution {self.resolution} is not a multiple of 8; the VAE needs it to be."
+            )
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"--learning_rate must be a positive number, got {self.learning_rate}.")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"--lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ConfigError(f"--snr_gamma must be > 0 when given, got {self.snr_gamma}.")
+        if self.noise_offset < 0:
+            raise ConfigError(f"--noise_offset must be >= 0, got {self.noise_offset}.")
+        if self.validation_steps is not None and not self.validation_prompt:
+            raise ConfigError("--validation_steps needs --validation_prompt: say what to render.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved configuration as JSON (kept next to the run's outputs)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path

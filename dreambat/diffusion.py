@@ -1,0 +1,98 @@
+"""The diffusion-specific pieces of training: prompts, latents, noise, targets and the loss.
+
+Everything that knows about VAEs, text encoders, timesteps and ε/v-prediction lives here, so the
+rest of dreambat (training loop, ALBAT scoring) sees a loss and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+from .errors import ConfigError
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids ``[B, model_max_length]``, padded and truncated as Stable Diffusion expects."""
+    return tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def encode_prompts(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """Text-encoder hidden states ``[B, 77, hidden]`` used as UNet cross-attention context."""
+    return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+@torch.no_grad()
+def encode_images(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Scaled VAE latents ``[B, 4, H/f, W/f]`` of images ``[B, 3, H, W]`` in ``[-1, 1]``.
+
+    Uses the posterior mean rather than a sample: the latent of a training image is then a fixed
+    function of the image, which keeps per-sample losses reproducible.
+    """
+    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+    latents = vae.encode(pixel_values).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet should predict: ε, or v for v-prediction schedulers. Same shape as latents."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ConfigError(
+        f"Unsupported scheduler prediction_type {prediction_type!r}: dreambat trains "
+        "'epsilon' and 'v_prediction' backbones."
+    )
+
+
+def offset_noise(
+    latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Gaussian noise like ``latents``, plus a per-channel constant of scale ``noise_offset``."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    if noise_offset:
+        shift = torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, dtype=latents.dtype
+        ).to(latents.device)
+        noise = noise + noise_offset * shift
+    return noise
+
+
+def denoising_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    scheduler=None,
+    timesteps: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """Per-sample denoising loss ``[B]``: mean squared error, optionally Min-SNR-γ weighted.
+
+    With ``snr_gamma`` the MSE of each sample is weighted by ``min(SNR(t), γ) / SNR(t)`` for
+    ε-prediction and ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction (Hang et al., 2023).
+    """
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if snr_gamma is None:
+        return per_sample
+    snr = compute_snr(scheduler, timesteps).to(per_sample.device)
+    weight = torch.clamp(snr, max=snr_gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        weight = weight / (snr + 1)
+    else:
+        weight = weight / snr
+    return per_sample * weight

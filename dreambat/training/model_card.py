@@ -1,0 +1,69 @@
+"""The model card (``README.md``) written next to trained LoRA weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..constants import LORA_WEIGHTS_NAME, MODEL_CARD_NAME
+
+
+def write_model_card(
+    output_dir: str | Path,
+    config: TrainConfig,
+    *,
+    num_subject_images: int,
+    train_steps: int,
+    final_loss: float | None,
+    grid_name: str | None,
+) -> Path:
+    """Write a Hugging Face style model card with usage code and the settings that matter."""
+    output_dir = Path(output_dir)
+    base = config.pretrained_model_name_or_path
+    loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
+    samples = f"\n![validation samples]({grid_name})\n" if grid_name else ""
+    card = f"""---
+base_model: {base}
+library_name: diffusers
+license: other
+instance_prompt: {config.instance_prompt}
+tags:
+- text-to-image
+- diffusers
+- lora
+- dreambooth
+- dreambat
+---
+
+# DreamBooth LoRA trained with dreambat
+
+LoRA weights (`{LORA_WEIGHTS_NAME}`, diffusers format) for `{base}`, trained on
+{num_subject_images} subject image(s) with the instance prompt **{config.instance_prompt}**.
+{samples}
+## Use
+
+```python
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("{output_dir}")
+image = pipe("{config.validation_prompt or config.instance_prompt}").images[0]
+```
+
+## Training
+
+| setting | value |
+|---|---|
+| optimiser steps | {train_steps} |
+| batch size x accumulation | {config.train_batch_size} x {config.gradient_accumulation_steps} |
+| learning rate / schedule | {config.learning_rate} / {config.lr_scheduler} |
+| LoRA rank | {config.rank} (text encoder: {"yes" if config.train_text_encoder else "no"}) |
+| resolution | {config.resolution} |
+| seed | {config.seed} |
+| final training loss | {loss} |
+
+The full resolved configuration is in `dreambat_config.json`.
+"""
+    path = output_dir / MODEL_CARD_NAME
+    path.write_text(card)
+    return path
