@@ -1,0 +1,134 @@
+"""Command-line entry points: ``dreambat <command>`` and ``train_dreambooth_bat.py``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import DreambatError
+
+logger = logging.getLogger("dreambat")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Readable INFO logs from dreambat; only warnings from the libraries and no loading bars."""
+    import diffusers
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        level=logging.WARNING,
+    )
+    logging.getLogger("dreambat").setLevel(logging.DEBUG if verbose else logging.INFO)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def parse_train_config(argv: Sequence[str] | None = None, prog: str | None = None):
+    """Parse DreamBooth flags once into a validated :class:`TrainConfig` (exit 2 on bad input)."""
+    from transformers import HfArgumentParser
+
+    from .config import TrainConfig
+
+    parser = HfArgumentParser(
+        TrainConfig,
+        prog=prog,
+        description="DreamBooth-LoRA training for diffusers Stable Diffusion backbones. Flags "
+        "match diffusers' examples/dreambooth/train_dreambooth_lora.py.",
+    )
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    except DreambatError as exc:
+        parser.error(str(exc))
+    return config
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``train_dreambooth_bat.py`` / ``dreambat train``: parse, then run."""
+    config = parse_train_config(argv, prog=prog)
+    setup_logging()
+    from .training.dreambooth import run_dreambooth
+
+    result = run_dreambooth(config)
+    if result.lora_path is not None:
+        logger.info("LoRA weights: %s", result.lora_path)
+    return 0
+
+
+def _make_backbone(args: argparse.Namespace) -> int:
+    from .backbone.tiny import write_tiny_backbone
+
+    folder = write_tiny_backbone(args.folder, args.size, seed=args.seed, overwrite=args.overwrite)
+    print(f"Wrote a tiny '{args.size}' Stable Diffusion backbone to {folder}")
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from .data.shards import ShardReader
+
+    reader = ShardReader(args.urls, max_candidates=args.max_candidates, filters=args.filter)
+    for sample in reader:
+        if args.show:
+            print(f"{sample.key}\t{sample.image.width}x{sample.image.height}\t{sample.caption}")
+            args.show -= 1
+    print(reader.stats.summary())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    setup_logging()
+    run_demo(args.output_dir, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreambat", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "train", add_help=False, help="DreamBooth-LoRA training (same flags as train_dreambooth_bat.py)"
+    )
+
+    make = commands.add_parser("make-backbone", help="write a tiny offline Stable Diffusion folder")
+    make.add_argument("folder", help="where to write the diffusers folder")
+    make.add_argument("--size", default="demo", help="tiny size name: 'test' or 'demo' (default)")
+    make.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    make.set_defaults(func=_make_backbone)
+
+    shards = commands.add_parser("shards", help="read LAION-style shards and report what is usable")
+    shards.add_argument("urls", nargs="+", help="shard paths, brace patterns or pipe: URLs")
+    shards.add_argument("--max_candidates", type=int, default=None, help="stop after this many")
+    shards.add_argument("--filter", action="append", default=[], help="metadata filter, e.g. 'width>=256'")
+    shards.add_argument("--show", type=int, default=0, help="print the first N samples")
+    shards.set_defaults(func=_shards)
+
+    demo = commands.add_parser("demo", help="end-to-end demo on the tiny backbone and bundled data")
+    demo.add_argument("--output_dir", default="outputs/demo", help="where everything is written")
+    demo.add_argument("--steps", type=int, default=150, help="training steps")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dreambat`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return train_main(argv[1:], prog="dreambat train")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DreambatError as exc:
+        print(f"dreambat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
