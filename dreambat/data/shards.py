@@ -42,6 +42,9 @@ class BackboneSample:
     caption: str
     metadata: dict[str, Any]
     url: str
+    index: int = -1
+    """Position among all candidates in stream order (with ``split_by="sample"``, the same for
+    every world size), so per-process results merge back into single-process order."""
 
 
 @dataclass
@@ -272,7 +275,7 @@ class ShardReader:
                         stats.skipped_corrupt_image += 1
                     else:
                         stats.yielded += 1
-                        yield BackboneSample(raw["__key__"], image, caption, metadata, url)
+                        yield BackboneSample(raw["__key__"], image, caption, metadata, url, candidate_index - 1)
                 if self.max_candidates is not None and candidate_index >= self.max_candidates:
                     return
 

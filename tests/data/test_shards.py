@@ -272,3 +272,16 @@ def test_failing_pipe_counts_unreadable_and_early_stop_closes_cleanly(tmp_path):
     assert keys(reader) == [f"{i:05d}" for i in range(5)]
     assert reader.stats.unreadable_shards == 1 and reader.stats.truncated_shards == 0
     assert keys(ShardReader(f"pipe:cat {path}", max_candidates=2)) == ["00000", "00001"]
+
+
+def test_candidate_index_is_global_across_ranks(tmp_path):
+    from dreambat.data.shard_writer import write_shards
+    from dreambat.data.shards import ShardReader
+
+    records = [{"key": f"{i:04d}", "image": Image.new("RGB", (8, 8), (i, 0, 0)), "caption": f"c{i}"} for i in range(9)]
+    write_shards(records, tmp_path / "s-{:05d}.tar", max_per_shard=4)
+    url = str(tmp_path / "s-{00000..00002}.tar")
+    whole = [(s.index, s.key) for s in ShardReader(url)]
+    assert [i for i, _ in whole] == list(range(9))
+    parts = sorted((s.index, s.key) for r in range(2) for s in ShardReader(url, rank=r, world_size=2))
+    assert parts == whole
