@@ -23,3 +23,6 @@ TEXT_ENCODER_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj
 
 # CLIP's tokenizer context length; a locally built CLIPTokenizer must be told.
 CLIP_MODEL_MAX_LENGTH = 77
+
+# ALBAT curvature "auto": the exact (Woodbury) inverse up to this many reference rows, DataInf above.
+AUTO_EXACT_MAX_REF = 1024

@@ -1,0 +1,241 @@
+"""Inverse curvature: the preconditioned direction ``h_l = G_l⁻¹ v_l`` of each LoRA block.
+
+Pure tensor code; it knows nothing about models. Block l contributes the reference gradient rows
+``U_l`` of shape ``[n, d_l]`` (row r = ∇_{θ_l} of reference term r, flattened), from which
+
+* ``v_l = U_l.mean(0)``                        the adaptation-loss gradient, ``[d_l]``
+* ``λ_l = c · mean_r ‖g_r‖² / d_l``            the damping (``c`` = ``damping``, default 0.1)
+* ``G_l = U_lᵀU_l / n + λ_l I``                the damped empirical Fisher, ``d_l × d_l``
+
+``G_l`` is never formed. Strategies are small classes behind :class:`InverseStrategy`, chosen by
+name through :func:`get_strategy` (SPEC section 3):
+
+* ``exact``: Woodbury on the ``n × n`` system; O(n²d + n³) time, O(nd + n²) memory.
+* ``datainf``: DataInf's swap of inverse and average; O(nd) time and memory.
+* ``identity``: ``h = v`` (plain gradient similarity); O(nd).
+
+All arithmetic is float64; directions come back in the rows' dtype and device. A block whose rows
+are all zero (e.g. ``lora_A`` while ``lora_B`` is still zero) has λ = 0 and gets ``h_l = 0``: it
+cannot change any score, and dividing by λ would only produce NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..constants import AUTO_EXACT_MAX_REF
+from ..errors import ConfigError, DataError
+
+DEFAULT_DAMPING = 0.1
+
+
+def damping_lambda(rows: Tensor, damping: float) -> float:
+    """``λ = damping · mean_r ‖g_r‖² / d`` for rows ``[n, d]`` (computed in float64).
+
+    Scaling with the mean squared gradient norm per coordinate makes ``damping`` unit-free: the
+    same ``c`` means the same relative regularisation for every block, whatever its scale.
+    """
+    n, d = rows.shape
+    return damping * rows.double().pow(2).sum().item() / (n * d)
+
+
+class InverseStrategy(ABC):
+    """Computes ``h = G⁻¹ v`` from the reference rows of one block.
+
+    Subclasses implement :meth:`_solve`; :meth:`direction` checks the rows, moves to float64,
+    computes ``v`` and ``λ``, and handles the all-zero block.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, damping: float = DEFAULT_DAMPING):
+        numeric = isinstance(damping, (int, float)) and not isinstance(damping, bool)
+        if not numeric or not math.isfinite(damping) or damping <= 0:
+            raise ConfigError(
+                f"damping must be a finite number > 0 (λ_l = damping · mean‖g‖² / d_l), got "
+                f"{damping!r}. Use the default {DEFAULT_DAMPING} unless you have a reason to change it."
+            )
+        self.damping = float(damping)
+
+    def direction(self, rows: Tensor) -> Tensor:
+        """``h = G⁻¹ v`` for one block.
+
+        Args:
+            rows: ``[n_ref, d]`` reference gradient rows ``U``.
+
+        Returns:
+            ``[d]`` in ``rows.dtype`` on ``rows.device``; zeros if every row is zero.
+
+        Raises:
+            DataError: ``rows`` is not 2-D, has no row, or holds NaN/inf.
+        """
+        _check_shape(rows)
+        u = rows.double()
+        lam = damping_lambda(u, self.damping)
+        if not math.isfinite(lam):
+            raise DataError(
+                "The reference gradient rows hold non-finite values (NaN or inf). The surrogate LoRA or "
+                "the subject loss is broken: check the surrogate weights, lower the resolution or use "
+                "float32 for scoring."
+            )
+        if lam == 0.0:
+            return torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
+        return self._solve(u, u.mean(dim=0), lam).to(rows.dtype)
+
+    @abstractmethod
+    def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
+        """``(UᵀU/n + λI)⁻¹ v`` or this strategy's stand-in; ``u [n, d]``, ``v [d]`` float64, λ > 0."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(damping={self.damping})"
+
+
+class ExactInverse(InverseStrategy):
+    """The exact damped inverse via Woodbury, never forming ``d × d``.
+
+    ``h = (1/λ)(v − Uᵀ (nλI + UUᵀ)⁻¹ U v)``, with ``UUᵀ`` the ``n × n`` Gram matrix (O(n²d)),
+    one Cholesky solve (O(n³)), and ``U v = UUᵀ 1/n`` read off the Gram matrix. Memory
+    O(nd + n²). Cheap while n (subject images × K) is small; the default up to
+    ``AUTO_EXACT_MAX_REF`` rows.
+    """
+
+    name = "exact"
+
+    def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
+        n = u.shape[0]
+        gram = u @ u.T
+        system = gram + (n * lam) * torch.eye(n, dtype=u.dtype, device=u.device)
+        uv = gram.mean(dim=1, keepdim=True)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            coeffs = torch.cholesky_solve(uv, factor)
+        else:  # SPD in exact arithmetic; fall back to LU if rounding says otherwise
+            coeffs = torch.linalg.solve(system, uv)
+        return (v - u.T @ coeffs.squeeze(1)) / lam
+
+
+class DataInfInverse(InverseStrategy):
+    """DataInf's closed form: ``h = (1/(nλ)) Σ_r (v − (vᵀg_r / (λ + ‖g_r‖²)) g_r)``. O(nd).
+
+    It differs from :class:`ExactInverse` because it swaps the inverse and the average,
+    ``(mean_r (g_r g_rᵀ + λI))⁻¹ ≈ mean_r (g_r g_rᵀ + λI)⁻¹``, then inverts each rank-one term
+    with Sherman–Morrison. The swap is exact for n = 1 and good when λ dominates ‖g_r‖²; when
+    rows have norms far above λ (d ≫ n) each term nearly projects out its own g_r, which the
+    exact inverse does not do, so the two directions can rank candidates differently.
+    """
+
+    name = "datainf"
+
+    def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
+        n = u.shape[0]
+        coeffs = (u @ v) / (lam + u.pow(2).sum(dim=1))
+        return (v - (u.T @ coeffs) / n) / lam
+
+
+class IdentityInverse(InverseStrategy):
+    """``h = v``: no curvature, plain gradient similarity (TracIn/DataInf's "identity" baseline)."""
+
+    name = "identity"
+
+    def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
+        return v
+
+
+STRATEGIES: dict[str, type[InverseStrategy]] = {
+    cls.name: cls for cls in (ExactInverse, DataInfInverse, IdentityInverse)
+}
+
+
+def get_strategy(
+    name: str, damping: float = DEFAULT_DAMPING, *, n_ref: int | None = None
+) -> InverseStrategy:
+    """The strategy called ``name``; ``"auto"``: ``exact`` if ``n_ref ≤ AUTO_EXACT_MAX_REF``, else ``datainf``.
+
+    Raises:
+        ConfigError: unknown name, ``"auto"`` without ``n_ref``, or a bad ``damping``.
+    """
+    if name == "auto":
+        if n_ref is None:
+            raise ConfigError(
+                "curvature 'auto' needs n_ref (the number of reference rows) to choose a strategy."
+            )
+        name = ExactInverse.name if n_ref <= AUTO_EXACT_MAX_REF else DataInfInverse.name
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"Unknown curvature strategy {name!r}; choose one of: auto, {', '.join(STRATEGIES)}."
+        )
+    return STRATEGIES[name](damping)
+
+
+def precondition(blocks: Mapping[str, Tensor], strategy: InverseStrategy) -> dict[str, Tensor]:
+    """``{name: h_l [d_l]}`` from ``{name: U_l [n_ref, d_l]}``, same keys in the same order.
+
+    Raises:
+        ConfigError: ``blocks`` is empty.
+        DataError: a block has no row or non-finite values (the message names the block).
+    """
+    _require_blocks(blocks)
+    directions = {}
+    for name, rows in blocks.items():
+        try:
+            directions[name] = strategy.direction(rows)
+        except DataError as error:
+            raise DataError(f"LoRA block '{name}': {error}") from error
+    return directions
+
+
+def describe(
+    blocks: Mapping[str, Tensor], strategy: InverseStrategy, directions: Mapping[str, Tensor] | None = None
+) -> dict[str, Any]:
+    """JSON-ready summary of the curvature: strategy, damping, per-block d, λ and ‖h‖.
+
+    Pass ``directions`` (from :func:`precondition`) to avoid solving again.
+    """
+    _require_blocks(blocks)
+    if directions is None:
+        directions = precondition(blocks, strategy)
+    per_block = {
+        name: {
+            "dim": int(rows.shape[1]),
+            "lambda": damping_lambda(rows, strategy.damping),
+            "h_norm": float(directions[name].double().norm()),
+        }
+        for name, rows in blocks.items()
+    }
+    lambdas = [entry["lambda"] for entry in per_block.values()]
+    return {
+        "strategy": strategy.name,
+        "damping": strategy.damping,
+        "num_blocks": len(per_block),
+        "zero_blocks": sum(lam == 0.0 for lam in lambdas),
+        "lambda_min": min(lambdas),
+        "lambda_max": max(lambdas),
+        "h_norm_total": math.sqrt(sum(entry["h_norm"] ** 2 for entry in per_block.values())),
+        "blocks": per_block,
+    }
+
+
+def _require_blocks(blocks: Mapping[str, Tensor]) -> None:
+    if not blocks:
+        raise ConfigError(
+            "No trainable LoRA parameters to precondition (the block mapping is empty). Load a "
+            "surrogate LoRA into the model before scoring."
+        )
+
+
+def _check_shape(rows: Tensor) -> None:
+    if rows.ndim != 2:
+        raise DataError(
+            f"Reference gradient rows must be a [n_ref, d] matrix, got shape {tuple(rows.shape)}."
+        )
+    if rows.shape[0] == 0:
+        raise DataError(
+            "No reference gradients: K=0 or no subject images. Set --num_score_timesteps ≥ 1 and "
+            "check --instance_data_dir."
+        )
