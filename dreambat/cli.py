@@ -28,23 +28,27 @@ def setup_logging(verbose: bool = False) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def parse_train_config(argv: Sequence[str] | None = None, prog: str | None = None):
-    """Parse DreamBooth flags once into a validated :class:`TrainConfig` (exit 2 on bad input)."""
+def parse_config(config_class, argv: Sequence[str] | None, prog: str | None, description: str):
+    """Parse flags once into a validated config dataclass (argparse-style exit 2 on bad input)."""
     from transformers import HfArgumentParser
 
-    from .config import TrainConfig
-
-    parser = HfArgumentParser(
-        TrainConfig,
-        prog=prog,
-        description="DreamBooth-LoRA training for diffusers Stable Diffusion backbones. Flags "
-        "match diffusers' examples/dreambooth/train_dreambooth_lora.py.",
-    )
+    parser = HfArgumentParser(config_class, prog=prog, description=description)
     try:
         (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     except DreambatError as exc:
         parser.error(str(exc))
     return config
+
+
+def parse_train_config(argv: Sequence[str] | None = None, prog: str | None = None):
+    """DreamBooth flags -> :class:`TrainConfig`."""
+    from .config import TrainConfig
+
+    return parse_config(
+        TrainConfig, argv, prog,
+        "DreamBooth-LoRA training for diffusers Stable Diffusion backbones. Flags match diffusers' "
+        "examples/dreambooth/train_dreambooth_lora.py.",
+    )
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -56,6 +60,33 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     result = run_dreambooth(config)
     if result.lora_path is not None:
         logger.info("LoRA weights: %s", result.lora_path)
+    return 0
+
+
+def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dreambat score``: ALBAT scores of backbone candidates for a surrogate LoRA."""
+    from .albat.config import ScoreConfig
+
+    config = parse_config(
+        ScoreConfig, argv, prog,
+        "Score LAION-style backbone candidates by their influence on a surrogate LoRA's subject "
+        "loss (ALBAT) and write selection.jsonl. Launch with accelerate/torchrun for several processes.",
+    )
+    setup_logging()
+    from .albat.run import run_scoring
+
+    try:
+        result = run_scoring(config)
+    except DreambatError as exc:
+        print(f"{prog or 'dreambat score'}: error: {exc}", file=sys.stderr)
+        return 2
+    if result.report:
+        counts = result.report["counts"]
+        print(
+            f"Scored {counts.get('yielded', 0)} candidates ({counts.get('skipped', 0)} skipped while reading, "
+            f"{counts['skipped_nonfinite_loss']} non-finite), selected {counts['selected']}.\n"
+            f"  manifest  {result.manifest_path}\n  report    {result.report_path}"
+        )
     return 0
 
 
@@ -94,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train", add_help=False, help="DreamBooth-LoRA training (same flags as train_dreambooth_bat.py)"
     )
+    commands.add_parser("score", add_help=False, help="ALBAT-score backbone shards for a surrogate LoRA")
 
     make = commands.add_parser("make-backbone", help="write a tiny offline Stable Diffusion folder")
     make.add_argument("folder", help="where to write the diffusers folder")
@@ -122,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return train_main(argv[1:], prog="dreambat train")
+    if argv and argv[0] == "score":
+        return score_main(argv[1:], prog="dreambat score")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

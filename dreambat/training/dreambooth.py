@@ -18,6 +18,7 @@ from ..backbone.load import Backbone, load_backbone, resolve_backbone
 from ..config import TrainConfig
 from ..constants import RESOLVED_CONFIG_NAME
 from ..data.subject import SubjectDataset, collate_subject, list_subject_images
+from ..launch import cpu_only
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
 from .loop import TrainState, total_train_steps, train_lora
 from .model_card import write_model_card
@@ -50,6 +51,7 @@ def check_inputs(config: TrainConfig) -> Path:
 def make_accelerator(config: TrainConfig) -> Accelerator:
     output_dir = Path(config.output_dir)
     return Accelerator(
+        cpu=cpu_only(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,

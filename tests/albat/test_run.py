@@ -1,0 +1,139 @@
+"""End-to-end scoring runs on the tiny backbone: manifest, report, resume, bad input, 2 processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dreambat.albat.config import ScoreConfig
+from dreambat.albat.manifest import read_manifest
+from dreambat.albat.run import run_scoring
+from dreambat.backbone.tiny import build_tiny_components
+from dreambat.data.shard_writer import write_shards
+from dreambat.errors import ConfigError, DataError, ModelNotFoundError, ShardNotFoundError
+from dreambat.lora import add_unet_lora, save_lora
+from dreambat.synthetic import backbone_records
+from tests.conftest import REPO
+
+N_GOOD = 10
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_backbone):
+    """A surrogate LoRA (random, non-zero) and a shard of 10 good + 2 bad candidates."""
+    root = tmp_path_factory.mktemp("score")
+    unet = build_tiny_components("test", seed=0)["unet"]
+    torch.manual_seed(0)
+    add_unet_lora(unet, rank=2, init_lora_weights=False)
+    save_lora(root / "surrogate", unet)
+    records = list(backbone_records(N_GOOD, seed=1, size=32))
+    records.insert(3, {"key": "corrupt", "image": b"not a jpeg", "caption": "broken"})
+    records.insert(7, {"key": "nocaption", "image": records[0]["image"], "caption": None})
+    write_shards(records, root / "shard-00000.tar")
+    return {"backbone": tiny_backbone, "surrogate": root / "surrogate", "shard": str(root / "shard-00000.tar")}
+
+
+def _config(world, subject_dir, out, **overrides):
+    settings = dict(
+        pretrained_model_name_or_path=str(world["backbone"]), surrogate_lora=str(world["surrogate"]),
+        instance_data_dir=str(subject_dir), instance_prompt="a photo of sks star",
+        backbone_shards=[world["shard"]], output_dir=str(out), num_score_timesteps=2, score_batch_size=4,
+    )
+    return ScoreConfig(**{**settings, **overrides})
+
+
+def test_manifest_and_report(world, subject_dir, tmp_path):
+    result = run_scoring(_config(world, subject_dir, tmp_path / "out"), show_progress=False)
+    records = read_manifest(result.manifest_path)
+    assert [r.index for r in records] == list(range(N_GOOD))
+    assert all(r.status == "scored" and r.score is not None for r in records)
+    assert all(r.selected == (r.score > 0) for r in records)
+    report = json.loads(result.report_path.read_text())
+    assert report["counts"]["skipped_corrupt_image"] == 1
+    assert report["counts"]["skipped_missing_caption"] == 1
+    assert report["counts"]["selected"] == sum(r.selected for r in records)
+    assert report["curvature"]["n_ref"] == 5 * 2
+    assert not list((tmp_path / "out").glob("selection.rank*"))
+
+
+def test_interrupted_run_resumes_without_rescoring(world, subject_dir, tmp_path):
+    config = _config(world, subject_dir, tmp_path / "out", curvature="datainf")
+    first = read_manifest(run_scoring(config, show_progress=False).manifest_path)
+    manifest = tmp_path / "out" / "selection.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:6]) + lines[6][:20])  # "crash" mid-line after 6 candidates
+    result = run_scoring(config, show_progress=False)
+    assert result.report["counts"]["resumed"] == 6
+    assert result.report["counts"]["scored_this_run"] == N_GOOD - 6
+    again = read_manifest(result.manifest_path)
+    assert [(r.index, r.selected) for r in again] == [(r.index, r.selected) for r in first]
+    for a, b in zip(first, again):
+        assert a.score == pytest.approx(b.score, rel=1e-6)
+
+
+def test_other_settings_refuse_to_resume(world, subject_dir, tmp_path):
+    run_scoring(_config(world, subject_dir, tmp_path / "out"), show_progress=False)
+    with pytest.raises(DataError, match="num_score_timesteps"):
+        run_scoring(_config(world, subject_dir, tmp_path / "out", num_score_timesteps=3), show_progress=False)
+    run_scoring(_config(world, subject_dir, tmp_path / "out", num_score_timesteps=3, overwrite_manifest=True),
+                show_progress=False)
+
+
+def test_random_and_top_n_rules(world, subject_dir, tmp_path):
+    top = run_scoring(_config(world, subject_dir, tmp_path / "a", num_backbone_samples=3), show_progress=False)
+    kept = [r for r in read_manifest(top.manifest_path) if r.selected]
+    assert 0 < len(kept) <= 3 and all(r.score > 0 for r in kept)
+    rnd = run_scoring(_config(world, subject_dir, tmp_path / "b", selection="random", num_backbone_samples=3),
+                      show_progress=False)
+    assert sum(r.selected for r in read_manifest(rnd.manifest_path)) == 3
+
+
+def test_bad_inputs_fail_before_loading(world, subject_dir, tmp_path, monkeypatch):
+    from dreambat.albat import run
+
+    monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before checks"))
+    with pytest.raises(ShardNotFoundError, match="missing-00000.tar"):
+        run_scoring(_config(world, subject_dir, tmp_path, backbone_shards=[str(tmp_path / "missing-00000.tar")]))
+    with pytest.raises(ModelNotFoundError, match="surrogate"):
+        run_scoring(_config(world, subject_dir, tmp_path, surrogate_lora=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_score_timesteps": 0}, "num_score_timesteps"),
+    ({"backbone_shards": []}, "--backbone_shards"),
+    ({"num_backbone_samples": 3, "backbone_fraction": 0.5}, "at most one"),
+    ({"damping": 0.0}, "--damping"),
+])
+def test_invalid_settings(world, subject_dir, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(world, subject_dir, tmp_path, **overrides)
+
+
+def test_all_candidates_corrupt(world, subject_dir, tmp_path):
+    write_shards([{"key": f"bad{i}", "image": b"junk", "caption": "x"} for i in range(3)], tmp_path / "bad.tar")
+    with pytest.raises(DataError, match="No backbone candidate could be scored"):
+        run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[str(tmp_path / "bad.tar")]),
+                    show_progress=False)
+
+
+def test_two_processes_equal_one(world, subject_dir, tmp_path):
+    single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one"), show_progress=False).manifest_path)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    args = ["--pretrained_model_name_or_path", str(world["backbone"]), "--surrogate_lora", str(world["surrogate"]),
+            "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
+            "--backbone_shards", world["shard"], "--output_dir", str(tmp_path / "two"),
+            "--num_score_timesteps", "2", "--score_batch_size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "dreambat", "score", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = read_manifest(tmp_path / "two" / "selection.jsonl")
+    assert [(r.index, r.key, r.selected) for r in double] == [(r.index, r.key, r.selected) for r in single]
+    for a, b in zip(single, double):
+        assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-12)
+    report = json.loads((tmp_path / "two" / "score_report.json").read_text())
+    assert report["num_processes"] == 2 and report["counts"]["skipped_corrupt_image"] == 1
