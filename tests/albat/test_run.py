@@ -113,8 +113,12 @@ def test_invalid_settings(world, subject_dir, tmp_path, overrides, message):
         _config(world, subject_dir, tmp_path, **overrides)
 
 
-def test_all_candidates_corrupt(world, subject_dir, tmp_path):
-    write_shards([{"key": f"bad{i}", "image": b"junk", "caption": "x"} for i in range(3)], tmp_path / "bad.tar")
+@pytest.mark.parametrize("records", [
+    [{"key": f"bad{i}", "image": b"junk", "caption": "x"} for i in range(3)],  # all corrupt
+    [],  # an empty shard: no candidates at all
+])
+def test_no_scorable_candidates(world, subject_dir, tmp_path, records):
+    write_shards(records, tmp_path / "bad.tar")
     with pytest.raises(DataError, match="No backbone candidate could be scored"):
         run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[str(tmp_path / "bad.tar")]),
                     show_progress=False)
