@@ -114,7 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     setup_logging()
-    run_demo(args.output_dir, steps=args.steps, seed=args.seed)
+    run_demo(args.output_dir, steps=args.steps, seed=args.seed, max_candidates=args.max_candidates)
     return 0
 
 
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output_dir", default="outputs/demo", help="where everything is written")
     demo.add_argument("--steps", type=int, default=150, help="training steps")
     demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
+    demo.add_argument("--max_candidates", type=int, default=None, help="score only the first N backbone images")
     demo.set_defaults(func=_demo)
     return parser
 
