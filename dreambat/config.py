@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,8 +84,41 @@ class TrainConfig:
     num_validation_images: int = _help("Images per validation prompt.", default=4)
     validation_steps: int | None = _help("Also validate every N optimiser steps.", default=None)
     num_inference_steps: int = _help("Sampler steps for validation images.", default=25)
+    validation_epochs: int | None = _help(
+        "Also validate every N epochs (an epoch = ceil(subject images / batch size) micro-batches).",
+        default=None,
+    )
     report_to: Literal["tensorboard", "none"] = _help("Where to log metrics.", default="tensorboard")
     logging_dir: str = _help("TensorBoard folder, relative to output_dir.", default="logs")
+    with_prior_preservation: bool = _help(
+        "DreamBooth prior preservation: also train on backbone-generated class images.", default=False
+    )
+    class_data_dir: str | None = _help(
+        "Folder of class images; missing ones are generated there by the backbone.", default=None
+    )
+    class_prompt: str | None = _help("Prompt of the class images, e.g. 'a photo of a dog'.", default=None)
+    num_class_images: int = _help(
+        "Class images used for prior preservation (generated when the folder has fewer).", default=100
+    )
+    prior_loss_weight: float = _help("Weight of the prior-preservation loss.", default=1.0)
+    sample_batch_size: int = _help("Batch size when generating class images.", default=4)
+    checkpointing_steps: int = _help(
+        "Save the training state (checkpoint-N/, for --resume_from_checkpoint) every N optimiser steps.",
+        default=500,
+    )
+    checkpoints_total_limit: int | None = _help(
+        "Keep only the newest N checkpoint folders.", default=None
+    )
+    resume_from_checkpoint: str | None = _help(
+        "Resume from a checkpoint folder (a path, or a checkpoint-N name inside output_dir), or "
+        "'latest' (starts fresh when output_dir has none).",
+        default=None,
+    )
+    use_8bit_adam: bool = _help("Use bitsandbytes' 8-bit AdamW (pip install bitsandbytes).", default=False)
+    allow_tf32: bool = _help("Allow TF32 matmuls on Ampere+ GPUs (no effect on CPU).", default=False)
+    local_rank: int = _help(
+        "Set by torch.distributed.launch; ignored (accelerate reads LOCAL_RANK itself).", default=-1
+    )
 
     def __post_init__(self) -> None:
         if not self.instance_prompt or not self.instance_prompt.strip():
@@ -96,11 +130,16 @@ class TrainConfig:
             "num_validation_images": self.num_validation_images,
             "num_inference_steps": self.num_inference_steps,
             "rank": self.rank,
+            "num_class_images": self.num_class_images,
+            "sample_batch_size": self.sample_batch_size,
+            "checkpointing_steps": self.checkpointing_steps,
         }
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {value}.")
-        for name in ("max_train_steps", "validation_steps", "resolution"):
+        for name in (
+            "max_train_steps", "validation_steps", "validation_epochs", "resolution", "checkpoints_total_limit"
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be >= 1 when given, got {value}.")
@@ -118,8 +157,37 @@ class TrainConfig:
             raise ConfigError(f"--snr_gamma must be > 0 when given, got {self.snr_gamma}.")
         if self.noise_offset < 0:
             raise ConfigError(f"--noise_offset must be >= 0, got {self.noise_offset}.")
-        if self.validation_steps is not None and not self.validation_prompt:
-            raise ConfigError("--validation_steps needs --validation_prompt: say what to render.")
+        for name in ("validation_steps", "validation_epochs"):
+            if getattr(self, name) is not None and not self.validation_prompt:
+                raise ConfigError(f"--{name} needs --validation_prompt: say what to render.")
+        if not (self.prior_loss_weight >= 0 and math.isfinite(self.prior_loss_weight)):
+            raise ConfigError(f"--prior_loss_weight must be >= 0, got {self.prior_loss_weight}.")
+        if self.resume_from_checkpoint is not None and not self.resume_from_checkpoint.strip():
+            raise ConfigError("--resume_from_checkpoint is empty; pass a checkpoint folder or 'latest'.")
+        self._check_prior_preservation()
+
+    def _check_prior_preservation(self) -> None:
+        if self.with_prior_preservation:
+            if not self.class_data_dir:
+                raise ConfigError(
+                    "--with_prior_preservation needs --class_data_dir: a folder for the class images "
+                    "(missing ones are generated there), e.g. --class_data_dir ./class-dog."
+                )
+            if not self.class_prompt or not self.class_prompt.strip():
+                raise ConfigError(
+                    "--with_prior_preservation needs --class_prompt naming the class without the "
+                    "subject token, e.g. --class_prompt 'a photo of a dog'."
+                )
+            return
+        unused = [name for name in ("class_data_dir", "class_prompt") if getattr(self, name)]
+        if unused:
+            flags = " and ".join(f"--{name}" for name in unused)
+            warnings.warn(
+                f"{flags} given without --with_prior_preservation: ignored. Add "
+                "--with_prior_preservation to train with class images.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

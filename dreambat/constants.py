@@ -16,6 +16,8 @@ SELECTION_MANIFEST_NAME = "selection.jsonl"
 BAT_REPORT_NAME = "bat_report.json"
 RESOLVED_CONFIG_NAME = "dreambat_config.json"
 MODEL_CARD_NAME = "README.md"
+VALIDATION_GRID_NAME = "validation_grid.png"
+CHECKPOINT_PREFIX = "checkpoint-"  # output_dir/checkpoint-N: accelerate state after N optimiser steps
 
 # Stable Diffusion attention projections that DreamBooth-LoRA adapts.
 UNET_LORA_TARGET_MODULES: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")

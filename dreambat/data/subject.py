@@ -177,9 +177,14 @@ class SubjectDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.getitem(index, self._rng())
+
+    def getitem(self, index: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Item ``index`` with its crop and flip drawn from ``generator`` (``None``: torch's
+        global RNG). `~dreambat.data.stream.TrainingStream` calls this with a per-slot generator."""
         example = self.images[index]
         return {
-            "pixel_values": self.transform(example.image, self._rng()),
+            "pixel_values": self.transform(example.image, generator),
             "prompt": example.prompt,
             "key": self.keys[index],
         }

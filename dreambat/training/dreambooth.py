@@ -1,37 +1,54 @@
-"""A complete DreamBooth-LoRA run: checks, load, train, save, validate, model card."""
+"""A complete DreamBooth-LoRA run: checks, class images, load, train, checkpoint, save, validate.
+
+:func:`run_dreambooth` is the one training entry point: plain DreamBooth-LoRA, the ALBAT
+surrogate (stage 2) and the final BAT training on a subject/backbone mixture (stage 5) all go
+through it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers.training_utils import cast_training_params
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
-from ..backbone.load import Backbone, load_backbone, resolve_backbone
+from ..backbone.load import Backbone, load_backbone
 from ..config import TrainConfig
-from ..constants import RESOLVED_CONFIG_NAME
-from ..data.subject import SubjectDataset, collate_subject, list_subject_images
-from ..launch import cpu_only
+from ..constants import RESOLVED_CONFIG_NAME, VALIDATION_GRID_NAME
+from ..data.class_images import ClassImageDataset
+from ..data.stream import TrainingStream
+from ..data.subject import SubjectDataset
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
-from .loop import TrainState, total_train_steps, train_lora
+from .checkpoints import check_stream_state, resolve_resume, save_checkpoint
+from .loop import TrainState, micro_batches_per_epoch, steps_per_epoch, total_train_steps, train_lora
 from .model_card import write_model_card
-from .validation import generate, log_images, pipeline_from_backbone, render_comparison
+from .prior import ClassImageCounts, ensure_class_images
+from .setup import check_inputs, check_mixture, make_accelerator, native_resolution, training_resolution, weight_dtype
+from .validation import log_images, render_comparison, sample_during_training
+
+__all__ = [
+    "RunResult", "check_inputs", "make_accelerator", "native_resolution", "prepare_backbone",
+    "run_dreambooth", "training_resolution",
+]
 
 logger = logging.getLogger(__name__)
-
-VALIDATION_GRID_NAME = "validation_grid.png"
 
 
 @dataclass
 class RunResult:
-    """Where a run wrote its outputs, and how long each stage took (seconds)."""
+    """Where a run wrote its outputs, what it trained on, and how long each stage took (seconds).
+
+    ``source_counts`` counts the training rows of the whole run (all processes, all optimiser
+    steps including those before a resume) by source: ``subject``, ``backbone``, ``class``.
+    """
 
     output_dir: Path
     lora_path: Path | None = None
@@ -39,35 +56,14 @@ class RunResult:
     model_card_path: Path | None = None
     state: TrainState | None = None
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def check_inputs(config: TrainConfig) -> Path:
-    """Fail fast, before any model loads: the backbone resolves and the subject folder has images."""
-    backbone_path = resolve_backbone(config.pretrained_model_name_or_path, config.revision)
-    list_subject_images(config.instance_data_dir)
-    return backbone_path
-
-
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    output_dir = Path(config.output_dir)
-    return Accelerator(
-        cpu=cpu_only(),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
-        ),
-    )
-
-
-def _weight_dtype(accelerator: Accelerator) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    source_counts: dict[str, int] = field(default_factory=dict)
+    resumed_from: str | None = None
+    class_images: ClassImageCounts | None = None
 
 
 def prepare_backbone(config: TrainConfig, accelerator: Accelerator) -> Backbone:
     """Load the frozen backbone on the accelerator's device and attach fresh LoRA adapters."""
-    dtype = _weight_dtype(accelerator)
+    dtype = weight_dtype(accelerator)
     backbone = load_backbone(
         config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant, dtype=dtype
     )
@@ -86,87 +82,171 @@ def _tracker_config(config: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
 
 
-def run_dreambooth(config: TrainConfig) -> RunResult:
-    """Train a DreamBooth LoRA on ``config.instance_data_dir`` and write every output.
+def _stream_state(config: TrainConfig, accelerator: Accelerator, gamma: float) -> dict:
+    """The settings that define the batch stream; a resume with others cannot match."""
+    return {
+        "seed": config.seed, "train_batch_size": config.train_batch_size, "gamma": gamma,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_processes": accelerator.num_processes, "with_prior_preservation": config.with_prior_preservation,
+    }
 
-    Writes to ``config.output_dir``: ``pytorch_lora_weights.safetensors``, ``dreambat_config.json``,
-    ``validation_grid.png`` (base vs. LoRA, when a validation prompt is set), ``README.md`` and
-    TensorBoard logs under ``logs/``.
+
+def run_dreambooth(
+    config: TrainConfig,
+    *,
+    backbone_data: Dataset | None = None,
+    gamma: float = 0.0,
+    description: str = "train",
+    model_card_sections: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Train a DreamBooth LoRA on ``config.instance_data_dir`` (optionally mixed) and write every output.
+
+    Args:
+        config: the run; ``resolution=None`` means the backbone's native size.
+        backbone_data: selected backbone samples, items ``{"pixel_values": [3,R,R] in [-1,1],
+            "prompt": str, "key": str}`` at the training resolution (:func:`training_resolution`).
+        gamma: expected share of backbone rows in the instance part of each batch, in ``[0, 1)``.
+        description: progress-bar label and TensorBoard tag prefix (e.g. ``"surrogate"``).
+        model_card_sections: extra model-card sections, heading -> markdown.
+
+    Writes to ``config.output_dir``: ``pytorch_lora_weights.safetensors`` (text-encoder LoRA
+    included when trained), ``dreambat_config.json``, ``checkpoint-N/`` every
+    ``--checkpointing_steps``, ``validation_grid.png`` (base vs. LoRA, when a validation prompt
+    is set), ``README.md`` and TensorBoard logs under ``logs/``. Class images are generated into
+    ``--class_data_dir`` first when prior preservation is on.
+
+    Every check that needs no model (paths, flags, backbone share, backbone image size, resume
+    target) runs before anything is loaded.
     """
-    backbone_path = check_inputs(config)
-    accelerator = make_accelerator(config)
-    result = RunResult(output_dir=Path(config.output_dir))
-    if config.seed is not None:
-        set_seed(config.seed)
     started = time.perf_counter()
+    backbone_path = check_inputs(config)
+    config = dataclasses.replace(config, resolution=training_resolution(config))
+    check_mixture(backbone_data, gamma, config.resolution)
+    subject = SubjectDataset(
+        config.instance_data_dir, config.instance_prompt, config.resolution,
+        center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
+    )
+    result = RunResult(output_dir=Path(config.output_dir))
+    accelerator = make_accelerator(config)
+    resume = resolve_resume(result.output_dir, config.resume_from_checkpoint)
+    result.resumed_from = str(resume) if resume is not None else None
+    micro_per_epoch = micro_batches_per_epoch(len(subject), config.train_batch_size)
+    num_steps = total_train_steps(config, micro_per_epoch)
+
+    class_images = None
+    if config.with_prior_preservation:
+        class_started = time.perf_counter()
+        result.class_images = ensure_class_images(
+            config, accelerator, backbone_path, resolution=config.resolution, dtype=weight_dtype(accelerator)
+        )
+        class_images = ClassImageDataset(
+            config.class_data_dir, config.class_prompt, config.resolution, limit=config.num_class_images,
+            center_crop=config.center_crop, random_flip=config.random_flip,
+        )
+        result.timings["class_images"] = time.perf_counter() - class_started
+
+    if config.seed is not None:
+        set_seed(config.seed, device_specific=True)
     backbone = prepare_backbone(config, accelerator)
-    if config.resolution is None:
-        config = dataclasses.replace(config, resolution=backbone.native_resolution)
-    dataset = SubjectDataset(
-        config.instance_data_dir,
-        config.instance_prompt,
-        config.resolution,
-        center_crop=config.center_crop,
-        random_flip=config.random_flip,
-        seed=config.seed,
+    stream = TrainingStream(
+        subject, batch_size=config.train_batch_size, seed=config.seed or 0,
+        process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+        backbone=backbone_data, gamma=gamma, class_images=class_images,
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=config.train_batch_size,
-        shuffle=True,
-        collate_fn=collate_subject,
-        num_workers=config.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(config.seed or 0),
-    )
-    num_steps = total_train_steps(config, len(loader))
+    stream_state = _stream_state(config, accelerator, gamma)
+    if resume is not None:
+        check_stream_state(resume, stream_state)
     if accelerator.is_main_process:
         result.output_dir.mkdir(parents=True, exist_ok=True)
         config.save(result.output_dir / RESOLVED_CONFIG_NAME)
         accelerator.init_trackers("dreambat", config=_tracker_config(config))
-    result.timings["load"] = time.perf_counter() - started
+    result.timings["load"] = time.perf_counter() - started - result.timings.get("class_images", 0.0)
     logger.info(
-        "Training a rank-%d LoRA on %d subject image(s) for %d steps at %d px.",
-        config.rank, len(dataset), num_steps, config.resolution,
+        "Training a rank-%d LoRA on %d subject image(s)%s%s for %d steps at %d px%s.",
+        config.rank, len(subject),
+        f" + backbone samples (share {gamma:.2f}) of {len(backbone_data)}" if stream.backbone is not None else "",
+        f" + {len(class_images)} class images" if class_images is not None else "",
+        num_steps, config.resolution, f", resuming from {resume.name}" if resume is not None else "",
     )
 
-    def validate(step: int) -> None:
-        if not (config.validation_steps and step % config.validation_steps == 0 and step < num_steps):
-            return
-        if accelerator.is_main_process:
-            unet = accelerator.unwrap_model(backbone.unet)
-            pipeline = pipeline_from_backbone(backbone, unet=unet)
-            pipeline.set_progress_bar_config(disable=True)
-            images = generate(
-                pipeline, config.validation_prompt, config.num_validation_images,
-                seed=config.seed or 0, num_inference_steps=config.num_inference_steps,
-                resolution=config.resolution,
-            )
-            log_images(accelerator, "validation", images, step)
+    validation_every = _validation_interval(config, steps_per_epoch(config, micro_per_epoch))
 
-    started = time.perf_counter()
-    result.state = train_lora(config, backbone, loader, accelerator, num_steps=num_steps, on_step=validate)
-    result.timings["train"] = time.perf_counter() - started
+    def on_step(step: int) -> None:
+        if validation_every and step % validation_every == 0 and step < num_steps and accelerator.is_main_process:
+            unet = accelerator.unwrap_model(backbone.unet)
+            text_encoder = backbone.text_encoder if config.train_text_encoder else None
+            images = sample_during_training(
+                backbone, config.validation_prompt, config.num_validation_images, unet=unet,
+                text_encoder=text_encoder, seed=config.seed or 0,
+                num_inference_steps=config.num_inference_steps, resolution=config.resolution,
+            )
+            log_images(accelerator, f"{description}/validation", images, step)
+        if step % config.checkpointing_steps == 0:
+            save_checkpoint(accelerator, result.output_dir, step, total_limit=config.checkpoints_total_limit,
+                            stream_state={**stream_state, "global_step": step})
+
+    train_started = time.perf_counter()
+    result.state = train_lora(
+        config, backbone, lambda start: stream.iterate(start, num_workers=config.dataloader_num_workers),
+        accelerator, num_steps=num_steps, description=description, on_step=on_step, resume_from=resume,
+    )
+    result.timings["train"] = time.perf_counter() - train_started
     accelerator.wait_for_everyone()
+    counts = stream.count_sources(num_steps * config.gradient_accumulation_steps, all_processes=True)
+    result.source_counts = {name: int(n) for name, n in sorted(counts.items())}
 
     if accelerator.is_main_process:
-        started = time.perf_counter()
-        unet = accelerator.unwrap_model(backbone.unet)
-        text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
-        result.lora_path = save_lora(result.output_dir, unet, text_encoder)
-        if config.validation_prompt:
-            grid, rows = render_comparison(
-                backbone_path, result.output_dir, [config.validation_prompt], config.num_validation_images,
-                seed=config.seed or 0, num_inference_steps=config.num_inference_steps,
-                resolution=config.resolution, device=accelerator.device,
-            )
-            result.grid_path = result.output_dir / VALIDATION_GRID_NAME
-            grid.save(result.grid_path)
-            log_images(accelerator, "final/lora", rows[1], num_steps)
-        result.model_card_path = write_model_card(
-            result.output_dir, config, num_subject_images=len(dataset), train_steps=num_steps,
-            final_loss=result.state.losses[-1] if result.state.losses else None,
-            grid_name=VALIDATION_GRID_NAME if result.grid_path else None,
-        )
-        result.timings["save_and_validate"] = time.perf_counter() - started
-    accelerator.end_training()
+        _save_outputs(config, accelerator, backbone, backbone_path, result, len(subject), num_steps,
+                      description, model_card_sections)
+    accelerator.wait_for_everyone()
+    # Not accelerator.end_training(): it destroys the process group, and a BAT run trains twice
+    # (surrogate, final LoRA) and scores in between within the same launch.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
+
+
+def _validation_interval(config: TrainConfig, steps_in_epoch: int) -> int | None:
+    """Optimiser steps between validations: ``--validation_steps``, else ``--validation_epochs``."""
+    if config.validation_steps:
+        return config.validation_steps
+    if config.validation_epochs:
+        return config.validation_epochs * steps_in_epoch
+    return None
+
+
+def _save_outputs(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    backbone: Backbone,
+    backbone_path: Path,
+    result: RunResult,
+    num_subject_images: int,
+    num_steps: int,
+    description: str,
+    model_card_sections: Mapping[str, str] | None,
+) -> None:
+    """Main process: LoRA weights, base-vs-LoRA grid read back from the saved file, model card."""
+    started = time.perf_counter()
+    unet = accelerator.unwrap_model(backbone.unet)
+    text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
+    result.lora_path = save_lora(result.output_dir, unet, text_encoder)
+    if config.validation_prompt:
+        grid, rows = render_comparison(
+            backbone_path, result.output_dir, [config.validation_prompt], config.num_validation_images,
+            seed=config.seed or 0, num_inference_steps=config.num_inference_steps,
+            resolution=config.resolution, device=accelerator.device,
+        )
+        result.grid_path = result.output_dir / VALIDATION_GRID_NAME
+        grid.save(result.grid_path)
+        log_images(accelerator, f"{description}/final_lora", rows[1], num_steps)
+    losses = result.state.losses if result.state else []
+    result.model_card_path = write_model_card(
+        result.output_dir, config, num_subject_images=num_subject_images, train_steps=num_steps,
+        final_loss=losses[-1] if losses else None,
+        grid_name=VALIDATION_GRID_NAME if result.grid_path else None,
+        source_counts=result.source_counts,
+        num_class_images=result.class_images.used if result.class_images else None,
+        resumed_from=result.resumed_from, extra_sections=model_card_sections,
+    )
+    result.timings["save_and_validate"] = time.perf_counter() - started

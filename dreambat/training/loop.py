@@ -1,17 +1,21 @@
 """The LoRA training loop: one optimiser step at a time, under accelerate.
 
 The loop knows the denoising objective (through :mod:`dreambat.diffusion`) but not where batches
-come from: any iterable of ``{"pixel_values": [B,3,H,W], "prompts": list[str]}`` batches works,
+come from: any source of ``{"pixel_values": [B,3,H,W], "prompts": list[str]}`` batches works,
 which is what lets the same loop train a plain DreamBooth LoRA, the ALBAT surrogate, and the final
-LoRA on a subject/backbone mixture.
+LoRA on a subject/backbone mixture. Batches may carry ``"sources"``; rows marked ``"class"`` are
+prior-preservation rows and enter the loss as ``instance + prior_loss_weight x prior``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -20,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
 from ..config import TrainConfig
+from ..data.stream import CLASS
 from ..diffusion import (
     denoising_loss,
     diffusion_target,
@@ -28,17 +33,27 @@ from ..diffusion import (
     offset_noise,
     tokenize_prompts,
 )
+from ..errors import ConfigError
 from ..lora import lora_parameters
+from .checkpoints import checkpoint_step, register_lora_state_hooks
 
 logger = logging.getLogger(__name__)
+
+BatchSource = Iterable[dict] | Callable[[int], Iterable[dict]]
 
 
 @dataclass
 class TrainState:
-    """What a finished (or interrupted) loop reports."""
+    """What a finished (or interrupted) loop reports.
+
+    ``losses`` holds one loss per optimiser step taken by this call (after ``start_step`` when
+    resumed), averaged over processes.
+    """
 
     global_step: int = 0
     losses: list[float] = field(default_factory=list)
+    start_step: int = 0
+    resumed_from: Path | None = None
 
 
 def _cycle(loader: Iterable) -> Iterator:
@@ -46,30 +61,60 @@ def _cycle(loader: Iterable) -> Iterator:
         yield from loader
 
 
+def micro_batches_per_epoch(num_subject_images: int, batch_size: int) -> int:
+    """Micro-batches in one pass over the subject images: ``ceil(images / batch size)``."""
+    return math.ceil(num_subject_images / batch_size)
+
+
 def total_train_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     """Optimiser steps of the run: ``--max_train_steps`` or epochs x steps per epoch."""
     if config.max_train_steps is not None:
         return config.max_train_steps
-    return config.num_train_epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    return config.num_train_epochs * steps_per_epoch(config, batches_per_epoch)
+
+
+def steps_per_epoch(config: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimiser steps per epoch of ``batches_per_epoch`` micro-batches."""
+    return math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+
+
+def require_bitsandbytes() -> None:
+    """Raise a :class:`ConfigError` naming the fix when ``--use_8bit_adam`` cannot work here."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "--use_8bit_adam needs the bitsandbytes package, which is not installed: run "
+            "`pip install bitsandbytes`, or drop --use_8bit_adam to use torch's AdamW."
+        )
 
 
 def build_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], num_processes: int):
-    """AdamW over ``params`` and its learning-rate schedule, as diffusers' script sets them up."""
+    """AdamW (or bitsandbytes' AdamW8bit) over ``params``, as diffusers' script sets it up."""
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * num_processes
-    optimizer = torch.optim.AdamW(
+    optimizer_class = torch.optim.AdamW
+    if config.use_8bit_adam:
+        require_bitsandbytes()
+        import bitsandbytes
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(
         params,
         lr=lr,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
     )
-    return optimizer
 
 
 def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_encoder, unet) -> torch.Tensor:
-    """Mean denoising loss of ``batch`` at random timesteps (ε or v target, optional Min-SNR)."""
+    """Denoising loss of ``batch`` at random timesteps (ε or v target, optional Min-SNR).
+
+    Rows whose ``batch["sources"]`` entry is ``"class"`` are prior-preservation rows: the loss is
+    then ``mean(instance rows) + prior_loss_weight x mean(class rows)``, as in diffusers (with
+    ``--snr_gamma`` both parts are Min-SNR weighted). Noise and timesteps come from torch's
+    global RNG, which accelerate's checkpoints save and restore.
+    """
     scheduler = backbone.noise_scheduler
     latents = encode_images(backbone.vae, batch["pixel_values"])
     noise = offset_noise(latents, config.noise_offset)
@@ -80,33 +125,45 @@ def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_enc
     context = encode_prompts(text_encoder, tokenize_prompts(backbone.tokenizer, batch["prompts"]))
     prediction = unet(noisy, timesteps, context, return_dict=False)[0]
     target = diffusion_target(scheduler, latents, noise, timesteps)
-    return denoising_loss(
+    per_sample = denoising_loss(
         prediction, target, scheduler=scheduler, timesteps=timesteps, snr_gamma=config.snr_gamma
-    ).mean()
+    )
+    is_prior = torch.tensor([s == CLASS for s in batch.get("sources", ())], dtype=torch.bool)
+    if not is_prior.any():
+        return per_sample.mean()
+    is_prior = is_prior.to(per_sample.device)
+    return per_sample[~is_prior].mean() + config.prior_loss_weight * per_sample[is_prior].mean()
 
 
 def train_lora(
     config: TrainConfig,
     backbone: Backbone,
-    loader: Iterable[dict],
+    batches: BatchSource,
     accelerator: Accelerator,
     *,
     num_steps: int,
     description: str = "train",
     on_step: Callable[[int], None] | None = None,
+    resume_from: str | Path | None = None,
 ) -> TrainState:
-    """Train the LoRA adapters already attached to ``backbone`` for ``num_steps`` optimiser steps.
+    """Train the LoRA adapters already attached to ``backbone`` up to optimiser step ``num_steps``.
 
     Args:
         config: optimisation settings (learning rate, schedule, clipping, accumulation, ...).
         backbone: components with LoRA adapters on the UNet (and the text encoder when
             ``config.train_text_encoder``).
-        loader: batches ``{"pixel_values": [B,3,H,W] in [-1,1], "prompts": list[str]}``; it is
-            cycled, so a short subject dataset serves any number of steps.
-        accelerator: prepares modules, optimiser and loader for the launch configuration.
-        num_steps: optimiser steps to take (each of ``gradient_accumulation_steps`` micro-batches).
-        description: progress-bar label.
-        on_step: called with the global step after each optimiser step (validation, checkpoints).
+        batches: this process's batches ``{"pixel_values": [B,3,H,W] in [-1,1], "prompts":
+            list[str], "sources"?: list[str]}``. Either a callable ``start -> iterable`` that
+            yields the batches from micro-step ``start`` on (a resumable stream, e.g.
+            ``TrainingStream.iterate``), or a plain iterable that is cycled (and, on resume,
+            replayed up to the restart point). It is not sharded by accelerate.
+        accelerator: prepares modules, optimiser and schedule for the launch configuration.
+        num_steps: optimiser step to stop at (each of ``gradient_accumulation_steps`` micro-batches).
+        description: progress-bar label and prefix of the logged metrics.
+        on_step: called with the global step after each optimiser step, on every process
+            (validation, checkpoints).
+        resume_from: a ``checkpoint-N`` folder: restore the LoRA weights, optimiser, schedule and
+            RNG states saved there, then continue from step N.
 
     Returns:
         The final :class:`TrainState` with the per-step loss (averaged over processes).
@@ -125,22 +182,33 @@ def train_lora(
     if config.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
     modules = [backbone.unet] + ([text_encoder] if text_encoder is not None else [])
-    prepared = accelerator.prepare(*modules, optimizer, loader, lr_scheduler)
-    unet = prepared[0]
-    text_encoder = prepared[1] if text_encoder is not None else None
-    optimizer, loader, lr_scheduler = prepared[-3:]
+    prepared = accelerator.prepare(*modules, optimizer, lr_scheduler)
+    models = list(prepared[: len(modules)])
+    optimizer, lr_scheduler = prepared[-2:]
+    unet = models[0]
+    hooks = register_lora_state_hooks(accelerator, backbone.unet, text_encoder)
+
+    state = TrainState()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state.global_step = state.start_step = checkpoint_step(resume_from) or 0
+        state.resumed_from = Path(resume_from)
+        logger.info("Resumed from %s at step %d.", resume_from, state.global_step)
+        if state.global_step >= num_steps:
+            logger.info("The checkpoint is at or past the last step (%d): nothing left to train.", num_steps)
+    stream = _batches_from(batches, state.global_step * config.gradient_accumulation_steps)
     for module in modules:
         module.train()
 
-    state = TrainState()
     progress = tqdm(
-        total=num_steps, desc=description, disable=not accelerator.is_local_main_process, unit="step"
+        total=num_steps, initial=state.global_step, desc=description,
+        disable=not accelerator.is_local_main_process, unit="step",
     )
-    batches = _cycle(loader)
     while state.global_step < num_steps:
-        with accelerator.accumulate(*modules):
-            batch = next(batches)
-            loss = training_loss(backbone, config, batch, text_encoder or backbone.text_encoder, unet)
+        with accelerator.accumulate(*models):
+            batch = next(stream)
+            loss = training_loss(backbone, config, batch, models[1] if text_encoder is not None
+                                 else backbone.text_encoder, unet)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -159,6 +227,15 @@ def train_lora(
         if on_step is not None:
             on_step(state.global_step)
     progress.close()
+    for hook in hooks:
+        hook.remove()
     for module in modules:
         module.eval()
     return state
+
+
+def _batches_from(batches: BatchSource, start: int) -> Iterator[dict]:
+    """Batches from micro-step ``start`` on, from a resumable source or by replaying an iterable."""
+    if callable(batches):
+        return iter(batches(start))
+    return itertools.islice(_cycle(batches), start, None)

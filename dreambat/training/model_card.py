@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -16,8 +17,19 @@ def write_model_card(
     train_steps: int,
     final_loss: float | None,
     grid_name: str | None,
+    source_counts: Mapping[str, int] | None = None,
+    num_class_images: int | None = None,
+    resumed_from: str | None = None,
+    extra_sections: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write a Hugging Face style model card with usage code and the settings that matter."""
+    """Write a Hugging Face style model card with usage code and the settings that matter.
+
+    Args:
+        source_counts: training rows per source (``subject``/``backbone``/``class``).
+        num_class_images: class images used for prior preservation.
+        resumed_from: the checkpoint the run resumed from.
+        extra_sections: more sections, heading -> markdown body, appended in order.
+    """
     output_dir = Path(output_dir)
     base = config.pretrained_model_name_or_path
     loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
@@ -61,9 +73,34 @@ image = pipe("{config.validation_prompt or config.instance_prompt}").images[0]
 | resolution | {config.resolution} |
 | seed | {config.seed} |
 | final training loss | {loss} |
-
+{_extra_rows(config, source_counts, num_class_images, resumed_from)}
 The full resolved configuration is in `dreambat_config.json`.
 """
+    for heading, body in (extra_sections or {}).items():
+        card += f"\n## {heading}\n\n{body.strip()}\n"
     path = output_dir / MODEL_CARD_NAME
     path.write_text(card)
     return path
+
+
+def _extra_rows(
+    config: TrainConfig,
+    source_counts: Mapping[str, int] | None,
+    num_class_images: int | None,
+    resumed_from: str | None,
+) -> str:
+    rows = []
+    if config.with_prior_preservation:
+        rows.append(
+            f"| prior preservation | {num_class_images or config.num_class_images} class images of "
+            f"'{config.class_prompt}', weight {config.prior_loss_weight} |"
+        )
+    if source_counts:
+        total = sum(source_counts.values())
+        shares = ", ".join(
+            f"{name} {count} ({count / total:.0%})" for name, count in sorted(source_counts.items()) if count
+        )
+        rows.append(f"| training rows by source | {shares} |")
+    if resumed_from:
+        rows.append(f"| resumed from | `{resumed_from}` |")
+    return "".join(row + "\n" for row in rows)

@@ -14,13 +14,18 @@ from ..grid import image_grid
 
 
 def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None) -> StableDiffusionPipeline:
-    """A sampling pipeline sharing ``backbone``'s modules (optionally swapped for trained ones)."""
+    """A sampling pipeline sharing ``backbone``'s modules (optionally swapped for trained ones).
+
+    The scheduler is a copy: sampling sets its inference timesteps, which must not leak into
+    the training noise scheduler.
+    """
+    scheduler = type(backbone.noise_scheduler).from_config(backbone.noise_scheduler.config)
     return StableDiffusionPipeline(
         vae=backbone.vae,
         text_encoder=text_encoder if text_encoder is not None else backbone.text_encoder,
         tokenizer=backbone.tokenizer,
         unet=unet if unet is not None else backbone.unet,
-        scheduler=backbone.noise_scheduler,
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -51,6 +56,40 @@ def generate(
         )
         images.append(output.images[0])
     return images
+
+
+@torch.no_grad()
+def sample_during_training(
+    backbone: Backbone,
+    prompt: str,
+    num_images: int,
+    *,
+    unet,
+    text_encoder=None,
+    seed: int = 0,
+    num_inference_steps: int = 25,
+    resolution: int | None = None,
+) -> list[Image.Image]:
+    """Validation images of the LoRA being trained, without disturbing the training.
+
+    The modules are switched to eval mode (no LoRA dropout) and back, and sampling runs inside
+    :func:`torch.random.fork_rng`, so a run with validation draws exactly the same training
+    noise as one without, and a resumed run matches an uninterrupted one.
+    """
+    modules = [m for m in (unet, text_encoder) if m is not None]
+    modes = [m.training for m in modules]
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        for module in modules:
+            module.eval()
+        with torch.random.fork_rng(devices=cuda):
+            pipeline = pipeline_from_backbone(backbone, unet=unet, text_encoder=text_encoder)
+            pipeline.set_progress_bar_config(disable=True)
+            return generate(pipeline, prompt, num_images, seed=seed,
+                            num_inference_steps=num_inference_steps, resolution=resolution)
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
 
 
 def log_images(accelerator, tag: str, images: list[Image.Image], step: int) -> None:
