@@ -42,6 +42,9 @@ class ScoreConfig:
     damping: float = _help("c in the per-block damping λ_l = c · mean‖g‖² / d_l.", default=0.1)
     score_batch_size: int = _help("Candidates per scoring forward/backward.", default=8)
     max_candidates: int | None = _help("Score at most this many candidates (in stream order).", default=None)
+    candidate_ratio: float = _help(
+        "Fraction of the backbone pool to score at all, drawn by a hash of each sample's key.", default=1.0
+    )
     backbone_filter: list[str] = _help(
         "Metadata filters on the shards' json, e.g. 'width>=256' (repeatable).", default_factory=list
     )
@@ -77,6 +80,8 @@ class ScoreConfig:
             raise ConfigError(f"--score_batch_size must be >= 1, got {self.score_batch_size}.")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ConfigError(f"--max_candidates must be >= 1 when given, got {self.max_candidates}.")
+        if not 0.0 < self.candidate_ratio <= 1.0:
+            raise ConfigError(f"--candidate_ratio must be in (0, 1], got {self.candidate_ratio}.")
         keep = [n for n in ("num_backbone_samples", "score_threshold", "backbone_fraction") if getattr(self, n) is not None]
         if self.selection == "albat" and len(keep) > 1:
             raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")

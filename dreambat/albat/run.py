@@ -80,6 +80,7 @@ def fingerprint(config: ScoreConfig, surrogate: Path, subject_images: Sequence[P
         "shards": list(config.backbone_shards),
         "filters": list(config.backbone_filter),
         "max_candidates": config.max_candidates,
+        "candidate_ratio": config.candidate_ratio,
         "resolution": resolution,
         "num_score_timesteps": config.num_score_timesteps,
         "curvature": config.curvature,
@@ -152,7 +153,7 @@ def run_scoring(config: ScoreConfig, *, show_progress: bool = True) -> ScoringRe
     started = time.perf_counter()
     reader = ShardReader(
         config.backbone_shards, max_candidates=config.max_candidates, filters=config.backbone_filter,
-        rank=state.process_index, world_size=state.num_processes,
+        rank=state.process_index, world_size=state.num_processes, sample_ratio=config.candidate_ratio,
     )
     part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
     transform = ImageTransform(resolution, center_crop=True)

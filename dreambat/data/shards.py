@@ -7,6 +7,7 @@ Local paths, ``file://`` URLs and ``pipe:`` commands are opened with ``webdatase
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -57,6 +58,7 @@ class ShardStats:
     skipped_missing_caption: int = 0
     skipped_bad_metadata: int = 0
     skipped_filtered: int = 0
+    not_sampled: int = 0
     shards_read: int = 0
     truncated_shards: int = 0
     unreadable_shards: int = 0
@@ -80,6 +82,8 @@ class ShardStats:
         text = f"{self.yielded + self.skipped} candidates read, {self.skipped} skipped"
         if reasons:
             text += f" ({', '.join(reasons)})"
+        if self.not_sampled:
+            text += f"; {self.not_sampled} left out by the candidate ratio"
         if self.truncated_shards:
             text += f"; {self.truncated_shards} truncated shard(s)"
         if self.unreadable_shards:
@@ -125,6 +129,12 @@ def check_shards_exist(urls: str | Path | Sequence[str | Path]) -> list[str]:
             "Check the paths and that the brace range (e.g. '{00000..00009}') matches the files."
         )
     return expanded
+
+
+def in_sample(key: str, ratio: float) -> bool:
+    """Whether ``key`` is in the ``ratio`` subsample: a uniform hash of the key below ``ratio``."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < ratio
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -197,6 +207,8 @@ class ShardReader:
         rank, world_size: this process's share. For DataLoader workers pass
             ``rank = global_rank * num_workers + worker_id`` and ``world_size = ranks * num_workers``.
         split_by: ``"sample"`` or ``"shard"``.
+        sample_ratio: keep this fraction of the candidates, chosen by a hash of each sample's
+            key (the same subset on every run and world size; counted in ``stats.not_sampled``).
 
     A *candidate* is a sample that has an image member, a non-empty caption, parsable (or
     absent) JSON metadata and passes the filters: checks that need no image decoding.
@@ -220,6 +232,7 @@ class ShardReader:
         rank: int = 0,
         world_size: int = 1,
         split_by: str = "sample",
+        sample_ratio: float = 1.0,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
@@ -239,7 +252,10 @@ class ShardReader:
                     f"split_by='shard' needs at least one shard per rank: {len(self.urls)} shard(s)"
                     f" for world_size={world_size}; use split_by='sample'."
                 )
+        if not 0.0 < sample_ratio <= 1.0:
+            raise ConfigError(f"sample_ratio must be in (0, 1], got {sample_ratio}.")
         self.max_candidates = max_candidates
+        self.sample_ratio = sample_ratio
         self.filters = tuple(f if isinstance(f, MetadataFilter) else MetadataFilter.parse(f) for f in filters)
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.stats = ShardStats()
@@ -264,6 +280,9 @@ class ShardReader:
                 if isinstance(parsed, str):
                     if owns_sample:
                         setattr(stats, parsed, getattr(stats, parsed) + 1)
+                    continue
+                if self.sample_ratio < 1.0 and not in_sample(raw["__key__"], self.sample_ratio):
+                    stats.not_sampled += owns_sample
                     continue
                 owns_candidate = candidate_index % ranks == rank
                 candidate_index += 1

@@ -285,3 +285,20 @@ def test_candidate_index_is_global_across_ranks(tmp_path):
     assert [i for i, _ in whole] == list(range(9))
     parts = sorted((s.index, s.key) for r in range(2) for s in ShardReader(url, rank=r, world_size=2))
     assert parts == whole
+
+
+def test_sample_ratio_keeps_a_stable_hashed_subset(tmp_path):
+    write_shards(make_records(400), tmp_path / "s-{:05d}.tar", max_per_shard=100)
+    url = str(tmp_path / "s-{00000..00003}.tar")
+    half = ShardReader(url, sample_ratio=0.5)
+    kept = keys(half)
+    assert 160 <= len(kept) <= 240  # binomial(400, 0.5): ±4 sd
+    assert half.stats.not_sampled == 400 - len(kept) and half.stats.skipped == 0
+    assert kept == keys(ShardReader(url, sample_ratio=0.5))  # the same subset every run
+    quarter = set(keys(ShardReader(url, sample_ratio=0.25)))
+    assert quarter <= set(kept)  # a smaller ratio is a subset: the pool grows monotonically
+    parts = [keys(ShardReader(url, sample_ratio=0.5, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(parts[0] + parts[1]) == kept
+    assert [s.index for s in ShardReader(url, sample_ratio=0.5)] == list(range(len(kept)))
+    with pytest.raises(ConfigError, match="sample_ratio"):
+        ShardReader(url, sample_ratio=0.0)
