@@ -28,39 +28,69 @@ def setup_logging(verbose: bool = False) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def parse_config(config_class, argv: Sequence[str] | None, prog: str | None, description: str):
-    """Parse flags once into a validated config dataclass (argparse-style exit 2 on bad input)."""
+def parse_config(config_class, argv: Sequence[str] | None, prog: str | None, description: str, check=None):
+    """Parse flags once into validated config dataclass(es) (argparse-style exit 2 on bad input).
+
+    ``config_class`` is one dataclass or a tuple of them (a tuple of configs is returned);
+    ``check`` is called with the parsed configs to refuse contradicting combinations.
+    """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(config_class, prog=prog, description=description)
+    classes = config_class if isinstance(config_class, tuple) else (config_class,)
+    parser = HfArgumentParser(classes, prog=prog, description=description)
     try:
-        (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        configs = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        if check is not None:
+            check(*configs)
     except DreambatError as exc:
         parser.error(str(exc))
-    return config
+    return tuple(configs) if isinstance(config_class, tuple) else configs[0]
+
+
+TRAIN_DESCRIPTION = """\
+DreamBooth-LoRA with Backbone Augmented Training (BAT) for diffusers Stable Diffusion backbones.
+The DreamBooth flags match diffusers' examples/dreambooth/train_dreambooth_lora.py. With
+--selection albat (the default) a surrogate LoRA is trained on the subject, backbone candidates
+from --backbone_shards are scored by their influence on the subject loss, the helpful ones are
+kept, and the final LoRA trains on the subject plus the kept images (share --augmentation_ratio).
+--selection none is plain DreamBooth-LoRA."""
 
 
 def parse_train_config(argv: Sequence[str] | None = None, prog: str | None = None):
-    """DreamBooth flags -> :class:`TrainConfig`."""
+    """DreamBooth flags alone -> :class:`TrainConfig` (for library users; the CLI takes BAT flags too)."""
     from .config import TrainConfig
 
-    return parse_config(
-        TrainConfig, argv, prog,
-        "DreamBooth-LoRA training for diffusers Stable Diffusion backbones. Flags match diffusers' "
-        "examples/dreambooth/train_dreambooth_lora.py.",
-    )
+    return parse_config(TrainConfig, argv, prog, TRAIN_DESCRIPTION)
+
+
+def parse_run_config(argv: Sequence[str] | None = None, prog: str | None = None):
+    """Training + BAT flags -> ``(TrainConfig, BatConfig)``, both validated, nothing loaded."""
+    from .bat.config import BatConfig, check_combination
+    from .config import TrainConfig
+
+    return parse_config((TrainConfig, BatConfig), argv, prog, TRAIN_DESCRIPTION, check=check_combination)
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``train_dreambooth_bat.py`` / ``dreambat train``: parse, then run."""
-    config = parse_train_config(argv, prog=prog)
+    """``train_dreambooth_bat.py`` / ``dreambat train``: parse, then run the BAT stages."""
+    train, bat = parse_run_config(argv, prog=prog)
     setup_logging()
-    from .training.dreambooth import run_dreambooth
+    from .bat.pipeline import run_bat
 
-    result = run_dreambooth(config)
-    if result.lora_path is not None:
-        logger.info("LoRA weights: %s", result.lora_path)
+    try:
+        result = run_bat(train, bat)
+    except DreambatError as exc:
+        print(f"{prog or 'dreambat train'}: error: {exc}", file=sys.stderr)
+        return 2
+    if result.report_path is not None:
+        print(_outputs_summary(result))
     return 0
+
+
+def _outputs_summary(result) -> str:
+    rows = [("LoRA weights", result.lora_path), ("selection manifest", result.manifest_path),
+            ("report", result.report_path), ("validation grid", result.grid_path)]
+    return "Outputs:\n" + "\n".join(f"  {name:<20} {path}" for name, path in rows if path is not None)
 
 
 def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -118,6 +148,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.cli import run_dreambench_command
+
+    return run_dreambench_command(args)
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from .eval.cli import run_grid_command
+
+    return run_grid_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreambat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -147,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
     demo.add_argument("--max_candidates", type=int, default=None, help="score only the first N backbone images")
     demo.set_defaults(func=_demo)
+
+    from .eval.cli import DREAMBENCH_EXAMPLE, add_dreambench_arguments, add_grid_arguments
+
+    evaluate = commands.add_parser(
+        "eval", help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot",
+        description="Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T "
+                    "and write CSV / JSON / Markdown tables and a bar chart (same flags as eval/dreambench.py).",
+        epilog=DREAMBENCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dreambench_arguments(evaluate).set_defaults(func=_eval)
+    grid = commands.add_parser(
+        "grid", help="captioned sample grid: base model and LoRAs, prompts x seeds",
+        description="Render prompts x seeds (or methods x prompts) with the base model and LoRAs side by side "
+                    "into one captioned PNG (same flags as eval/sample_grid.py).",
+    )
+    add_grid_arguments(grid).set_defaults(func=_grid)
     return parser
 
 

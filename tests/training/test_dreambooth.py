@@ -80,7 +80,8 @@ def test_entry_point_trains_from_the_command_line(tiny_backbone, subject_dir, tm
     proc = subprocess.run(
         [sys.executable, "train_dreambooth_bat.py", "--pretrained_model_name_or_path", str(tiny_backbone),
          "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
-         "--output_dir", str(out), "--max_train_steps", "2", "--report_to", "none", "--seed", "0"],
+         "--output_dir", str(out), "--max_train_steps", "2", "--report_to", "none", "--seed", "0",
+         "--selection", "none"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,79 @@
+"""``bat_report.json`` and the BAT section of the model card."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..albat.selection import SelectionResult
+from ..config import TrainConfig
+from .config import BatConfig
+
+
+def build_report(
+    train: TrainConfig,
+    bat: BatConfig,
+    *,
+    num_processes: int,
+    resolution: int,
+    gamma: float,
+    score_report: dict | None,
+    statistics: dict | None,
+    selection: SelectionResult | None,
+    source_counts: dict[str, int],
+    stages: dict[str, str],
+    timings: dict[str, float],
+) -> dict:
+    """The run's report: settings, counts, score statistics, γ (asked and measured), timings.
+
+    ``stages`` says for each stage whether it ``ran``, ``resumed``, was ``reused`` from an
+    earlier run in the same folder, ``given`` by the user, or ``skipped``.
+    """
+    drawn = sum(v for k, v in source_counts.items() if k in ("subject", "backbone"))
+    counts: dict = {}
+    if score_report:
+        counts.update({
+            "candidates_read": score_report.get("counts", {}).get("candidates_read"),
+            "scored": statistics["scored"] if statistics else None,
+            "skipped_while_reading": score_report.get("counts", {}).get("skipped"),
+            "skipped_corrupt_image": score_report.get("counts", {}).get("skipped_corrupt_image"),
+            "skipped_nonfinite_loss": score_report.get("counts", {}).get("skipped_nonfinite_loss"),
+            "scored_this_run": score_report.get("counts", {}).get("scored_this_run"),
+        })
+    elif statistics:
+        counts["candidates"] = statistics["total"]
+    if selection is not None:
+        counts.update({"selected": selection.kept, "predicted_helpful": selection.n_positive})
+    counts["training_samples"] = dict(source_counts)
+    return {
+        "settings": {"train": train.to_dict(), "bat": bat.to_dict()},
+        "num_processes": num_processes,
+        "resolution": resolution,
+        "gamma": {
+            "requested": bat.gamma,
+            "used": gamma,
+            "measured_backbone_share": (source_counts.get("backbone", 0) / drawn) if drawn else None,
+        },
+        "counts": counts,
+        "selection": None if selection is None else dataclasses.asdict(selection) | {"selected_indices": None},
+        "score_statistics": statistics,
+        "curvature": (score_report or {}).get("curvature"),
+        "stages": stages,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def bat_model_card_section(bat: BatConfig, selection: SelectionResult | None, pool: int, gamma: float) -> str:
+    """Markdown for the model card: what was selected and how much of it was mixed in."""
+    if bat.selection == "none" or selection is None:
+        return "No backbone data: plain DreamBooth-LoRA (`--selection none`).\n"
+    rule = {"albat": "ALBAT influence scores", "random": "uniform random choice"}[bat.selection]
+    lines = [
+        f"Backbone candidates considered: {pool}; kept {selection.kept} by {rule}"
+        + (f" (η = {selection.threshold:.4g})" if selection.threshold is not None else "") + ".",
+        f"Backbone share of the training stream γ = {gamma:.2f}; backbone images train on their own captions.",
+        "The kept candidates are listed in `selection.jsonl` (one line per candidate, with its score).",
+    ]
+    if bat.selection == "albat" and bat.selection_manifest is None:
+        lines.insert(1, f"Scores: surrogate LoRA of {bat.surrogate_steps} steps, K = {bat.num_score_timesteps} "
+                        f"timesteps, curvature `{bat.curvature}`, damping c = {bat.damping}.")
+    return "\n".join(f"- {line}" for line in lines) + "\n"
