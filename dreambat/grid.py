@@ -24,7 +24,7 @@ def image_grid(
     Args:
         rows: ``rows[r][c]`` is the image of cell (r, c); every row has the same length.
         row_labels: one caption per row, drawn in a column on the left (wrapped).
-        column_labels: one caption per column, drawn above it.
+        column_labels: one caption per column, drawn above it (wrapped to two lines).
         cell_size: side of each square cell in pixels; defaults to the first image's width.
         label_width: width of the row-caption column when ``row_labels`` is given.
 
@@ -51,7 +51,9 @@ def image_grid(
     font = ImageFont.load_default()
     chars_per_line = max(8, label_width // 7)
     for c, label in enumerate(column_labels or ()):
-        draw.text((left + PADDING + c * (cell + PADDING), PADDING), label[: cell // 6], fill="black", font=font)
+        for i, line in enumerate(textwrap.wrap(label, max(1, cell // 6))[:2]):  # the header holds two lines
+            draw.text((left + PADDING + c * (cell + PADDING), PADDING + i * CAPTION_LINE_HEIGHT), line,
+                      fill="black", font=font)
     for r, row in enumerate(rows):
         y = top + PADDING + r * (cell + PADDING)
         if row_labels is not None:

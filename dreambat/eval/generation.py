@@ -1,0 +1,144 @@
+"""Batched, seeded, resumable image generation for several methods (base model and LoRAs).
+
+One pipeline is loaded; LoRAs are swapped in with ``pipeline.load_lora_weights`` (the call users
+make) and out with ``unload_lora_weights``. Every image has its own CPU ``torch.Generator``, so an
+image depends on its seed only, not on the batch it was drawn in or on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..constants import LORA_WEIGHTS_NAME
+from .config import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"float32"`` / ``"float16"`` / ``"bfloat16"`` -> the torch dtype."""
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class behind a ``--scheduler`` name."""
+    import diffusers
+
+    return {
+        "ddim": diffusers.DDIMScheduler,
+        "ddpm": diffusers.DDPMScheduler,
+        "dpm": diffusers.DPMSolverMultistepScheduler,
+        "euler": diffusers.EulerDiscreteScheduler,
+        "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+        "pndm": diffusers.PNDMScheduler,
+    }[name]
+
+
+def load_pipeline(folder: str | Path, *, device: torch.device, dtype: torch.dtype = torch.float32,
+                  scheduler: str | None = None):
+    """A ``StableDiffusionPipeline`` from a local diffusers folder (no safety checker, no progress bar).
+
+    ``scheduler`` replaces the folder's sampler (built from the folder's scheduler config).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True,
+    )
+    if scheduler is not None:
+        pipeline.scheduler = scheduler_class(scheduler).from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+class LoraSwitch:
+    """Keeps at most one LoRA loaded into ``pipeline``; :meth:`use` swaps it only when it changes."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.current: Path | None = None
+
+    def use(self, lora: Path | None) -> None:
+        """Load the LoRA folder ``lora`` (``None``: the bare base model)."""
+        if lora == self.current:
+            return
+        if self.current is not None:
+            self.pipeline.unload_lora_weights()
+        if lora is not None:
+            self.pipeline.load_lora_weights(str(lora), weight_name=LORA_WEIGHTS_NAME)
+        self.current = lora
+
+
+@torch.no_grad()
+def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings,
+                    ) -> list[Image.Image]:
+    """One image per ``(prompt, seed)`` pair, in one pipeline call (a batch of ``len(prompts)``)."""
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    output = pipeline(
+        list(prompts),
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generators,
+        height=settings.resolution,
+        width=settings.resolution,
+        output_type="pil",
+    )
+    return output.images
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to have on disk: ``path`` from ``prompt`` and ``seed`` with LoRA ``lora``."""
+
+    lora: Path | None
+    prompt: str
+    seed: int
+    path: Path
+
+
+def image_path(root: Path, method: str, subject: str, prompt_index: int, seed: int) -> Path:
+    """``root/<method>/<subject>/<prompt_index>_<seed>.png`` (the resumable layout)."""
+    return root / method / subject / f"{prompt_index:02d}_{seed}.png"
+
+
+def save_atomically(image: Image.Image, path: Path) -> None:
+    """Write a PNG under a temporary name and rename it, so no half-written file is ever skipped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def run_jobs(pipeline, jobs: Iterable[ImageJob], settings: GenerationSettings,
+             on_image: Callable[[], None] | None = None) -> int:
+    """Generate the jobs whose file is missing, batched per LoRA; returns how many were generated.
+
+    Jobs are grouped by consecutive LoRA (keep them sorted by method and subject to load each LoRA
+    once) and drawn ``settings.batch_size`` at a time. ``on_image`` is called after each saved image.
+    """
+    switch = LoraSwitch(pipeline)
+    todo = [job for job in jobs if not job.path.is_file()]
+    done = 0
+    try:
+        for lora, group in groupby(todo, key=lambda job: job.lora):
+            group = list(group)
+            switch.use(lora)
+            for start in range(0, len(group), settings.batch_size):
+                batch = group[start:start + settings.batch_size]
+                images = generate_images(pipeline, [job.prompt for job in batch], [job.seed for job in batch], settings)
+                for job, image in zip(batch, images):
+                    save_atomically(image, job.path)
+                    done += 1
+                    if on_image is not None:
+                        on_image()
+    finally:
+        switch.use(None)
+    return done

@@ -1,0 +1,241 @@
+"""The DreamBench run: check inputs, generate what is missing, score, write tables and a plot.
+
+Layout of ``output_dir``::
+
+    generation_settings.json           what the images were generated with (checked on resume)
+    <method>/<subject>/<pp>_<seed>.png images: prompt index pp, seed = seed + 1000 * pp + i
+    scores.csv / scores.json / scores.md / scores.png
+
+A second run with the same settings generates nothing and recomputes the scores from the files on
+disk; adding a method or a subject generates only its images. Images generated under other
+settings (backbone, steps, guidance, scheduler, seeds, token, templates, a method's LoRA) are
+refused up front rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..backbone.load import resolve_backbone
+from ..data.transforms import load_rgb
+from ..errors import ConfigError, SubjectDataError
+from .config import DreamBenchConfig, Subject
+from .constants import REAL_IMAGES
+from .encoders import ClipEncoder, DinoEncoder, resolve_device
+from .generation import ImageJob, image_path, load_pipeline, run_jobs, torch_dtype
+from .metrics import clip_i_score, clip_t_score, dino_score, mean_pairwise_cosine
+from .plots import plot_scores
+from .prompts import DreamBenchPrompts, clip_t_prompt, generation_prompt
+from .tables import SubjectScore, write_tables
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "generation_settings.json"
+
+
+@dataclass
+class DreamBenchResult:
+    """What a run did: its scores, the files written, images generated now vs. found on disk."""
+
+    scores: list[SubjectScore]
+    paths: dict[str, Path]
+    generated: int
+    reused: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One generated image of a (method, subject) and the text CLIP-T compares it with."""
+
+    job: ImageJob
+    clip_t_text: str
+
+
+def plan(config: DreamBenchConfig, prompts: DreamBenchPrompts) -> dict[tuple[str, str], list[PlannedImage]]:
+    """Every image the run needs, keyed by ``(method, subject)``, sorted so each LoRA loads once."""
+    settings = config.generation
+    planned: dict[tuple[str, str], list[PlannedImage]] = {}
+    for method in config.methods:
+        for subject in config.subjects:
+            lora = method.lora_for(subject.name)
+            items = []
+            for p, template in enumerate(prompts.templates(subject.live, settings.num_prompts)):
+                text = generation_prompt(template, settings.unique_token, subject.class_noun)
+                for i in range(settings.num_images):
+                    seed = settings.seed_for(p, i)
+                    path = image_path(config.output_dir, method.name, subject.name, p, seed)
+                    items.append(PlannedImage(ImageJob(lora, text, seed, path), clip_t_prompt(template, subject.class_noun)))
+            planned[(method.name, subject.name)] = items
+    return planned
+
+
+def check_settings(config: DreamBenchConfig, prompts: DreamBenchPrompts) -> dict:
+    """Refuse an ``output_dir`` whose images came from other settings; returns the settings to record."""
+    current = {
+        "backbone": str(resolve_backbone(config.pretrained_model_name_or_path, config.revision).resolve()),
+        "dtype": config.dtype,
+        "generation": config.generation.fingerprint(),
+        "prompts": {"object": list(prompts.object), "live": list(prompts.live)},
+        "methods": {m.name: None if m.lora is None else str(m.lora.resolve()) for m in config.methods},
+    }
+    path = config.output_dir / SETTINGS_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [key for key in ("backbone", "dtype", "generation", "prompts") if previous.get(key) != current[key]]
+        changed += [f"method '{name}' LoRA" for name, lora in current["methods"].items()
+                    if name in previous.get("methods", {}) and previous["methods"][name] != lora]
+        if changed:
+            raise ConfigError(
+                f"'{config.output_dir}' holds images generated with other settings ({', '.join(changed)} "
+                f"differ from {path}). Pass another --output_dir, or delete the old images to regenerate."
+            )
+        current["methods"] = {**previous.get("methods", {}), **current["methods"]}
+    return current
+
+
+def _load_images(paths: list[Path]) -> list[Image.Image]:
+    return [load_rgb(path) for path in paths]
+
+
+def load_photos(subject: Subject, paths: list[Path]) -> list[Image.Image]:
+    """The subject's real photos, decoded; unreadable files are skipped with a warning."""
+    images, skipped = [], []
+    for path in paths:
+        try:
+            images.append(load_rgb(path))
+        except (OSError, ValueError, EOFError, SyntaxError) as exc:
+            skipped.append(f"{path.name} ({type(exc).__name__})")
+    if not images:
+        raise SubjectDataError(
+            f"None of the images of subject '{subject.name}' in '{subject.folder}' could be read: "
+            f"{', '.join(skipped)}. Replace them with valid photos."
+        )
+    if skipped:
+        logger.warning("Subject '%s': skipped unreadable photo(s) %s", subject.name, ", ".join(skipped))
+    return images
+
+
+class _Scorer:
+    """The evaluators a run needs, and the metrics of one set of generated images."""
+
+    def __init__(self, config: DreamBenchConfig):
+        needs_clip = {"clip_i", "clip_t"} & set(config.metrics)
+        enc, device = config.encoders, resolve_device(config.device)
+        self.metrics = config.metrics
+        self.dino = DinoEncoder.load(enc.dino_model, device=device, batch_size=enc.batch_size) \
+            if "dino" in config.metrics else None
+        self.clip = ClipEncoder.load(enc.clip_model, enc.clip_pretrained, device=device,
+                                     batch_size=enc.batch_size) if needs_clip else None
+
+    def embed(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.dino is not None:
+            out["dino"] = self.dino.embed_images(images)
+        if self.clip is not None:
+            out["clip"] = self.clip.embed_images(images)
+        return out
+
+    def score(self, generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor],
+              texts: list[str]) -> dict[str, float]:
+        values = {}
+        if "dino" in self.metrics:
+            values["dino"] = dino_score(generated["dino"], real["dino"])
+        if "clip_i" in self.metrics:
+            values["clip_i"] = clip_i_score(generated["clip"], real["clip"])
+        if "clip_t" in self.metrics:
+            unique = list(dict.fromkeys(texts))
+            text_embeddings = self.clip.embed_texts(unique)
+            values["clip_t"] = clip_t_score(generated["clip"], text_embeddings[[unique.index(t) for t in texts]])
+        return values
+
+    def real_vs_real(self, real: dict[str, torch.Tensor]) -> dict[str, float | None]:
+        values: dict[str, float | None] = {}
+        for metric, key in (("dino", "dino"), ("clip_i", "clip")):
+            if metric in self.metrics:
+                value = mean_pairwise_cosine(real[key])
+                values[metric] = None if math.isnan(value) else value
+        return values
+
+
+def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamBenchResult:
+    """Run the DreamBench protocol for ``config`` (see the module docstring for the layout)."""
+    start = time.perf_counter()
+    prompts = DreamBenchPrompts.load(config.prompts_file)
+    photo_files = config.check_inputs()
+    photos = {s.name: load_photos(s, photo_files[s.name]) for s in config.subjects}
+    planned = plan(config, prompts)
+    recorded = check_settings(config, prompts)
+    scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
+    seconds = {"checks_and_loading": time.perf_counter() - start}
+
+    jobs = [item.job for items in planned.values() for item in items]
+    todo = [job for job in jobs if not job.path.is_file()]
+    t0 = time.perf_counter()
+    generated = 0
+    if todo:
+        from tqdm.auto import tqdm
+
+        device = resolve_device(config.device)
+        pipeline = load_pipeline(resolve_backbone(config.pretrained_model_name_or_path, config.revision),
+                                 device=device, dtype=torch_dtype(config.dtype), scheduler=config.generation.scheduler)
+        with tqdm(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
+            generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
+        del pipeline
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    logger.info("Generated %d image(s); %d were already on disk.", generated, len(jobs) - len(todo))
+    seconds["generation"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = score_all(config, scorer, planned, photos)
+    seconds["scoring"] = time.perf_counter() - t0
+    settings = {
+        "pretrained_model_name_or_path": config.pretrained_model_name_or_path,
+        "methods": {m.name: None if m.lora is None else str(m.lora) for m in config.methods},
+        "subjects": {s.name: {"folder": str(s.folder), "class_noun": s.class_noun, "live": s.live}
+                     for s in config.subjects},
+        "generation": asdict(config.generation),
+        "encoders": {"dino": getattr(scorer.dino, "name", None), "clip": getattr(scorer.clip, "name", None)},
+        "prompts_file": str(prompts.source),
+    }
+    notes = [f"Evaluators: {', '.join(filter(None, settings['encoders'].values()))}. "
+             f"{config.generation.num_images} image(s) per prompt, {config.generation.num_inference_steps} "
+             f"sampler steps, guidance {config.generation.guidance_scale}."]
+    paths = write_tables(config.output_dir, scores, config.metrics, settings=settings, notes=notes)
+    paths["png"] = plot_scores(scores, config.output_dir / "scores.png", config.metrics)
+    return DreamBenchResult(scores, paths, generated, len(jobs) - len(todo), seconds)
+
+
+def score_all(config: DreamBenchConfig, scorer: _Scorer, planned: dict[tuple[str, str], list[PlannedImage]],
+              photos: dict[str, list[Image.Image]]) -> list[SubjectScore]:
+    """Per-subject scores of every method, plus the measured real-vs-real row per subject."""
+    scores: list[SubjectScore] = []
+    real_rows: list[SubjectScore] = []
+    for subject in config.subjects:
+        real = scorer.embed(photos[subject.name])
+        common = _common(subject, len(photos[subject.name]))
+        real_rows.append(SubjectScore(REAL_IMAGES, num_generated=0, **common, **scorer.real_vs_real(real)))
+        for method in config.methods:
+            items = planned[(method.name, subject.name)]
+            generated = scorer.embed(_load_images([item.job.path for item in items]))
+            values = scorer.score(generated, real, [item.clip_t_text for item in items])
+            scores.append(SubjectScore(method.name, num_generated=len(items), **common, **values))
+    order = {method.name: index for index, method in enumerate(config.methods)}
+    scores.sort(key=lambda score: order[score.method])
+    return scores + real_rows
+
+
+def _common(subject: Subject, num_real: int) -> dict:
+    return {"subject": subject.name, "class_noun": subject.class_noun,
+            "prompt_set": "live" if subject.live else "object", "num_real": num_real}
