@@ -144,7 +144,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     setup_logging()
-    run_demo(args.output_dir, steps=args.steps, seed=args.seed, max_candidates=args.max_candidates)
+    run_demo(args.output_dir, steps=args.steps, seed=args.seed, max_candidates=args.max_candidates,
+             inference_steps=args.inference_steps)
     return 0
 
 
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=150, help="training steps")
     demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
     demo.add_argument("--max_candidates", type=int, default=None, help="score only the first N backbone images")
+    demo.add_argument("--inference_steps", type=int, default=20, help="sampler steps of samples and metrics")
     demo.set_defaults(func=_demo)
 
     from .eval.cli import DREAMBENCH_EXAMPLE, add_dreambench_arguments, add_grid_arguments

@@ -120,7 +120,11 @@ def score_config(train: TrainConfig, bat: BatConfig, surrogate: Path, output_dir
         max_candidates=bat.max_candidates,
         candidate_ratio=bat.candidate_ratio,
         backbone_filter=list(bat.backbone_filter),
-        selection="albat",  # stage 4 applies the run's own rule to the scores
+        selection="albat",
+        num_backbone_samples=bat.num_backbone_samples,
+        score_threshold=bat.score_threshold,
+        backbone_fraction=bat.backbone_fraction,
+        keep_nonpositive=bat.keep_nonpositive,
         seed=train.seed or 0,
         overwrite_manifest=bat.overwrite_manifest,
     )

@@ -194,6 +194,14 @@ def run_dreambooth(
     accelerator.wait_for_everyone()
     counts = stream.count_sources(num_steps * config.gradient_accumulation_steps, all_processes=True)
     result.source_counts = {name: int(n) for name, n in sorted(counts.items())}
+    losses = result.state.losses
+    if losses:
+        tail = losses[-10:]
+        logger.info(
+            "%s: %d steps in %.1fs, loss %.4f -> %.4f (mean of the last %d); samples drawn: %s.",
+            description, len(losses), result.timings["train"], losses[0], sum(tail) / len(tail), len(tail),
+            ", ".join(f"{n} {name}" for name, n in result.source_counts.items() if n),
+        )
 
     if accelerator.is_main_process:
         _save_outputs(config, accelerator, backbone, backbone_path, result, len(subject), num_steps,
