@@ -82,32 +82,46 @@ class ScoreConfig:
             raise ConfigError(f"--max_candidates must be >= 1 when given, got {self.max_candidates}.")
         if not 0.0 < self.candidate_ratio <= 1.0:
             raise ConfigError(f"--candidate_ratio must be in (0, 1], got {self.candidate_ratio}.")
-        keep = [n for n in ("num_backbone_samples", "score_threshold", "backbone_fraction") if getattr(self, n) is not None]
-        if self.selection == "albat" and len(keep) > 1:
-            raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
-        if self.selection == "random" and self.score_threshold is not None:
-            raise ConfigError("--selection random keeps a count, not a threshold: use --num_backbone_samples or --backbone_fraction.")
-        if self.backbone_fraction is not None and not 0 < self.backbone_fraction <= 1:
-            raise ConfigError(f"--backbone_fraction must be in (0, 1], got {self.backbone_fraction}.")
-        if self.num_backbone_samples is not None and self.num_backbone_samples < 1:
-            raise ConfigError(f"--num_backbone_samples must be >= 1, got {self.num_backbone_samples}.")
+        check_keep_flags(self)
 
     def keep_rule(self) -> dict[str, Any]:
         """Keyword arguments of the selection rule (η, top-N or fraction; ALBAT defaults to Z > 0)."""
-        if self.selection == "none":
-            return {}
-        if self.selection == "random":
-            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction, "seed": self.seed}
-        rule = {
-            "threshold": self.score_threshold, "num_samples": self.num_backbone_samples,
-            "fraction": self.backbone_fraction, "force": self.keep_nonpositive,
-        }
-        if all(rule[k] is None for k in ("threshold", "num_samples", "fraction")):
-            rule["threshold"] = 0.0  # keep every candidate predicted to help; Z = 0 itself is dropped below
-        return rule
+        return keep_rule_kwargs(self, self.seed)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
         return path
+
+
+KEEP_FLAGS = ("num_backbone_samples", "score_threshold", "backbone_fraction")
+
+
+def check_keep_flags(config: Any) -> None:
+    """Validate how many candidates a config keeps (``selection``, ``num_backbone_samples``,
+    ``score_threshold``, ``backbone_fraction``); shared by ``dreambat score`` and the BAT run."""
+    keep = [name for name in KEEP_FLAGS if getattr(config, name) is not None]
+    if config.selection != "none" and len(keep) > 1:
+        raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
+    if config.selection == "random" and config.score_threshold is not None:
+        raise ConfigError("--selection random keeps a count, not a threshold: use --num_backbone_samples or --backbone_fraction.")
+    if config.backbone_fraction is not None and not 0 < config.backbone_fraction <= 1:
+        raise ConfigError(f"--backbone_fraction must be in (0, 1], got {config.backbone_fraction}.")
+    if config.num_backbone_samples is not None and config.num_backbone_samples < 1:
+        raise ConfigError(f"--num_backbone_samples must be >= 1, got {config.num_backbone_samples}.")
+
+
+def keep_rule_kwargs(config: Any, seed: int) -> dict[str, Any]:
+    """Keyword arguments of ``get_rule(config.selection, ...)``; ALBAT without a count keeps every Z > 0."""
+    if config.selection == "none":
+        return {}
+    if config.selection == "random":
+        return {"num_samples": config.num_backbone_samples, "fraction": config.backbone_fraction, "seed": seed}
+    rule = {
+        "threshold": config.score_threshold, "num_samples": config.num_backbone_samples,
+        "fraction": config.backbone_fraction, "force": config.keep_nonpositive,
+    }
+    if all(rule[k] is None for k in ("threshold", "num_samples", "fraction")):
+        rule["threshold"] = 0.0  # keep every candidate predicted to help; Z = 0 itself is dropped
+    return rule

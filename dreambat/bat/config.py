@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..albat.config import KEEP_FLAGS, check_keep_flags, keep_rule_kwargs
 from ..config import TrainConfig
 from ..errors import ConfigError
 
@@ -105,22 +106,13 @@ class BatConfig:
             raise ConfigError(f"--candidate_ratio must be in (0, 1], got {self.candidate_ratio}.")
         if self.damping <= 0:
             raise ConfigError(f"--damping must be > 0, got {self.damping}.")
-        keep = [n for n in ("num_backbone_samples", "score_threshold", "backbone_fraction") if getattr(self, n) is not None]
-        if len(keep) > 1:
-            raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
-        if self.selection == "random" and self.score_threshold is not None:
-            raise ConfigError(
-                "--selection random keeps a count, not a threshold: use --num_backbone_samples or --backbone_fraction."
-            )
+        check_keep_flags(self)
+        keep = [name for name in KEEP_FLAGS if getattr(self, name) is not None]
         if self.selection == "random" and not keep and self.selection_manifest is None:
             raise ConfigError(
                 "--selection random needs a count: --num_backbone_samples or --backbone_fraction "
                 "(or --selection_manifest of an ALBAT run, to keep as many as it found helpful)."
             )
-        if self.backbone_fraction is not None and not 0 < self.backbone_fraction <= 1:
-            raise ConfigError(f"--backbone_fraction must be in (0, 1], got {self.backbone_fraction}.")
-        if self.num_backbone_samples is not None and self.num_backbone_samples < 1:
-            raise ConfigError(f"--num_backbone_samples must be >= 1, got {self.num_backbone_samples}.")
 
     @property
     def gamma(self) -> float:
@@ -136,17 +128,7 @@ class BatConfig:
 
     def keep_rule(self, seed: int) -> dict[str, Any]:
         """Keyword arguments of the selection rule; ALBAT defaults to every Z > 0."""
-        if self.selection == "none":
-            return {}
-        if self.selection == "random":
-            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction, "seed": seed}
-        rule = {
-            "threshold": self.score_threshold, "num_samples": self.num_backbone_samples,
-            "fraction": self.backbone_fraction, "force": self.keep_nonpositive,
-        }
-        if all(rule[k] is None for k in ("threshold", "num_samples", "fraction")):
-            rule["threshold"] = 0.0
-        return rule
+        return keep_rule_kwargs(self, seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"gamma": self.gamma}

@@ -56,6 +56,17 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+
+def check_gamma(gamma: float, backbone: Dataset | None) -> None:
+    """Refuse a backbone share outside [0, 1) or one with no backbone samples to draw."""
+    if not 0.0 <= gamma < 1.0:
+        raise ConfigError(f"The backbone share gamma must be in [0, 1), got {gamma}.")
+    if gamma > 0 and (backbone is None or len(backbone) == 0):
+        raise ConfigError(
+            f"gamma={gamma} asks for backbone samples but no (or an empty) backbone dataset "
+            "was given; select backbone samples first or set gamma to 0."
+        )
+
 @dataclass(frozen=True)
 class Slot:
     """One sample of a batch: which source, which item of it, and the seed of its augmentation."""
@@ -99,13 +110,7 @@ class TrainingStream:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         if not 0 <= process_index < num_processes:
             raise ConfigError(f"process_index {process_index} is not in [0, {num_processes}).")
-        if not 0.0 <= gamma < 1.0:
-            raise ConfigError(f"The backbone share gamma must be in [0, 1), got {gamma}.")
-        if gamma > 0 and (backbone is None or len(backbone) == 0):
-            raise ConfigError(
-                f"gamma={gamma} asks for backbone samples but no (or an empty) backbone dataset "
-                "was given; select backbone samples first or set gamma to 0."
-            )
+        check_gamma(gamma, backbone)
         for name, dataset in (("subject", subject), ("class image", class_images)):
             if dataset is not None and len(dataset) == 0:
                 raise DataError(f"The {name} dataset is empty; there is nothing to train on.")

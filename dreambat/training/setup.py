@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 from ..backbone.load import resolve_backbone
 from ..config import TrainConfig
 from ..data.class_images import list_class_images
+from ..data.stream import check_gamma
 from ..data.subject import list_subject_images
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..launch import cpu_only
 from .checkpoints import resolve_resume
 from .loop import require_bitsandbytes
@@ -42,13 +43,7 @@ def check_inputs(config: TrainConfig) -> Path:
 
 def check_mixture(backbone_data: Dataset | None, gamma: float, resolution: int) -> None:
     """Refuse a backbone share that cannot be honoured, and backbone images of the wrong size."""
-    if not 0.0 <= gamma < 1.0:
-        raise ConfigError(f"The backbone share gamma must be in [0, 1), got {gamma}.")
-    if gamma > 0 and (backbone_data is None or len(backbone_data) == 0):
-        raise ConfigError(
-            f"gamma={gamma} needs backbone samples, but the backbone dataset is missing or empty; "
-            "select some candidates, or train with gamma 0."
-        )
+    check_gamma(gamma, backbone_data)
     if backbone_data is None:
         return
     if gamma == 0:

@@ -87,7 +87,7 @@ def test_mixture_trains_on_backbone_rows_with_share_gamma(tiny_backbone, subject
 
 @pytest.mark.parametrize("backbone_data, gamma, error, message", [
     (FakeBackbone(size=64), 0.5, DataError, "at 32 px"),
-    (None, 0.5, ConfigError, "backbone dataset is missing"),
+    (None, 0.5, ConfigError, "asks for backbone samples"),
     (FakeBackbone(), 1.0, ConfigError, r"\[0, 1\)"),
 ])
 def test_bad_mixtures_fail_before_any_model_loads(tiny_backbone, subject_dir, tmp_path, monkeypatch,
