@@ -223,9 +223,15 @@ def _gather_objects(state: PartialState, obj: dict) -> list[dict]:
     return gathered
 
 
+# With split_by="sample" every process reads every shard: shard counts are per process, not summed.
+_PER_PROCESS_SHARD_COUNTS = frozenset({"shards_read", "truncated_shards", "unreadable_shards"})
+
+
 def _sum_counts(stats) -> dict[str, int]:
+    """Candidate counts summed over processes; shard counts as one process saw them (the maximum)."""
     total: dict[str, int] = {}
     for entry in stats:
         for key, value in entry.items():
-            total[key] = total.get(key, 0) + int(value)
+            combine = max if key in _PER_PROCESS_SHARD_COUNTS else int.__add__
+            total[key] = combine(total.get(key, 0), int(value))
     return total

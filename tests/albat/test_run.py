@@ -141,3 +141,4 @@ def test_two_processes_equal_one(world, subject_dir, tmp_path):
         assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-12)
     report = json.loads((tmp_path / "two" / "score_report.json").read_text())
     assert report["num_processes"] == 2 and report["counts"]["skipped_corrupt_image"] == 1
+    assert report["counts"]["shards_read"] == 1  # each process read the one shard; not summed
