@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["BACKBONE", "CLASS", "SUBJECT", "Slot", "TrainingStream", "mix_seed"]
+__all__ = ["BACKBONE", "CLASS", "SUBJECT", "Slot", "TrainingStream", "check_gamma", "mix_seed"]
 
 SUBJECT, BACKBONE, CLASS = "subject", "backbone", "class"
 _TAGS = {SUBJECT: 1, BACKBONE: 2, CLASS: 3, "coin": 4}
@@ -54,7 +54,6 @@ def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers, the same on every machine and Python version."""
     digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
 
 
 def check_gamma(gamma: float, backbone: Dataset | None) -> None:
