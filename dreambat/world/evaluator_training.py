@@ -1,0 +1,191 @@
+"""Training the world's attribute classifier on freshly rendered scenes, and measuring it.
+
+Images are drawn on the fly (rendering a 32 px scene costs well under a millisecond, far less than
+a training step), so every step sees new scenes and no epoch or data set is stored. Training and
+held-out scenes come from disjoint record seeds (:data:`TRAIN_SEED`, :data:`HELDOUT_SEED`), both
+apart from the backbone pool's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..synthetic import random_scene, record_rng, render
+from .classifiers import AttributeClassifier, AttributeNet, ClassifierConfig, images_to_tensor, main_object_labels
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SEED = 7_100
+"""Record seed of the evaluators' training scenes (the backbone pool uses small seeds)."""
+HELDOUT_SEED = 7_200
+"""Record seed of the held-out scenes the evaluators are measured on."""
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """How long and how an evaluator trains.
+
+    Attributes:
+        steps: most optimiser steps.
+        max_minutes: wall-clock budget; training stops at whichever of steps/minutes comes first.
+        batch_size: scenes per step.
+        lr: AdamW learning rate (cosine-decayed to 5% over ``steps``).
+        weight_decay: AdamW weight decay.
+        seed: torch seed (initialisation, augmentation) and offset of the scene stream.
+        log_every: steps between log lines.
+    """
+
+    steps: int = 3000
+    max_minutes: float = 10.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.max_minutes <= 0 or self.lr <= 0:
+            raise ConfigError(f"TrainBudget needs steps >= 1, batch_size >= 2, max_minutes > 0, lr > 0; got {self}.")
+
+
+def cosine_lr(step: int, budget: TrainBudget, elapsed_s: float = 0.0) -> float:
+    """Learning rate at ``step``: cosine from ``lr`` to 5% of it over the budget.
+
+    Progress is the larger of ``step / steps`` and ``elapsed_s / max_minutes``, so a run cut short
+    by its wall-clock budget still ends with a decayed learning rate.
+    """
+    progress = min(1.0, max(step / budget.steps, elapsed_s / (60 * budget.max_minutes)))
+    return budget.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def single_object_scenes(n: int, seed: int, *, start: int = 0, size: int = 32):
+    """``n`` rendered single-object scenes -> ``(images, labels)``; record ``i`` uses ``record_rng(seed, i)``."""
+    images, labels = [], []
+    for index in range(start, start + n):
+        rng = record_rng(seed, index)
+        scene = random_scene(rng, max_objects=1)
+        images.append(render(scene, size, rng))
+        labels.append(main_object_labels(scene.attributes()))
+    return images, labels
+
+
+def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random blur and noise on ``[N, 3, H, W]`` pixels in [-1, 1], so the classifier also reads
+    the softer, noisier images a small diffusion model draws."""
+    n = pixels.shape[0]
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    mix = (torch.rand(n, 1, 1, 1, generator=generator) < 0.5).float() * torch.rand(n, 1, 1, 1, generator=generator)
+    noise = torch.randn(pixels.shape, generator=generator) * 0.1 * torch.rand(n, 1, 1, 1, generator=generator)
+    return (pixels + mix * (blurred - pixels) + noise).clamp(-1, 1)
+
+
+def _label_batches(config: ClassifierConfig, budget: TrainBudget) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    index = budget.seed * 10_000_000
+    while True:
+        images, labels = single_object_scenes(budget.batch_size, TRAIN_SEED, start=index, size=config.image_size)
+        index += budget.batch_size
+        targets = {head: torch.tensor([names.index(lab[head]) for lab in labels])
+                   for head, names in config.heads.items()}
+        yield images_to_tensor(images, config.image_size), targets
+
+
+def train_classifier(config: ClassifierConfig = ClassifierConfig(),
+                     budget: TrainBudget = TrainBudget()) -> tuple[AttributeClassifier, dict]:
+    """Train an :class:`AttributeNet` (sum of per-head cross-entropies) within ``budget``.
+
+    Returns the classifier (eval mode, CPU) and a log ``{"steps", "seconds", "final_loss"}``.
+    """
+    torch.manual_seed(budget.seed)
+    generator = torch.Generator().manual_seed(budget.seed)
+    net = AttributeNet(config)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    start, losses, step = time.monotonic(), [], 0
+    net.train()
+    for step, (pixels, targets) in enumerate(_label_batches(config, budget), start=1):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, budget, time.monotonic() - start)
+        logits = net(degrade(pixels, generator))
+        loss = sum(F.cross_entropy(logits[head], targets[head]) for head in config.heads)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % budget.log_every == 0:
+            logger.info("classifier step %d loss %.4f (%.0f s)", step, np.mean(losses[-budget.log_every:]),
+                        time.monotonic() - start)
+        if step >= budget.steps or time.monotonic() - start > 60 * budget.max_minutes:
+            break
+    log = {"steps": step, "seconds": round(time.monotonic() - start, 1),
+           "final_loss": float(np.mean(losses[-50:]))}
+    return AttributeClassifier(net.eval()), log
+
+
+def measure_classifier(classifier: AttributeClassifier, n: int = 1000, seed: int = HELDOUT_SEED) -> dict[str, float]:
+    """Per-head accuracy (and ``"all"``) on ``n`` fresh single-object scenes of record seed ``seed``.
+
+    Also ``"color|PATTERN"``: colour accuracy per pattern. Checks and wide stripes show two colours
+    in near-equal areas, so which one is "the" colour is partly a convention there.
+    """
+    images, labels = single_object_scenes(n, seed, size=classifier.config.image_size)
+    scores = classifier.agreement(images, labels)
+    predictions = classifier.predict(images)
+    for pattern in classifier.config.heads.get("pattern", []):
+        hits = [p["color"] == t["color"] for p, t in zip(predictions, labels) if t["pattern"] == pattern]
+        if hits:
+            scores[f"color|{pattern}"] = float(np.mean(hits))
+    return scores
+
+
+def save_training_report(folder: str | Path, name: str, report: dict) -> Path:
+    """Write ``report`` (with the budget and measurements) as ``folder/training_report.json``."""
+    path = Path(folder) / "training_report.json"
+    path.write_text(json.dumps({"evaluator": name, **report}, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of paired embeddings ``a, b [N, D]`` (row ``i`` of each is a positive pair).
+
+    ``temperature`` divides the cosine similarities; the loss is the mean of the a->b and b->a
+    cross-entropies over the ``N`` candidates.
+    """
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def retrieval_scores(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Retrieval of paired embeddings ``a, b [N, D]``: top-1/top-5 a->b and b->a, and mean cosines.
+
+    ``match_cosine`` averages the ``N`` paired cosines, ``mismatch_cosine`` the ``N(N-1)`` others.
+    """
+    sims = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+    n = sims.shape[0]
+    target = torch.arange(n)[:, None]
+
+    def top(s: torch.Tensor, k: int) -> float:
+        return float((s.topk(min(k, n), dim=1).indices == target).any(dim=1).float().mean())
+
+    off = ~torch.eye(n, dtype=torch.bool)
+    return {"n": n, "a_to_b_top1": top(sims, 1), "a_to_b_top5": top(sims, 5), "b_to_a_top1": top(sims.T, 1),
+            "b_to_a_top5": top(sims.T, 5), "match_cosine": float(sims.diag().mean()),
+            "mismatch_cosine": float(sims[off].mean())}

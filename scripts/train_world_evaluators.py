@@ -1,0 +1,110 @@
+"""Train the world's evaluators and write them under assets/world/evaluators/.
+
+    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py classifier --max_minutes 10
+    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py clip --max_minutes 12
+    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py dino --max_minutes 12
+    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py measure   # all three, no training
+
+Each run trains from a seed within a step and wall-clock budget, measures the result on held-out
+data and writes ``training_report.json`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dreambat.world.evaluator_training import TrainBudget  # noqa: E402
+from dreambat.world.evaluators import EVALUATORS_DIR  # noqa: E402
+
+DEFAULTS = {  # evaluator -> (steps, batch size, lr)
+    "classifier": (3000, 64, 2e-3),
+    "clip": (4000, 128, 1e-3),
+    "dino": (4000, 128, 1e-3),
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("evaluator", choices=[*DEFAULTS, "measure"])
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default assets/world/evaluators/NAME)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--max_minutes", type=float, default=10.0, help="wall-clock training budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 on a shared CPU)")
+    return parser.parse_args(argv)
+
+
+def _budget(args: argparse.Namespace) -> TrainBudget:
+    steps, batch_size, lr = DEFAULTS[args.evaluator]
+    return TrainBudget(steps=args.steps or steps, batch_size=args.batch_size or batch_size, lr=args.lr or lr,
+                       max_minutes=args.max_minutes, seed=args.seed)
+
+
+def _classifier(args: argparse.Namespace, out: Path) -> dict:
+    from dreambat.world.evaluator_training import measure_classifier, save_training_report, train_classifier
+
+    budget = _budget(args)
+    classifier, log = train_classifier(budget=budget)
+    classifier.save(out)
+    report = {"budget": budget, "training": log, "heldout_accuracy": measure_classifier(classifier)}
+    save_training_report(out, "classifier", report)
+    return report
+
+
+def _clip(args: argparse.Namespace, out: Path) -> dict:
+    from dreambat.world.clip_role import measure_clip, train_clip
+    from dreambat.world.evaluator_training import save_training_report
+
+    budget = _budget(args)
+    log = train_clip(out, budget=budget)
+    report = {"budget": budget, "training": log, "heldout": measure_clip(out)}
+    save_training_report(out, "clip", report)
+    return report
+
+
+def _dino(args: argparse.Namespace, out: Path) -> dict:
+    from dreambat.world.dino_role import measure_dino, train_dino
+    from dreambat.world.evaluator_training import save_training_report
+
+    budget = _budget(args)
+    log = train_dino(out, budget=budget)
+    report = {"budget": budget, "training": log, "heldout": measure_dino(out)}
+    save_training_report(out, "dino", report)
+    return report
+
+
+def _measure(_: argparse.Namespace, root: Path) -> dict:
+    from dreambat.world.classifiers import AttributeClassifier
+    from dreambat.world.clip_role import measure_clip
+    from dreambat.world.dino_role import measure_dino
+    from dreambat.world.evaluator_training import measure_classifier
+
+    return {"classifier": measure_classifier(AttributeClassifier.load(root / "classifier")),
+            "clip": measure_clip(root / "clip"), "dino": measure_dino(root / "dino")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.evaluator == "measure":
+        report = _measure(args, args.out or EVALUATORS_DIR)
+    else:
+        out = args.out or EVALUATORS_DIR / args.evaluator
+        report = {"classifier": _classifier, "clip": _clip, "dino": _dino}[args.evaluator](args, out)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

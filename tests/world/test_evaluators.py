@@ -1,0 +1,105 @@
+"""The world's committed evaluators load through ``dreambat.eval`` and tell the world's images apart."""
+
+import torch
+import torch.nn.functional as F
+import pytest
+
+from dreambat.errors import ConfigError, ModelNotFoundError
+from dreambat.eval.encoders import ClipEncoder, DinoEncoder
+from dreambat.synthetic import backbone_record
+from dreambat.world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig, main_object_labels
+from dreambat.world.evaluator_training import info_nce, retrieval_scores, single_object_scenes
+from dreambat.world.evaluators import CLASSIFIER_DIR, world_evaluator_settings, world_evaluators
+from dreambat.world.subjects import WORLD_SUBJECTS, subject_photos
+
+TEST_SEED = 7_300  # neither the evaluators' training nor their held-out measurement seed
+
+
+@pytest.fixture(scope="module")
+def classifier() -> AttributeClassifier:
+    return AttributeClassifier.load(CLASSIFIER_DIR)
+
+
+def test_classifier_reads_shape_and_colour_of_fresh_scenes(classifier):
+    images, labels = single_object_scenes(20, TEST_SEED)
+    predictions = classifier.predict(images)
+    for head in ("shape", "color", "background"):
+        assert sum(p[head] == t[head] for p, t in zip(predictions, labels)) >= 14, head
+
+
+def test_subject_fidelity_of_subject_photos(classifier):
+    subject = WORLD_SUBJECTS[0]
+    scores = classifier.subject_fidelity(subject_photos(subject, "train"), subject)
+    assert set(scores) == {"shape", "color", "pattern", "all"}
+    assert scores["color"] >= 0.6 and scores["shape"] >= 0.6
+
+
+def test_agreement_counts_each_expected_head(classifier, monkeypatch):
+    fixed = [{"shape": "star", "color": "red", "pattern": "plain", "background": "blue"},
+             {"shape": "circle", "color": "red", "pattern": "plain", "background": "white"}]
+    monkeypatch.setattr(classifier, "predict", lambda images: fixed)
+    scores = classifier.prompt_fidelity([None, None], {"color": "red", "background": "blue"})
+    assert scores == {"color": 1.0, "background": 0.5, "all": 0.5}
+    with pytest.raises(ConfigError):
+        classifier.agreement([None, None], {"size": "large"})
+
+
+def test_classifier_round_trips_and_validates(tmp_path):
+    config = ClassifierConfig(channels=(4, 4, 4), hidden=8)
+    torch.manual_seed(0)
+    saved = AttributeClassifier(AttributeNet(config).eval()).save(tmp_path / "clf")
+    loaded = AttributeClassifier.load(saved)
+    images, _ = single_object_scenes(3, TEST_SEED)
+    assert loaded.predict(images) == AttributeClassifier.load(saved).predict(images)
+    assert loaded.config == config
+    with pytest.raises(ConfigError):
+        ClassifierConfig(image_size=30)
+    with pytest.raises(ModelNotFoundError):
+        AttributeClassifier.load(tmp_path / "missing")
+
+
+def test_main_object_is_the_largest():
+    attributes = {"background": "blue", "objects": [
+        {"shape": "star", "color": "red", "pattern": "plain", "size": 0.6},
+        {"shape": "circle", "color": "green", "pattern": "dotted", "size": 0.3}]}
+    assert main_object_labels(attributes) == {"shape": "star", "color": "red", "pattern": "plain",
+                                              "background": "blue"}
+
+
+def test_clip_loads_through_eval_and_matches_captions():
+    settings = world_evaluator_settings()
+    encoder = ClipEncoder.load(settings["clip_model"], settings["clip_pretrained"], device="cpu")
+    records = [backbone_record(i, TEST_SEED, 32) for i in range(16)]
+    images = encoder.embed_images([r["image"] for r in records])
+    texts = encoder.embed_texts([r["caption"] for r in records])
+    assert images.shape == texts.shape == (16, 64)
+    scores = retrieval_scores(images, texts)
+    assert scores["match_cosine"] > scores["mismatch_cosine"] + 0.1
+    assert scores["a_to_b_top5"] >= 0.5
+
+
+def test_dino_loads_through_eval_and_groups_subjects():
+    encoder = DinoEncoder.load(str(world_evaluators().dino_model), device="cpu")
+    a, b = WORLD_SUBJECTS[1], WORLD_SUBJECTS[2]
+    photos = subject_photos(a, "heldout", n=4) + subject_photos(b, "heldout", n=4)
+    emb = F.normalize(encoder.embed_images(photos), dim=-1)
+    assert emb.shape == (8, 64)
+    sims = emb @ emb.T
+    same = (sims[:4, :4].sum() - 4 + sims[4:, 4:].sum() - 4) / 24
+    assert same > sims[:4, 4:].mean()
+
+
+def test_world_evaluators_missing_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        world_evaluators(tmp_path)
+
+
+def test_retrieval_and_info_nce_against_reference():
+    a = torch.eye(6)
+    b = torch.eye(6)[[0, 1, 2, 3, 5, 4]]
+    scores = retrieval_scores(a, b)
+    assert scores["a_to_b_top1"] == pytest.approx(4 / 6) and scores["a_to_b_top5"] == 1.0
+    assert scores["match_cosine"] == pytest.approx(4 / 6)
+    logits = a @ b.T / 0.5
+    reference = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
+    assert info_nce(a, b, 0.5) == pytest.approx(float(reference))
