@@ -1,0 +1,346 @@
+"""Pre-training the world's tiny Stable Diffusion backbone on the backbone pool, on a CPU budget.
+
+Two phases, both resumable from one checkpoint file and bounded by wall-clock minutes:
+
+1. **VAE**: the :class:`~diffusers.AutoencoderKL` is trained as an autoencoder (MSE plus a tiny
+   KL term) on the pool's 32 px images; a random decoder cannot draw anything. Its
+   ``scaling_factor`` is then set to ``1 / std`` of the pool's latent means, as SD's 0.18215 is.
+2. **Denoiser**: the VAE is frozen, every pool image is encoded once (latent *means*, as
+   :func:`dreambat.diffusion.encode_latents` trains on them), and the UNet and the CLIP text
+   encoder are trained *jointly* from scratch on epsilon-prediction with uniform timesteps,
+   10% of captions replaced by "" so classifier-free guidance works. An EMA of both is what is
+   saved.
+
+The result is an ordinary diffusers folder (safetensors; UNet and VAE stored as float16, loaded
+back as float32) that
+:func:`dreambat.backbone.load.load_backbone` and ``StableDiffusionPipeline.from_pretrained`` load.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+
+from ..backbone.tiny import TinySize, build_tiny_components
+from ..data.shards import ShardReader
+from ..errors import ConfigError, DataError
+from ..synthetic import VOCABULARY
+
+WORLD_BACKBONE_SIZE = TinySize(
+    resolution=32,
+    unet_channels=(32, 64, 64),
+    unet_layers_per_block=1,
+    unet_head_dim=8,
+    vae_channels=(32, 64),
+    text_hidden=64,
+    text_layers=2,
+    text_heads=4,
+)
+"""The world backbone: 32 px images, 16x16x4 latents, a three-level UNet (16, 8, 4 px)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of :func:`pretrain`.
+
+    Attributes:
+        shards: pool shard paths (``scripts/make_world.py`` writes them).
+        work_dir: checkpoint and log folder (resume reads ``work_dir/checkpoint.pt``).
+        max_images: use at most this many pool images (None: all).
+        seed: seeds the weights, batch order, noise and caption dropout.
+        vae_minutes / max_minutes: wall-clock budget of the VAE phase / of both phases together.
+        vae_batch_size, vae_lr, vae_kl_weight: VAE phase.
+        batch_size, lr, text_lr, warmup_steps, ema_decay, caption_dropout: denoiser phase.
+        max_steps: stop the denoiser phase after this many steps even within budget.
+        checkpoint_minutes: write the checkpoint this often.
+    """
+
+    shards: tuple[str, ...]
+    work_dir: str
+    max_images: int | None = None
+    seed: int = 0
+    vae_minutes: float = 5.0
+    max_minutes: float = 30.0
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    batch_size: int = 32
+    lr: float = 5e-4
+    text_lr: float = 2e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    max_steps: int = 1_000_000
+    checkpoint_minutes: float = 2.0
+    size: TinySize = field(default=WORLD_BACKBONE_SIZE)
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ConfigError("PretrainConfig needs at least one pool shard; run scripts/make_world.py.")
+        if not 0 <= self.caption_dropout < 1:
+            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
+        if self.vae_minutes >= self.max_minutes:
+            raise ConfigError("vae_minutes must be smaller than max_minutes (the denoiser needs time).")
+
+
+def load_pool(shards: Sequence[str], max_images: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Decode pool shards into memory.
+
+    Returns:
+        images: ``(N, 3, H, W)`` uint8; captions: ``N`` strings.
+    """
+    images, captions = [], []
+    for sample in ShardReader(list(shards), max_candidates=max_images):
+        images.append(np.asarray(sample.image.convert("RGB"), dtype=np.uint8))
+        captions.append(sample.caption)
+    if not images:
+        raise DataError(f"No readable samples in {list(shards)}; rerun scripts/make_world.py.")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def to_pixels(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float in [-1, 1]."""
+    return batch.float().div(127.5).sub(1.0)
+
+
+class Checkpoint:
+    """One file ``work_dir/checkpoint.pt`` holding the whole training state, written atomically."""
+
+    def __init__(self, work_dir: str | Path):
+        self.path = Path(work_dir) / "checkpoint.pt"
+
+    def load(self) -> dict[str, Any] | None:
+        return torch.load(self.path, weights_only=False) if self.path.is_file() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+
+
+def _log(log_path: Path, record: dict[str, Any]) -> None:
+    with open(log_path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train_vae(vae: torch.nn.Module, images: torch.Tensor, cfg: PretrainConfig, state: dict[str, Any],
+              ckpt: Checkpoint, log_path: Path, deadline: float) -> None:
+    """Train ``vae`` in place until ``deadline`` (``time.time()`` seconds); resumes from ``state``."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    if "vae_opt" in state:
+        opt.load_state_dict(state["vae_opt"])
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + state.get("vae_step", 0))
+    step, last_save, losses = state.get("vae_step", 0), time.time(), []
+    vae.train()
+    while time.time() < deadline:
+        idx = torch.randint(len(images), (cfg.vae_batch_size,), generator=gen)
+        x = to_pixels(images[idx])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(mse.item())
+        if step % 50 == 0:
+            _log(log_path, {"phase": "vae", "step": step, "mse": float(np.mean(losses)), "t": time.time()})
+            losses = []
+        if time.time() - last_save > cfg.checkpoint_minutes * 60:
+            ckpt.save({**state, "vae": vae.state_dict(), "vae_opt": opt.state_dict(), "vae_step": step})
+            last_save = time.time()
+    vae.eval()
+    state.update(vae=vae.state_dict(), vae_opt=opt.state_dict(), vae_step=step)
+
+
+@torch.no_grad()
+def encode_pool(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Latent means of every image, ``(N, 4, h, w)`` float32 (not yet scaled)."""
+    return torch.cat([vae.encode(to_pixels(images[i:i + batch])).latent_dist.mean
+                      for i in range(0, len(images), batch)])
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids: torch.Tensor,
+                   empty_ids: torch.Tensor, cfg: PretrainConfig, state: dict[str, Any],
+                   ckpt: Checkpoint, log_path: Path, deadline: float,
+                   elapsed: Callable[[], float] = lambda: 0.0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Train UNet + text encoder jointly on scaled ``latents`` ``(N, 4, h, w)`` and their caption
+    ``token_ids`` ``(N, 77)``; returns the EMA copies ``(unet, text_encoder)``.
+
+    ``elapsed()`` gives the seconds spent so far over all runs; checkpoints store it so a resumed
+    run keeps to the overall budget."""
+    unet, text_encoder, scheduler = components["unet"], components["text_encoder"], components["scheduler"]
+    if "unet" in state:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    if "ema_unet" in state:
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+    opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": cfg.lr},
+                             {"params": text_encoder.parameters(), "lr": cfg.text_lr}], weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    if "opt" in state:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    step = state.get("step", 0)
+    gen = torch.Generator().manual_seed(cfg.seed + 7 + step)
+    alphas = scheduler.alphas_cumprod
+    unet.train()
+    text_encoder.train()
+    last_save, losses = time.time(), []
+
+    def snapshot() -> dict[str, Any]:
+        return {**state, "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                "seconds": elapsed()}
+
+    while time.time() < deadline and step < cfg.max_steps:
+        idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
+        x0 = latents[idx]
+        ids = token_ids[idx].clone()
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+        ids[drop] = empty_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            _log(log_path, {"phase": "unet", "step": step, "loss": float(np.mean(losses)), "t": time.time()})
+            losses = []
+        if time.time() - last_save > cfg.checkpoint_minutes * 60:
+            ckpt.save(snapshot())
+            last_save = time.time()
+    ckpt.save(snapshot())
+    state.update(step=step)
+    return ema_unet.eval(), ema_text.eval()
+
+
+def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume) both phases within ``cfg.max_minutes`` and save the backbone folder.
+
+    Returns:
+        A report (settings, images, steps, seconds per phase, final losses, scaling factor),
+        also written to ``work_dir/report.json``.
+    """
+    start = time.time()
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "log.jsonl"
+    ckpt = Checkpoint(work)
+    state = ckpt.load() or {}
+    spent = state.get("seconds", 0.0)
+    torch.manual_seed(cfg.seed)
+    components = build_tiny_components(cfg.size, seed=cfg.seed, words=VOCABULARY)
+    images, captions = load_pool(cfg.shards, cfg.max_images)
+    load_seconds = time.time() - start
+
+    vae = components["vae"]
+    if "vae" in state:
+        vae.load_state_dict(state["vae"])
+    if not state.get("vae_done"):
+        train_vae(vae, images, cfg, state, ckpt, log_path,
+                  start + max(0.0, cfg.vae_minutes * 60 - spent))
+        state["vae_done"] = True
+        state["vae_seconds"] = time.time() - start
+        ckpt.save({**state, "seconds": spent + time.time() - start})
+    vae.requires_grad_(False)
+
+    t0 = time.time()
+    raw = encode_pool(vae, images)
+    scale = 1.0 / float(raw.std())
+    vae.register_to_config(scaling_factor=scale)
+    latents = raw * scale
+    tok = components["tokenizer"]
+    token_ids = tok(captions, padding="max_length", max_length=tok.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length,
+                    return_tensors="pt").input_ids[0]
+    encode_seconds = time.time() - t0
+    deadline = start + cfg.max_minutes * 60 - spent
+    unet, text_encoder = train_denoiser(components, latents, token_ids, empty_ids, cfg, state,
+                                        ckpt, log_path, deadline,
+                                        elapsed=lambda: spent + time.time() - start)
+    components.update(unet=unet, text_encoder=text_encoder, vae=vae)
+    save_backbone(components, output_dir)
+    report = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "size"},
+        "size": asdict(cfg.size),
+        "images": len(images),
+        "vae_steps": state.get("vae_step", 0),
+        "unet_steps": state.get("step", 0),
+        "scaling_factor": scale,
+        "seconds_total_this_run": round(time.time() - start, 1),
+        "seconds_before_resume": round(spent, 1),
+        "seconds_load": round(load_seconds, 1),
+        "seconds_encode": round(encode_seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "parameters": {name: sum(p.numel() for p in components[name].parameters())
+                       for name in ("unet", "vae", "text_encoder")},
+    }
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def save_backbone(components: dict[str, Any], folder: str | Path,
+                  half: Sequence[str] = ("unet", "vae")) -> Path:
+    """Save the components as a diffusers Stable Diffusion folder (safetensors).
+
+    The models named in ``half`` are stored as float16 to keep the committed folder small;
+    diffusers loads them back into float32 modules (``from_pretrained`` with no dtype, and
+    :func:`~dreambat.backbone.load.load_backbone`). The text encoder stays float32 because
+    transformers would otherwise load it as float16 next to a float32 UNet.
+    """
+    stored = {name: copy.deepcopy(model).half() if name in half else model
+              for name, model in components.items()
+              if name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+    pipe = StableDiffusionPipeline(**stored, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def read_log(work_dir: str | Path) -> list[dict[str, Any]]:
+    """The JSON-lines training log of a work dir (empty when there is none)."""
+    path = Path(work_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+

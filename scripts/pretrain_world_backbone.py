@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Pre-train the world's tiny Stable Diffusion backbone on the pool, within a time budget.
+
+    python scripts/make_world.py                                   # the pool, once
+    OMP_NUM_THREADS=1 python scripts/pretrain_world_backbone.py --max_minutes 30
+
+Resumable: rerun with the same --work_dir and a larger --max_minutes to continue. Writes the
+diffusers folder to --output_dir (default assets/world/backbone) and, unless --no_grid,
+a sample grid of the grid captions to assets/world/backbone_samples.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR  # noqa: E402
+from dreambat.world.pretrain import PretrainConfig, pretrain  # noqa: E402
+from dreambat.world.sampling import GRID_CAPTIONS, sample_grid  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool_dir", type=Path, default=REPO_ROOT / DEFAULT_POOL_DIR)
+    p.add_argument("--work_dir", type=Path, default=REPO_ROOT / "outputs/world/pretrain")
+    p.add_argument("--output_dir", type=Path, default=ASSETS_DIR / BACKBONE_DIR)
+    p.add_argument("--grid", type=Path, default=ASSETS_DIR / "backbone_samples.png")
+    p.add_argument("--no_grid", action="store_true")
+    p.add_argument("--max_images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_minutes", type=float, default=30.0)
+    p.add_argument("--vae_minutes", type=float, default=5.0)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--vae_batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup_steps", type=int, default=100)
+    p.add_argument("--ema_decay", type=float, default=0.995)
+    p.add_argument("--max_steps", type=int, default=1_000_000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shards = tuple(str(s) for s in sorted(args.pool_dir.glob("shard-*.tar")))
+    cfg = PretrainConfig(shards=shards, work_dir=str(args.work_dir), max_images=args.max_images,
+                         seed=args.seed, vae_minutes=args.vae_minutes, max_minutes=args.max_minutes,
+                         batch_size=args.batch_size, vae_batch_size=args.vae_batch_size, lr=args.lr,
+                         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
+                         max_steps=args.max_steps)
+    report = pretrain(cfg, args.output_dir)
+    print(json.dumps(report, indent=1))
+    if not args.no_grid:
+        sample_grid(args.output_dir, GRID_CAPTIONS, seeds=(0, 1, 2, 3)).save(args.grid)
+        print(f"grid -> {args.grid}")
+
+
+if __name__ == "__main__":
+    main()
