@@ -147,9 +147,14 @@ def check_combination(train: TrainConfig, bat: BatConfig) -> None:
         raise ConfigError("--surrogate_lora is only used by --selection albat; drop it or change --selection.")
 
 
+def run_config(train: TrainConfig, bat: BatConfig) -> dict[str, Any]:
+    """Both resolved configurations as one JSON-ready dict (``{"train": ..., "bat": ...}``)."""
+    return {"train": train.to_dict(), "bat": bat.to_dict()}
+
+
 def save_run_config(path: str | Path, train: TrainConfig, bat: BatConfig) -> Path:
-    """Write both resolved configurations as one JSON file (``{"train": ..., "bat": ...}``)."""
+    """Write :func:`run_config` as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"train": train.to_dict(), "bat": bat.to_dict()}, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(run_config(train, bat), indent=2, sort_keys=True) + "\n")
     return path

@@ -26,7 +26,7 @@ from ..training.dreambooth import run_dreambooth
 from ..training.setup import check_inputs as check_training_inputs
 from ..training.setup import native_resolution
 from .backbone_data import SelectedBackboneDataset
-from .config import BatConfig, check_combination, save_run_config
+from .config import BatConfig, check_combination, run_config, save_run_config
 from .report import bat_model_card_section, build_report
 from .stages import score_config, scoring_stage, selection_stage, surrogate_stage
 
@@ -106,6 +106,7 @@ def run_bat(train: TrainConfig, bat: BatConfig) -> BatResult:
     run = run_dreambooth(
         train, backbone_data=backbone_data, gamma=gamma, description="train",
         model_card_sections={"Backbone Augmented Training": bat_model_card_section(bat, selection, len(records), gamma)},
+        resolved_config=run_config(train, bat),
     )
     timings["train"], stages["train"] = time.perf_counter() - started, "resumed" if run.resumed_from else "ran"
 
@@ -113,7 +114,6 @@ def run_bat(train: TrainConfig, bat: BatConfig) -> BatResult:
     if bat.selection != "none":
         result.manifest_path = output_dir / SELECTION_MANIFEST_NAME
     if state.is_main_process:
-        save_run_config(output_dir / RESOLVED_CONFIG_NAME, train, bat)
         result.report = build_report(
             train, bat, num_processes=state.num_processes, resolution=resolution, gamma=gamma,
             score_report=score_report, statistics=score_statistics(records) if records else None,

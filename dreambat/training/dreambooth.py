@@ -8,11 +8,13 @@ through it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -98,6 +100,7 @@ def run_dreambooth(
     gamma: float = 0.0,
     description: str = "train",
     model_card_sections: Mapping[str, str] | None = None,
+    resolved_config: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Train a DreamBooth LoRA on ``config.instance_data_dir`` (optionally mixed) and write every output.
 
@@ -108,6 +111,8 @@ def run_dreambooth(
         gamma: expected share of backbone rows in the instance part of each batch, in ``[0, 1)``.
         description: progress-bar label and TensorBoard tag prefix (e.g. ``"surrogate"``).
         model_card_sections: extra model-card sections, heading -> markdown.
+        resolved_config: what to write as ``dreambat_config.json`` when the caller's settings
+            are wider than ``config`` (a BAT run writes its training and BAT settings together).
 
     Writes to ``config.output_dir``: ``pytorch_lora_weights.safetensors`` (text-encoder LoRA
     included when trained), ``dreambat_config.json``, ``checkpoint-N/`` every
@@ -158,7 +163,12 @@ def run_dreambooth(
         check_stream_state(resume, stream_state)
     if accelerator.is_main_process:
         result.output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(result.output_dir / RESOLVED_CONFIG_NAME)
+        if resolved_config is None:
+            config.save(result.output_dir / RESOLVED_CONFIG_NAME)
+        else:
+            (result.output_dir / RESOLVED_CONFIG_NAME).write_text(
+                json.dumps(resolved_config, indent=2, sort_keys=True) + "\n"
+            )
         accelerator.init_trackers("dreambat", config=_tracker_config(config))
     result.timings["load"] = time.perf_counter() - started - result.timings.get("class_images", 0.0)
     logger.info(

@@ -65,6 +65,7 @@ def _check_outputs(out, *, selection):
     assert list((out / "logs").rglob("events.out.tfevents*"))
     report = json.loads((out / "bat_report.json").read_text())
     assert report["settings"]["bat"]["selection"] == selection
+    assert json.loads((out / "dreambat_config.json").read_text()) == report["settings"]
     assert set(report["timings"]) >= {"train"}
     counts = report["counts"]["training_samples"]
     assert counts["subject"] + counts.get("backbone", 0) == 4 * 2
