@@ -14,10 +14,8 @@ Three parts (``--parts``, default all three), all on the same candidates in one 
 * ``memory``: peak RSS of the whole streaming path (``dreambat.albat.run.run_scoring`` over
   webdataset shards written to a temp dir) for two candidate counts, each in a fresh subprocess.
 
-Interference: the machine may be shared. For each measurement the script records the load
-average and the CPU time used by *other* processes (system busy time from /proc/stat minus this
-process's and its children's CPU time, divided by wall time, in cores). The load average cannot be
-used directly because the benchmark's own threads raise it. A measurement whose other-process CPU
+Interference (see ``_measure.py``): the CPU used by other processes is recorded for every
+measurement. A measurement whose other-process CPU
 exceeds ``--max_other_cores`` is repeated (up to ``--retries`` times) and the least disturbed
 attempt is kept; every attempt is recorded.
 
@@ -34,7 +32,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -51,132 +48,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import psutil  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from _measure import REPO, git_head, log, machine_info, measured  # noqa: E402
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SUBJECT_DIR = REPO / "assets" / "subject"
 INSTANCE_PROMPT = "a photo of sks star"
 PARTS = ("throughput", "cost", "memory")
-
-
-# --------------------------------------------------------------------------------------------
-# Machine and interference
-# --------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    import diffusers
-    import peft
-    import torch
-
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "torch_threads": torch.get_num_threads(),
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "peft": peft.__version__,
-    }
-
-
-def git_head() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def _system_busy_seconds() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
-
-
-def _own_cpu_seconds() -> float:
-    t = psutil.Process().cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class Interference:
-    """CPU used by other processes (in cores) and load averages over a measured interval."""
-
-    def __init__(self) -> None:
-        self.load_start = os.getloadavg()
-        self.busy0, self.own0, self.t0 = _system_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-        self.result: dict = {}
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.t0
-        busy, own = _system_busy_seconds() - self.busy0, _own_cpu_seconds() - self.own0
-        self.result = {
-            "wall_s": round(wall, 3),
-            "own_cpu_cores": round(own / wall, 3) if wall > 0 else None,
-            "other_cpu_cores": round(max(busy - own, 0.0) / wall, 3) if wall > 0 else None,
-            "loadavg_start": [round(x, 2) for x in self.load_start],
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        }
-        return self.result
-
-
-def other_cores_now(probe_s: float = 2.0) -> float:
-    meter = Interference()
-    time.sleep(probe_s)
-    return meter.stop()["other_cpu_cores"]
-
-
-def wait_for_quiet(args, label: str) -> dict:
-    """Wait up to ``--wait_quiet_s`` until other processes use <= ``--max_other_cores``."""
-    started = time.perf_counter()
-    while True:
-        other = other_cores_now()
-        waited = time.perf_counter() - started
-        if other <= args.max_other_cores or waited >= args.wait_quiet_s:
-            if other > args.max_other_cores:
-                log(f"[{label}] machine still busy ({other:.2f} other cores) after {waited:.0f}s; measuring anyway")
-            return {"other_cpu_cores_before": other, "waited_s": round(waited, 1)}
-        log(f"[{label}] other processes use {other:.2f} cores; waiting")
-        time.sleep(10)
-
-
-def measured(args, label: str, fn):
-    """Run ``fn()`` (returns a dict), repeating while disturbed; keep the least disturbed attempt."""
-    attempts = []
-    for attempt in range(args.retries + 1):
-        quiet = wait_for_quiet(args, label)
-        meter = Interference()
-        value = fn()
-        load = meter.stop() | quiet
-        attempts.append((value, load))
-        log(f"[{label}] attempt {attempt + 1}: other-process CPU {load['other_cpu_cores']:.2f} cores, "
-            f"loadavg {load['loadavg_end'][0]:.2f}")
-        if load["other_cpu_cores"] <= args.max_other_cores:
-            break
-    best_value, best_load = min(attempts, key=lambda a: a[1]["other_cpu_cores"])
-    best_value = dict(best_value)
-    best_value["interference"] = best_load
-    best_value["attempts"] = len(attempts)
-    best_value["disturbed"] = best_load["other_cpu_cores"] > args.max_other_cores
-    if len(attempts) > 1:
-        best_value["all_attempts_other_cpu_cores"] = [a[1]["other_cpu_cores"] for a in attempts]
-    return best_value
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
