@@ -37,22 +37,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_minutes", type=float, default=30.0)
-    p.add_argument("--vae_minutes", type=float, default=5.0)
+    p.add_argument("--vae_minutes", type=float, default=12.0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--vae_batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--text_lr", type=float, default=5e-4)
+    p.add_argument("--snr_gamma", type=float, default=5.0, help="min-SNR weighting; 0 turns it off")
     p.add_argument("--warmup_steps", type=int, default=100)
     p.add_argument("--ema_decay", type=float, default=0.995)
     p.add_argument("--max_steps", type=int, default=1_000_000)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--checkpoint_minutes", type=float, default=2.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     shards = tuple(str(s) for s in sorted(args.pool_dir.glob("shard-*.tar")))
     cfg = PretrainConfig(shards=shards, work_dir=str(args.work_dir), max_images=args.max_images,
                          seed=args.seed, vae_minutes=args.vae_minutes, max_minutes=args.max_minutes,
                          batch_size=args.batch_size, vae_batch_size=args.vae_batch_size, lr=args.lr,
+                         text_lr=args.text_lr, snr_gamma=args.snr_gamma or None,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-                         max_steps=args.max_steps)
+                         max_steps=args.max_steps, checkpoint_minutes=args.checkpoint_minutes)
     report = pretrain(cfg, args.output_dir)
     print(json.dumps(report, indent=1))
     if not args.no_grid:

@@ -36,6 +36,10 @@ class TinySize:
     text_hidden: int
     text_layers: int
     text_heads: int
+    unet_attention: tuple[bool, ...] | None = None
+    """Which UNet levels (finest first) carry cross-attention; None: every level but the coarsest,
+    as SD does. Self-attention over a fine level's many positions dominates a CPU step."""
+    vae_mid_attention: bool = True
 
     @property
     def latent_resolution(self) -> int:
@@ -95,6 +99,11 @@ def build_tiny_components(
     spec = get_tiny_size(size) if isinstance(size, str) else size
     tokenizer = build_clip_tokenizer(words)
     n_blocks = len(spec.unet_channels)
+    attention = spec.unet_attention or (True,) * (n_blocks - 1) + (False,)
+    if len(attention) != n_blocks:
+        raise ConfigError(f"unet_attention has {len(attention)} entries for {n_blocks} UNet levels.")
+    down_blocks = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up_blocks = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -103,8 +112,8 @@ def build_tiny_components(
             out_channels=4,
             block_out_channels=spec.unet_channels,
             layers_per_block=spec.unet_layers_per_block,
-            down_block_types=("CrossAttnDownBlock2D",) * (n_blocks - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_blocks - 1),
+            down_block_types=down_blocks,
+            up_block_types=up_blocks,
             cross_attention_dim=spec.text_hidden,
             attention_head_dim=spec.unet_head_dim,
             norm_num_groups=min(32, spec.unet_channels[0]),
@@ -117,6 +126,7 @@ def build_tiny_components(
             block_out_channels=spec.vae_channels,
             layers_per_block=1,
             latent_channels=4,
+            mid_block_add_attention=spec.vae_mid_attention,
             norm_num_groups=min(32, spec.vae_channels[0]),
             sample_size=spec.resolution,
         )

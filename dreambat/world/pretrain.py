@@ -8,8 +8,9 @@ Two phases, both resumable from one checkpoint file and bounded by wall-clock mi
 2. **Denoiser**: the VAE is frozen, every pool image is encoded once (latent *means*, as
    :func:`dreambat.diffusion.encode_latents` trains on them), and the UNet and the CLIP text
    encoder are trained *jointly* from scratch on epsilon-prediction with uniform timesteps,
-   10% of captions replaced by "" so classifier-free guidance works. An EMA of both is what is
-   saved.
+   10% of captions replaced by "" so classifier-free guidance works, and the loss weighted by
+   min-SNR-gamma (Hang et al. 2023), reported to converge about 3x faster than the plain loss.
+   An EMA of both is what is saved.
 
 The result is an ordinary diffusers folder (safetensors; UNet and VAE stored as float16, loaded
 back as float32) that
@@ -47,8 +48,12 @@ WORLD_BACKBONE_SIZE = TinySize(
     text_hidden=64,
     text_layers=2,
     text_heads=4,
+    unet_attention=(False, True, True),
+    vae_mid_attention=False,
 )
-"""The world backbone: 32 px images, 16x16x4 latents, a three-level UNet (16, 8, 4 px)."""
+"""The world backbone: 32 px images, 16x16x4 latents, a three-level UNet (16, 8, 4 px) with
+cross-attention at 8 and 4 px only: attention over the 256 positions of the 16 px level made a
+CPU training step 2.4x slower and the objects are readable from 8 px up."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class PretrainConfig:
         vae_minutes / max_minutes: wall-clock budget of the VAE phase / of both phases together.
         vae_batch_size, vae_lr, vae_kl_weight: VAE phase.
         batch_size, lr, text_lr, warmup_steps, ema_decay, caption_dropout: denoiser phase.
+        snr_gamma: min-SNR loss weighting ``min(snr, gamma) / snr`` (None: the plain MSE).
         max_steps: stop the denoiser phase after this many steps even within budget.
         checkpoint_minutes: write the checkpoint this often.
     """
@@ -82,6 +88,7 @@ class PretrainConfig:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    snr_gamma: float | None = 5.0
     max_steps: int = 1_000_000
     checkpoint_minutes: float = 2.0
     size: TinySize = field(default=WORLD_BACKBONE_SIZE)
@@ -232,7 +239,11 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        if cfg.snr_gamma is not None:
+            snr = a.flatten() / (1 - a.flatten())
+            per_sample = per_sample * snr.clamp(max=cfg.snr_gamma) / snr
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
@@ -242,7 +253,7 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        losses.append(loss.item())
+        losses.append(F.mse_loss(pred.detach(), noise).item())
         if step % 50 == 0:
             _log(log_path, {"phase": "unet", "step": step, "loss": float(np.mean(losses)), "t": time.time()})
             losses = []

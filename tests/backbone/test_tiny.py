@@ -81,3 +81,17 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
     text = "a photo of sks striped star"
     assert loaded(text).input_ids == tok(text).input_ids
     assert loaded.model_max_length == 77
+
+
+def test_attention_levels_and_vae_mid_attention_are_configurable():
+    import dataclasses
+
+    size = dataclasses.replace(TINY_SIZES["test"], unet_attention=(False, True), vae_mid_attention=False)
+    parts = build_tiny_components(size)
+    assert parts["unet"].config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D")
+    assert parts["unet"].config.up_block_types == ("CrossAttnUpBlock2D", "UpBlock2D")
+    assert parts["vae"].config.mid_block_add_attention is False
+    default = build_tiny_components("test")["unet"].config
+    assert default.down_block_types == ("CrossAttnDownBlock2D", "DownBlock2D")
+    with pytest.raises(ConfigError, match="unet_attention has 3 entries"):
+        build_tiny_components(dataclasses.replace(size, unet_attention=(True, True, False)))
