@@ -1,0 +1,100 @@
+"""World metrics: the held-out denoising loss and the attribute read-back of a DreamBench run."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreambat.backbone.load import load_backbone
+from dreambat.errors import ModelNotFoundError
+from dreambat.eval.config import DreamBenchConfig, EncoderSettings, GenerationSettings, Method
+from dreambat.eval.config import Subject as EvalSubject
+from dreambat.eval.runner import plan
+from dreambat.eval.prompts import DreamBenchPrompts
+from dreambat.lora import add_unet_lora, save_lora
+from dreambat.world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig
+from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR
+from dreambat.world.metrics import HeldoutLoss, attribute_scores, subject_heldout_dir, world_table, WorldScore
+from dreambat.world.prompts import WORLD_PROMPTS_PATH, load_templates
+from dreambat.world.subjects import WORLD_SUBJECTS, subject_photos
+
+BACKBONE = ASSETS_DIR / BACKBONE_DIR
+SUBJECT = WORLD_SUBJECTS[0]
+
+
+@pytest.fixture(scope="module")
+def heldout_loss() -> HeldoutLoss:
+    return HeldoutLoss(BACKBONE, num_timesteps=4)
+
+
+@pytest.fixture(scope="module")
+def nonzero_lora(tmp_path_factory) -> Path:
+    """A LoRA with random lora_B (a fresh LoRA has lora_B = 0 and changes nothing)."""
+    torch.manual_seed(0)
+    unet = load_backbone(str(BACKBONE)).unet
+    add_unet_lora(unet, 4, init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("lora")
+    save_lora(folder, unet)
+    return folder
+
+
+def test_heldout_loss_is_fixed_and_a_lora_changes_it_and_is_unloaded(heldout_loss, nonzero_lora):
+    prompt = f"a photo of sks {SUBJECT.class_word}"
+    base = heldout_loss(SUBJECT, prompt)
+    assert base > 0 and base == heldout_loss(SUBJECT.name, prompt)
+    adapted = heldout_loss(SUBJECT, prompt, nonzero_lora)
+    assert abs(adapted - base) > 1e-4 * base
+    assert heldout_loss(SUBJECT, prompt) == base  # the LoRA was unloaded
+    # the photos come from the held-out split: the committed folder gives the same number
+    files = sorted(subject_heldout_dir(SUBJECT).glob("*.png"))
+    assert len(files) == len(subject_photos(SUBJECT, "heldout"))
+    assert heldout_loss(SUBJECT, prompt, photos=files) == pytest.approx(base, rel=1e-4)
+
+
+def test_heldout_loss_names_a_missing_lora(heldout_loss, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="No LoRA weights"):
+        heldout_loss(SUBJECT, "a photo of sks star", tmp_path)
+
+
+class _Constant(AttributeClassifier):
+    """Predicts the same labels for every image, so the expected scores can be counted by hand."""
+
+    def __init__(self, labels):
+        super().__init__(AttributeNet(ClassifierConfig()))
+        self.labels = labels
+
+    def predict(self, images):
+        return [dict(self.labels) for _ in images]
+
+
+def test_attribute_scores_count_unchanged_subject_attributes_and_asked_changes(tmp_path):
+    config = DreamBenchConfig(
+        pretrained_model_name_or_path=str(BACKBONE), methods=[Method("base")],
+        subjects=[EvalSubject(SUBJECT.name, subject_heldout_dir(SUBJECT), SUBJECT.class_word)],
+        output_dir=tmp_path, generation=GenerationSettings(num_images=1, num_prompts=None),
+        encoders=EncoderSettings(), prompts_file=WORLD_PROMPTS_PATH)
+    for item in plan(config, DreamBenchPrompts.load(WORLD_PROMPTS_PATH))[("base", SUBJECT.name)]:
+        item.job.path.parent.mkdir(parents=True, exist_ok=True)
+        subject_photos(SUBJECT, "heldout", n=1)[0].save(item.job.path)
+    d = SUBJECT.design
+    labels = {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "blue"}
+    [score] = attribute_scores(config, _Constant(labels))
+    templates = load_templates(WORLD_PROMPTS_PATH)
+    asked = [{k: v for k, v in t.changes.items() if k in ("color", "pattern", "background")} for t in templates]
+    asked = [a for a in asked if a]
+    # every image keeps the subject's unchanged attributes; a prompt is met only when it asked for
+    # a blue background and nothing the constant prediction contradicts
+    assert score.subject_fidelity == 1.0 and score.subject_shape == 1.0
+    assert score.num_images == len(templates) and score.num_prompt_scored == len(asked)
+    met = sum(all(labels[k] == v for k, v in a.items()) for a in asked)
+    assert met >= 1 and score.prompt_fidelity == pytest.approx(met / len(asked))
+    wrong = dict(labels, shape="circle" if d.shape != "circle" else "square")
+    [score] = attribute_scores(config, _Constant(wrong))
+    assert score.subject_fidelity == 0.0 and score.subject_shape == 0.0
+
+
+def test_world_table_means_over_subjects():
+    rows = [WorldScore("bat", s, loss, 0.5, 0.5, 0.2, fid, 1.0, None, 4)
+            for s, loss, fid in (("a", 0.1, 0.5), ("b", 0.3, 1.0))]
+    table = world_table(rows)
+    assert "| bat | 0.2000 | 0.500 | 0.500 | 0.200 | 0.750 | – |" in table
