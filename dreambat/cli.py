@@ -145,7 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     setup_logging()
     run_demo(args.output_dir, steps=args.steps, seed=args.seed, max_candidates=args.max_candidates,
-             inference_steps=args.inference_steps)
+             inference_steps=args.inference_steps, num_prompts=args.num_prompts)
     return 0
 
 
@@ -184,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--show", type=int, default=0, help="print the first N samples")
     shards.set_defaults(func=_shards)
 
-    demo = commands.add_parser("demo", help="end-to-end demo on the tiny backbone and bundled data")
+    demo = commands.add_parser("demo", help="end-to-end demo on the mini-world's backbone and bundled data")
     demo.add_argument("--output_dir", default="outputs/demo", help="where everything is written")
-    demo.add_argument("--steps", type=int, default=150, help="training steps")
+    demo.add_argument("--steps", type=int, default=200, help="training steps")
     demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
     demo.add_argument("--max_candidates", type=int, default=None, help="score only the first N backbone images")
-    demo.add_argument("--inference_steps", type=int, default=20, help="sampler steps of samples and metrics")
+    demo.add_argument("--inference_steps", type=int, default=25, help="sampler steps of samples and metrics")
+    demo.add_argument("--num_prompts", type=int, default=8, help="world prompts the metrics generate images for")
     demo.set_defaults(func=_demo)
 
     from .eval.cli import DREAMBENCH_EXAMPLE, add_dreambench_arguments, add_grid_arguments

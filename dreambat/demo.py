@@ -1,8 +1,11 @@
-"""The end-to-end demo the README's main command runs, on bundled data and a tiny backbone.
+"""The end-to-end demo the README's main command runs: the mini-world's pretrained backbone,
+one of its held-out subjects and a bundled shard of its pre-training data.
 
-Everything it needs ships in ``assets/`` or is built here, so it runs offline on a laptop CPU:
-the full BAT pipeline (surrogate -> ALBAT scores -> selection -> γ-mixture training -> samples),
-a plain DreamBooth-LoRA baseline with the same steps, and DINO / CLIP-I / CLIP-T for both.
+Everything it needs is committed under ``assets/world/`` (a 32 px Stable Diffusion pretrained by
+``scripts/pretrain_world_backbone.py``, its evaluators, subject photos and a 500-image shard), so
+it runs offline on a laptop CPU: the full BAT pipeline (surrogate -> ALBAT scores -> selection ->
+γ-mixture training -> samples), a plain DreamBooth-LoRA baseline with the same steps, and the
+world's metrics for both (held-out denoising loss, DINO, CLIP-I, CLIP-T, attribute fidelity).
 """
 
 from __future__ import annotations
@@ -12,28 +15,32 @@ import time
 from pathlib import Path
 
 from .albat.manifest import read_manifest
-from .backbone.tiny import write_tiny_backbone
 from .bat.config import BatConfig
 from .bat.pipeline import run_bat
 from .config import TrainConfig
 from .data.shards import ShardReader
+from .errors import ModelNotFoundError
 from .grid import image_grid
-from .synthetic import VOCABULARY
+from .world.data import ASSETS_DIR as WORLD_DIR
+from .world.data import BACKBONE_DIR, BUNDLED_SHARD, SUBJECTS_DIR
+from .world.subjects import WORLD_DEMO_SUBJECT
 
 logger = logging.getLogger(__name__)
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-DEMO_SUBJECT_DIR = ASSETS_DIR / "subject"
-DEMO_SHARDS = str(ASSETS_DIR / "backbone" / "shard-00000.tar")
-DEMO_INSTANCE_PROMPT = "a photo of sks star"
-DEMO_CLASS_NOUN = "star"
-DEMO_VALIDATION_PROMPT = "a photo of sks star on a green background"
+DEMO_BACKBONE = WORLD_DIR / BACKBONE_DIR
+DEMO_SUBJECT = WORLD_DEMO_SUBJECT
+DEMO_SUBJECT_DIR = WORLD_DIR / SUBJECTS_DIR / DEMO_SUBJECT.name / "train"
+DEMO_SHARDS = str(WORLD_DIR / BUNDLED_SHARD)
+DEMO_CLASS_NOUN = DEMO_SUBJECT.class_word
+DEMO_INSTANCE_PROMPT = f"a photo of sks {DEMO_CLASS_NOUN}"
+DEMO_VALIDATION_PROMPT = f"a sks {DEMO_CLASS_NOUN} on a green background"
 BACKBONE_PREVIEW_NAME = "backbone_preview.png"
 SELECTION_PREVIEW_NAME = "selection_preview.png"
 DEMO_KEEP = 60
 DEMO_GAMMA = 0.5
-DEMO_EVAL_PROMPTS = 4
+DEMO_EVAL_PROMPTS = 8
 DEMO_EVAL_IMAGES = 2
+DEMO_GUIDANCE = 3.0
 
 
 def preview_backbone_data(urls: str, path: Path, n: int = 8) -> str:
@@ -62,14 +69,14 @@ def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6) -> list
 
 
 def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int, inference_steps: int) -> TrainConfig:
-    """The DreamBooth settings both demo runs share (64 px, rank 8, batch 4)."""
+    """The DreamBooth settings both demo runs share (the backbone's 32 px, rank 8, batch 4)."""
     return TrainConfig(
         pretrained_model_name_or_path=str(backbone),
         instance_data_dir=str(DEMO_SUBJECT_DIR),
         instance_prompt=DEMO_INSTANCE_PROMPT,
         output_dir=str(output_dir),
         seed=seed,
-        resolution=64,
+        resolution=32,
         random_flip=True,
         train_batch_size=4,
         max_train_steps=steps,
@@ -83,45 +90,32 @@ def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int
     )
 
 
-def evaluate(backbone: Path, evaluators, methods: dict[str, Path], output_dir: Path, *, seed: int, inference_steps: int):
-    """DreamBench-style DINO / CLIP-I / CLIP-T of each method on the demo subject."""
-    from .eval.config import DreamBenchConfig, EncoderSettings, GenerationSettings, Subject, build_methods
-    from .eval.runner import run_dreambench
-
-    config = DreamBenchConfig(
-        pretrained_model_name_or_path=str(backbone),
-        methods=build_methods(list(methods.values()), list(methods)),
-        subjects=[Subject("sks-star", DEMO_SUBJECT_DIR, DEMO_CLASS_NOUN)],
-        output_dir=output_dir,
-        generation=GenerationSettings(num_images=DEMO_EVAL_IMAGES, seed=seed, num_inference_steps=inference_steps,
-                                      num_prompts=DEMO_EVAL_PROMPTS, resolution=64),
-        encoders=EncoderSettings(dino_model=str(evaluators.dino_model), clip_model=str(evaluators.clip_model),
-                                 clip_pretrained=str(evaluators.clip_pretrained)),
-    )
-    return run_dreambench(config)
-
-
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     *,
-    steps: int = 150,
+    steps: int = 200,
     seed: int = 0,
     max_candidates: int | None = None,
-    inference_steps: int = 20,
+    inference_steps: int = 25,
+    num_prompts: int = DEMO_EVAL_PROMPTS,
 ) -> dict[str, Path]:
-    """Tiny backbone -> bundled data -> BAT LoRA and a DreamBooth baseline -> samples and metrics.
+    """World backbone -> bundled data -> BAT LoRA and a DreamBooth baseline -> samples and metrics.
 
     Returns:
         Name -> path of every output, which is also printed.
     """
-    from .eval.tiny import write_tiny_evaluators
+    from .world.evaluators import world_evaluators
+    from .world.metrics import evaluate_world, world_table
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    backbone = write_tiny_backbone(output_dir / "backbone", "demo", seed=seed, words=VOCABULARY)
-    evaluators = write_tiny_evaluators(output_dir / "evaluators", seed=seed)
-    logger.info("[1/5] tiny backbone and evaluators ready in %s (%.1fs)", output_dir, time.perf_counter() - started)
+    if not (DEMO_BACKBONE / "model_index.json").is_file():
+        raise ModelNotFoundError(f"The world backbone is missing from {DEMO_BACKBONE}; restore assets/world/ "
+                                 "from git (or rebuild it with scripts/pretrain_world_backbone.py).")
+    world_evaluators()  # fails now, not after training, when an evaluator is missing
+    logger.info("[1/5] world backbone %s, subject '%s' (%d photos), evaluators ready (%.1fs)", DEMO_BACKBONE,
+                DEMO_SUBJECT.name, len(list(DEMO_SUBJECT_DIR.glob("*.png"))), time.perf_counter() - started)
 
     started = time.perf_counter()
     preview = output_dir / BACKBONE_PREVIEW_NAME
@@ -132,10 +126,11 @@ def run_demo(
     bat_dir = output_dir / "bat"
     bat = BatConfig(
         selection="albat", backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates,
-        surrogate_steps=max(steps * 2 // 3, 1), num_score_timesteps=2, score_batch_size=16,
+        surrogate_steps=max(steps // 2, 1), num_score_timesteps=2, score_batch_size=16,
         num_backbone_samples=DEMO_KEEP, augmentation_ratio=DEMO_GAMMA,
     )
-    result = run_bat(demo_train_config(backbone, bat_dir, steps=steps, seed=seed, inference_steps=inference_steps), bat)
+    train = demo_train_config(DEMO_BACKBONE, bat_dir, steps=steps, seed=seed, inference_steps=inference_steps)
+    result = run_bat(train, bat)
     ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME)
     report = result.report
     logger.info(
@@ -146,18 +141,24 @@ def run_demo(
 
     started = time.perf_counter()
     baseline_dir = output_dir / "dreambooth"
-    run_bat(demo_train_config(backbone, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps),
+    run_bat(demo_train_config(DEMO_BACKBONE, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps),
             BatConfig(selection="none"))
     logger.info("[4/5] DreamBooth-LoRA baseline, same steps (%.1fs)", time.perf_counter() - started)
 
     started = time.perf_counter()
-    scores = evaluate(backbone, evaluators, {"dreambooth": baseline_dir, "bat": bat_dir}, output_dir / "eval",
-                      seed=seed, inference_steps=inference_steps)
-    logger.info("[5/5] DINO / CLIP-I / CLIP-T with the tiny evaluators (%.1fs)", time.perf_counter() - started)
-    print("\n" + scores.paths["md"].read_text())
+    eval_dir = output_dir / "eval"
+    scores = evaluate_world(DEMO_BACKBONE, {"base": None, "dreambooth": baseline_dir, "bat": bat_dir},
+                            [DEMO_SUBJECT.name], eval_dir, instance_prompt="a photo of sks {}",
+                            num_images=DEMO_EVAL_IMAGES, num_prompts=num_prompts,
+                            num_inference_steps=inference_steps, guidance_scale=DEMO_GUIDANCE, seed=seed)
+    table = world_table(scores)
+    (eval_dir / "world_scores.md").write_text(table)
+    logger.info("[5/5] held-out loss, DINO / CLIP-I / CLIP-T and attribute fidelity with the world's "
+                "evaluators (%.1fs)", time.perf_counter() - started)
+    print("\n" + table)
 
     outputs = {
-        "backbone": backbone,
+        "backbone": DEMO_BACKBONE,
         "backbone preview": preview,
         "BAT LoRA weights": result.lora_path,
         "BAT samples (base vs LoRA)": result.grid_path,
@@ -168,9 +169,10 @@ def run_demo(
         "surrogate LoRA": bat_dir / "surrogate",
         "DreamBooth baseline": baseline_dir,
         "TensorBoard logs": bat_dir / "logs",
-        "metrics table": scores.paths["md"],
-        "metrics chart": scores.paths["png"],
-        "evaluation images": output_dir / "eval",
+        "metrics table": eval_dir / "world_scores.md",
+        "metrics (JSON)": eval_dir / "world_scores.json",
+        "DreamBench chart": eval_dir / "dreambench" / "scores.png",
+        "evaluation images": eval_dir / "dreambench",
     }
     print("Demo finished. Outputs:")
     for name, path in outputs.items():

@@ -6,7 +6,8 @@
 
 Resumable: rerun with the same --work_dir and a larger --max_minutes to continue. Writes the
 diffusers folder to --output_dir (default assets/world/backbone) and, unless --no_grid,
-a sample grid of the grid captions to assets/world/backbone_samples.png.
+a sample grid of the grid captions to assets/world/backbone_samples.png and the loss curves
+to assets/world/backbone_loss.png.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR  # noqa: E402
-from dreambat.world.pretrain import PretrainConfig, pretrain  # noqa: E402
+from dreambat.world.pretrain import PretrainConfig, plot_log, pretrain  # noqa: E402
 from dreambat.world.sampling import GRID_CAPTIONS, sample_grid  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output_dir", type=Path, default=ASSETS_DIR / BACKBONE_DIR)
     p.add_argument("--grid", type=Path, default=ASSETS_DIR / "backbone_samples.png")
     p.add_argument("--no_grid", action="store_true")
+    p.add_argument("--loss_plot", type=Path, default=ASSETS_DIR / "backbone_loss.png")
     p.add_argument("--max_images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_minutes", type=float, default=30.0)
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                          max_steps=args.max_steps, checkpoint_minutes=args.checkpoint_minutes)
     report = pretrain(cfg, args.output_dir)
     print(json.dumps(report, indent=1))
+    print(f"loss curves -> {plot_log(args.work_dir, args.loss_plot)}")
     if not args.no_grid:
         sample_grid(args.output_dir, GRID_CAPTIONS, seeds=(0, 1, 2, 3)).save(args.grid)
         print(f"grid -> {args.grid}")

@@ -41,6 +41,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_minutes", type=float, default=10.0, help="wall-clock training budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 on a shared CPU)")
+    parser.add_argument("--channels", type=int, nargs=3, default=None,
+                        help="classifier: widths of its three conv stages (default 16 32 64)")
+    parser.add_argument("--hidden", type=int, default=None, help="classifier: width of the shared layer")
     return parser.parse_args(argv)
 
 
@@ -53,8 +56,12 @@ def _budget(args: argparse.Namespace) -> TrainBudget:
 def _classifier(args: argparse.Namespace, out: Path) -> dict:
     from dreambat.world.evaluator_training import measure_classifier, save_training_report, train_classifier
 
+    from dreambat.world.classifiers import ClassifierConfig
+
     budget = _budget(args)
-    classifier, log = train_classifier(budget=budget)
+    defaults = ClassifierConfig()
+    config = ClassifierConfig(channels=tuple(args.channels or defaults.channels), hidden=args.hidden or defaults.hidden)
+    classifier, log = train_classifier(config, budget=budget)
     classifier.save(out)
     report = {"budget": budget, "training": log, "heldout_accuracy": measure_classifier(classifier)}
     save_training_report(out, "classifier", report)

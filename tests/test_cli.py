@@ -24,6 +24,6 @@ def test_shards_command_missing_shard_is_a_clear_error(tmp_path, capsys):
 
 
 def test_demo_end_to_end(tmp_path):
-    outputs = run_demo(tmp_path / "demo", steps=3, max_candidates=12, inference_steps=2)
+    outputs = run_demo(tmp_path / "demo", steps=3, max_candidates=12, inference_steps=2, num_prompts=2)
     for name, path in outputs.items():
         assert path is not None and path.exists(), name

@@ -355,3 +355,29 @@ def read_log(work_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+
+
+def plot_log(work_dir: str | Path, path: str | Path) -> Path:
+    """Loss curves of a pretraining run (VAE reconstruction MSE, UNet ε-MSE) against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(work_dir)
+    if not records:
+        raise DataError(f"No training log in {work_dir}; run scripts/pretrain_world_backbone.py first.")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, phase, key, title in ((axes[0], "vae", "mse", "VAE reconstruction MSE"),
+                                  (axes[1], "unet", "loss", "UNet ε-MSE (unweighted, 50-step means)")):
+        rows = [r for r in records if r["phase"] == phase]
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
