@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..synthetic import VOCABULARY, backbone_record
-from .evaluator_training import HELDOUT_SEED, TRAIN_SEED, TrainBudget, cosine_lr, degrade, info_nce, retrieval_scores
+from .evaluator_training import HELDOUT_SEED, TRAIN_SEED, TrainBudget, degrade, info_nce, retrieval_scores, train_within_budget
 from .evaluators import CLIP_CHECKPOINT
 from .subjects import WORLD_SUBJECTS
 
@@ -87,30 +86,21 @@ def train_clip(folder: str | Path, budget: TrainBudget = TrainBudget()) -> dict:
     torch.manual_seed(budget.seed)
     generator = torch.Generator().manual_seed(budget.seed)
     model = open_clip.model.CLIP(**config)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    start, losses, index, step = time.monotonic(), [], budget.seed * 10_000_000, 0
-    model.train()
-    while step < budget.steps and time.monotonic() - start < 60 * budget.max_minutes:
-        step += 1
-        records = [backbone_record(i, CLIP_TRAIN_SEED, 32) for i in range(index, index + budget.batch_size)]
-        index += budget.batch_size
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, budget, time.monotonic() - start)
+
+    def loss_at(step: int) -> torch.Tensor:
+        first = budget.seed * 10_000_000 + (step - 1) * budget.batch_size
+        records = [backbone_record(i, CLIP_TRAIN_SEED, 32) for i in range(first, first + budget.batch_size)]
         image_features = model.encode_image(_pixels([r["image"] for r in records], generator))
         text_features = model.encode_text(tokenizer([r["caption"] for r in records]))
-        loss = info_nce(image_features, text_features, 1 / model.logit_scale.exp())
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        return info_nce(image_features, text_features, 1 / model.logit_scale.exp())
+
+    def clamp_temperature() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        losses.append(float(loss.detach()))
-        if step % budget.log_every == 0:
-            logger.info("clip step %d loss %.4f (%.0f s)", step, np.mean(losses[-budget.log_every:]),
-                        time.monotonic() - start)
+
+    log = train_within_budget(model, loss_at, budget, "clip", after_step=clamp_temperature)
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, folder / CLIP_CHECKPOINT)
-    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": float(np.mean(losses[-50:])),
-            "params": sum(p.numel() for p in model.parameters())}
+    return log
 
 
 def measure_clip(folder: str | Path, n: int = 256, seed: int = HELDOUT_SEED) -> dict[str, float]:

@@ -14,7 +14,6 @@ Folder: what :func:`dreambat.eval.tiny.write_tiny_dino` writes (``config.json``,
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from ..eval.encoders import DINO_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from ..synthetic import Subject, random_design, render, subject_in_scene
 from .classifiers import images_to_tensor
-from .evaluator_training import TRAIN_SEED, TrainBudget, cosine_lr, degrade, info_nce
+from .evaluator_training import TRAIN_SEED, TrainBudget, degrade, info_nce, train_within_budget
 from .subjects import WORLD_SUBJECTS, matches_any_subject, subject_photos
 
 logger = logging.getLogger(__name__)
@@ -81,29 +80,18 @@ def train_dino(folder: str | Path, budget: TrainBudget = TrainBudget()) -> dict:
     generator = torch.Generator().manual_seed(budget.seed)
     rng = np.random.default_rng([DINO_TRAIN_SEED, budget.seed])
     model = ViTModel(world_vit_config())
-    optimiser = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    start, losses, step = time.monotonic(), [], 0
-    model.train()
-    while step < budget.steps and time.monotonic() - start < 60 * budget.max_minutes:
-        step += 1
+
+    def loss_at(step: int) -> torch.Tensor:
         first, second = design_pairs(budget.batch_size, rng)
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, budget, time.monotonic() - start)
         cls = model(pixel_values=_views(first + second, generator)).last_hidden_state[:, 0]
-        loss = info_nce(cls[:budget.batch_size], cls[budget.batch_size:], TEMPERATURE)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        if step % budget.log_every == 0:
-            logger.info("dino step %d loss %.4f (%.0f s)", step, np.mean(losses[-budget.log_every:]),
-                        time.monotonic() - start)
+        return info_nce(cls[:budget.batch_size], cls[budget.batch_size:], TEMPERATURE)
+
+    log = train_within_budget(model, loss_at, budget, "dino")
     folder = Path(folder)
     model.half().save_pretrained(folder, safe_serialization=True)
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=3,
                       image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(folder)
-    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": float(np.mean(losses[-50:])),
-            "params": sum(p.numel() for p in model.parameters())}
+    return log
 
 
 def measure_dino(folder: str | Path, subjects: tuple[Subject, ...] = WORLD_SUBJECTS) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,6 +68,41 @@ def cosine_lr(step: int, budget: TrainBudget, elapsed_s: float = 0.0) -> float:
     return budget.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
+def train_within_budget(model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor], budget: TrainBudget,
+                        name: str, after_step: Callable[[], None] | None = None) -> dict:
+    """AdamW on ``model`` with :func:`cosine_lr`, until ``budget.steps`` or ``budget.max_minutes``.
+
+    Args:
+        loss_at: the loss of step ``step`` (1-based); it draws its own batch.
+        name: the log lines' prefix.
+        after_step: run after each optimiser step (e.g. clamping a parameter).
+
+    Returns:
+        ``{"steps", "seconds", "final_loss" (mean of the last 50), "params"}``; ``model`` is left
+        in eval mode.
+    """
+    optimiser = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    start, losses, step = time.monotonic(), [], 0
+    model.train()
+    while step < budget.steps and time.monotonic() - start < 60 * budget.max_minutes:
+        step += 1
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, budget, time.monotonic() - start)
+        loss = loss_at(step)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if after_step is not None:
+            after_step()
+        losses.append(float(loss.detach()))
+        if step % budget.log_every == 0:
+            logger.info("%s step %d loss %.4f (%.0f s)", name, step, np.mean(losses[-budget.log_every:]),
+                        time.monotonic() - start)
+    model.eval()
+    return {"steps": step, "seconds": round(time.monotonic() - start, 1),
+            "final_loss": float(np.mean(losses[-50:])), "params": sum(p.numel() for p in model.parameters())}
+
+
 def single_object_scenes(n: int, seed: int, *, start: int = 0, size: int = 32):
     """``n`` rendered single-object scenes -> ``(images, labels)``; record ``i`` uses ``record_rng(seed, i)``."""
     images, labels = [], []
@@ -105,30 +140,19 @@ def train_classifier(config: ClassifierConfig = ClassifierConfig(),
                      budget: TrainBudget = TrainBudget()) -> tuple[AttributeClassifier, dict]:
     """Train an :class:`AttributeNet` (sum of per-head cross-entropies) within ``budget``.
 
-    Returns the classifier (eval mode, CPU) and a log ``{"steps", "seconds", "final_loss"}``.
+    Returns the classifier (eval mode, CPU) and the log of :func:`train_within_budget`.
     """
     torch.manual_seed(budget.seed)
     generator = torch.Generator().manual_seed(budget.seed)
     net = AttributeNet(config)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    start, losses, step = time.monotonic(), [], 0
-    net.train()
-    for step, (pixels, targets) in enumerate(_label_batches(config, budget), start=1):
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, budget, time.monotonic() - start)
+    batches = _label_batches(config, budget)
+
+    def loss_at(step: int) -> torch.Tensor:
+        pixels, targets = next(batches)
         logits = net(degrade(pixels, generator))
-        loss = sum(F.cross_entropy(logits[head], targets[head]) for head in config.heads)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        if step % budget.log_every == 0:
-            logger.info("classifier step %d loss %.4f (%.0f s)", step, np.mean(losses[-budget.log_every:]),
-                        time.monotonic() - start)
-        if step >= budget.steps or time.monotonic() - start > 60 * budget.max_minutes:
-            break
-    log = {"steps": step, "seconds": round(time.monotonic() - start, 1),
-           "final_loss": float(np.mean(losses[-50:]))}
+        return sum(F.cross_entropy(logits[head], targets[head]) for head in config.heads)
+
+    log = train_within_budget(net, loss_at, budget, "classifier")
     return AttributeClassifier(net.eval()), log
 
 

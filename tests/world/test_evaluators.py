@@ -103,3 +103,18 @@ def test_retrieval_and_info_nce_against_reference():
     logits = a @ b.T / 0.5
     reference = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
     assert info_nce(a, b, 0.5) == pytest.approx(float(reference))
+
+
+def test_training_loop_keeps_to_its_step_budget_and_leaves_eval_mode():
+    from dreambat.world.evaluator_training import TrainBudget, train_within_budget
+
+    model = torch.nn.Linear(3, 1)
+    seen = []
+
+    def loss_at(step):
+        seen.append(step)
+        return model(torch.ones(2, 3)).pow(2).mean()
+
+    log = train_within_budget(model, loss_at, TrainBudget(steps=4, batch_size=2, log_every=2), "toy")
+    assert seen == [1, 2, 3, 4] and log["steps"] == 4 and log["params"] == 4
+    assert not model.training and log["final_loss"] >= 0
