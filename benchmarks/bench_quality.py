@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -74,7 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_images", type=int, default=2, help="generated images per prompt")
     p.add_argument("--num_prompts", type=int, default=None, help="first N world prompts (default: all)")
     p.add_argument("--inference_steps", type=int, default=25)
-    p.add_argument("--progress", action="store_true", help="show the per-stage progress bars")
     return p.parse_args(argv)
 
 
@@ -182,8 +180,6 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not args.progress:
-        os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(level=logging.WARNING)
     shards = [str(p) for p in sorted(args.pool_dir.glob("shard-*.tar"))]
     if not shards:
