@@ -103,8 +103,9 @@ def setup(rank: int, seed: int, n_adapt: int, n_cand: int, lora_steps: int):
     return model, (x_adapt, y_adapt), (x_cand, y_cand)
 
 
-def hessian_scores(task, blocks, adapt, cand, rows, damping):
-    """Z = vᵀ (H + Λ)⁻¹ g_x with H the exact Hessian of mean_adapt loss over all LoRA params."""
+def full_curvature_scores(task, blocks, adapt, cand, rows, damping):
+    """Z = vᵀ (M + Λ)⁻¹ g_x with M the exact Hessian ("hessian") and the Gauss-Newton matrix ("ggn")
+    of the mean adaptation loss over all LoRA parameters."""
     params = list(blocks.params)
     sizes = [p.numel() for p in params]
     loss = task.loss_matrix(adapt).mean()
@@ -140,7 +141,7 @@ def measure(rank: int, damping: float, seed: int, args) -> dict:
     rows = reference_rows(task, blocks, [adapt])
     scores = {name: contracted_scores(task, blocks, precondition(rows, get_strategy(name, damping)), cand)
               for name in ("exact", "datainf", "identity")}
-    curvature, info = hessian_scores(task, blocks, adapt, cand, rows, damping)
+    curvature, info = full_curvature_scores(task, blocks, adapt, cand, rows, damping)
     scores.update(curvature)
 
     def rho(a, b):

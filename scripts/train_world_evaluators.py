@@ -1,6 +1,6 @@
 """Train the world's evaluators and write them under assets/world/evaluators/.
 
-    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py classifier --max_minutes 10
+    OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py classifier --max_minutes 20
     OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py clip --max_minutes 12
     OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py dino --max_minutes 12
     OMP_NUM_THREADS=1 python scripts/train_world_evaluators.py measure   # all three, no training
@@ -25,7 +25,7 @@ from dreambat.world.evaluator_training import TrainBudget  # noqa: E402
 from dreambat.world.evaluators import EVALUATORS_DIR  # noqa: E402
 
 DEFAULTS = {  # evaluator -> (steps, batch size, lr)
-    "classifier": (3000, 64, 2e-3),
+    "classifier": (5000, 64, 2e-3),
     "clip": (4000, 128, 1e-3),
     "dino": (4000, 128, 1e-3),
 }
@@ -41,9 +41,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_minutes", type=float, default=10.0, help="wall-clock training budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 on a shared CPU)")
-    parser.add_argument("--channels", type=int, nargs=3, default=None,
-                        help="classifier: widths of its three conv stages (default 16 32 64)")
-    parser.add_argument("--hidden", type=int, default=None, help="classifier: width of the shared layer")
+    parser.add_argument("--channels", type=int, nargs=3, default=[24, 48, 96],
+                        help="classifier: widths of its three conv stages (the committed one: 24 48 96)")
+    parser.add_argument("--hidden", type=int, default=96, help="classifier: width of the shared layer")
     return parser.parse_args(argv)
 
 
@@ -54,13 +54,11 @@ def _budget(args: argparse.Namespace) -> TrainBudget:
 
 
 def _classifier(args: argparse.Namespace, out: Path) -> dict:
+    from dreambat.world.classifiers import ClassifierConfig
     from dreambat.world.evaluator_training import measure_classifier, save_training_report, train_classifier
 
-    from dreambat.world.classifiers import ClassifierConfig
-
     budget = _budget(args)
-    defaults = ClassifierConfig()
-    config = ClassifierConfig(channels=tuple(args.channels or defaults.channels), hidden=args.hidden or defaults.hidden)
+    config = ClassifierConfig(channels=tuple(args.channels), hidden=args.hidden)
     classifier, log = train_classifier(config, budget=budget)
     classifier.save(out)
     report = {"budget": budget, "training": log, "heldout_accuracy": measure_classifier(classifier)}
@@ -68,25 +66,17 @@ def _classifier(args: argparse.Namespace, out: Path) -> dict:
     return report
 
 
-def _clip(args: argparse.Namespace, out: Path) -> dict:
-    from dreambat.world.clip_role import measure_clip, train_clip
+def _encoder(args: argparse.Namespace, out: Path) -> dict:
+    """The CLIP- or DINO-role encoder: train into ``out``, then measure what was saved there."""
+    from dreambat.world import clip_role, dino_role
     from dreambat.world.evaluator_training import save_training_report
 
+    train, measure = {"clip": (clip_role.train_clip, clip_role.measure_clip),
+                      "dino": (dino_role.train_dino, dino_role.measure_dino)}[args.evaluator]
     budget = _budget(args)
-    log = train_clip(out, budget=budget)
-    report = {"budget": budget, "training": log, "heldout": measure_clip(out)}
-    save_training_report(out, "clip", report)
-    return report
-
-
-def _dino(args: argparse.Namespace, out: Path) -> dict:
-    from dreambat.world.dino_role import measure_dino, train_dino
-    from dreambat.world.evaluator_training import save_training_report
-
-    budget = _budget(args)
-    log = train_dino(out, budget=budget)
-    report = {"budget": budget, "training": log, "heldout": measure_dino(out)}
-    save_training_report(out, "dino", report)
+    log = train(out, budget=budget)
+    report = {"budget": budget, "training": log, "heldout": measure(out)}
+    save_training_report(out, args.evaluator, report)
     return report
 
 
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         report = _measure(args, args.out or EVALUATORS_DIR)
     else:
         out = args.out or EVALUATORS_DIR / args.evaluator
-        report = {"classifier": _classifier, "clip": _clip, "dino": _dino}[args.evaluator](args, out)
+        report = (_classifier if args.evaluator == "classifier" else _encoder)(args, out)
     print(json.dumps(report, indent=2, default=str))
     return 0
 

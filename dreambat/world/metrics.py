@@ -29,6 +29,7 @@ from ..errors import ConfigError, ModelNotFoundError
 from ..eval.config import DreamBenchConfig
 from ..eval.prompts import DreamBenchPrompts
 from ..eval.runner import plan
+from .data import ASSETS_DIR, SUBJECTS_DIR
 from .prompts import load_templates
 from .subjects import Subject, subject_by_name, subject_photos
 
@@ -125,21 +126,23 @@ def attribute_scores(config: DreamBenchConfig, classifier: Any) -> list[Attribut
     prompts = DreamBenchPrompts.load(config.prompts_file)
     changes = {t.template: t.changes for t in load_templates(config.prompts_file)}
     templates = prompts.templates(False, config.generation.num_prompts)
-    by_index = {p: t for p, t in enumerate(templates)}
     out = []
     for (method, subject_name), items in plan(config, prompts).items():
         subject = subject_by_name(subject_name)
         per_image = []
         for item in items:
-            index = int(item.job.path.name.split("_")[0])
-            per_image.append(_expectations(by_index[index], changes[by_index[index]], subject))
-        images = [load_rgb(item.job.path) for item in items]
-        keep = classifier.agreement(images, [k for k, _ in per_image])
-        predictions = classifier.predict(images)
+            template = templates[int(item.job.path.name.split("_")[0])]  # <prompt index>_<seed>.png
+            per_image.append(_expectations(template, changes[template], subject))
+        predictions = classifier.predict([load_rgb(item.job.path) for item in items])
+
+        def met(wanted: dict[str, str], got: dict[str, str]) -> bool:
+            return all(got[k] == v for k, v in wanted.items())
+
+        keep = np.mean([met(k, p) for p, (k, _) in zip(predictions, per_image)])
         shape = np.mean([p["shape"] == subject.design.shape for p in predictions])
-        asked = [(p, a) for p, (_, a) in zip(predictions, per_image) if a]
-        prompt = float(np.mean([all(p[k] == v for k, v in a.items()) for p, a in asked])) if asked else None
-        out.append(AttributeScore(method, subject_name, keep["all"], float(shape), prompt, len(images), len(asked)))
+        asked = [met(a, p) for p, (_, a) in zip(predictions, per_image) if a]
+        out.append(AttributeScore(method, subject_name, float(keep), float(shape),
+                                  float(np.mean(asked)) if asked else None, len(items), len(asked)))
     return out
 
 
@@ -165,8 +168,6 @@ class WorldScore:
 
 def subject_heldout_dir(subject: Subject | str) -> Path:
     """The committed held-out photos of a world subject (the DreamBench reference images)."""
-    from .data import ASSETS_DIR, SUBJECTS_DIR
-
     name = subject if isinstance(subject, str) else subject.name
     folder = ASSETS_DIR / SUBJECTS_DIR / name / "heldout"
     if not folder.is_dir():
@@ -200,13 +201,14 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     from ..eval.config import Subject as EvalSubject
     from ..eval.runner import run_dreambench
     from .classifiers import AttributeClassifier
-    from .evaluators import CLASSIFIER_DIR, EVALUATORS_DIR, world_evaluator_settings
+    from .evaluators import EVALUATORS_DIR, world_evaluator_settings
     from .prompts import WORLD_PROMPTS_PATH
 
     output_dir = Path(output_dir)
     world = [subject_by_name(name) for name in subjects]
-    settings = world_evaluator_settings(evaluators_dir or EVALUATORS_DIR)
-    classifier = AttributeClassifier.load(Path(evaluators_dir) / "classifier" if evaluators_dir else CLASSIFIER_DIR)
+    evaluators_dir = Path(evaluators_dir or EVALUATORS_DIR)
+    settings = world_evaluator_settings(evaluators_dir)
+    classifier = AttributeClassifier.load(evaluators_dir / "classifier")
     config = DreamBenchConfig(
         pretrained_model_name_or_path=str(backbone),
         methods=[Method(name, None if lora is None else Path(lora)) for name, lora in methods.items()],

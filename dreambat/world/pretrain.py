@@ -240,6 +240,7 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        losses.append(per_sample.detach().mean().item())  # logged unweighted, comparable across recipes
         if cfg.snr_gamma is not None:
             snr = a.flatten() / (1 - a.flatten())
             per_sample = per_sample * snr.clamp(max=cfg.snr_gamma) / snr
@@ -253,7 +254,6 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        losses.append(F.mse_loss(pred.detach(), noise).item())
         if step % 50 == 0:
             _log(log_path, {"phase": "unet", "step": step, "loss": float(np.mean(losses)), "t": time.time()})
             losses = []
