@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import os
 import time
@@ -70,6 +71,10 @@ class PretrainConfig:
         batch_size, lr, text_lr, warmup_steps, ema_decay, caption_dropout: denoiser phase.
         snr_gamma: min-SNR loss weighting ``min(snr, gamma) / snr`` (None: the plain MSE).
         max_steps: stop the denoiser phase after this many steps even within budget.
+        decay_start, decay_steps: cool-down. From step ``decay_start`` the learning rates follow a
+            cosine from their value down to ``decay_floor`` times it over ``decay_steps`` steps,
+            then stay there (None: constant after warm-up). The schedule is a function of the
+            step only, so setting it when resuming a constant-rate run reproduces the same recipe.
         checkpoint_minutes: write the checkpoint this often.
     """
 
@@ -90,6 +95,9 @@ class PretrainConfig:
     caption_dropout: float = 0.1
     snr_gamma: float | None = 5.0
     max_steps: int = 1_000_000
+    decay_start: int | None = None
+    decay_steps: int = 10_000
+    decay_floor: float = 0.1
     checkpoint_minutes: float = 2.0
     size: TinySize = field(default=WORLD_BACKBONE_SIZE)
 
@@ -100,6 +108,11 @@ class PretrainConfig:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
         if self.vae_minutes >= self.max_minutes:
             raise ConfigError("vae_minutes must be smaller than max_minutes (the denoiser needs time).")
+        if self.decay_start is not None and (self.decay_start < 0 or self.decay_steps < 1
+                                             or not 0 <= self.decay_floor <= 1):
+            raise ConfigError("The cool-down needs decay_start >= 0, decay_steps >= 1 and "
+                              f"0 <= decay_floor <= 1; got {self.decay_start}, {self.decay_steps}, "
+                              f"{self.decay_floor}.")
 
 
 def load_pool(shards: Sequence[str], max_images: int | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -138,8 +151,14 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
-def _lr_lambda(warmup: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """The denoiser's learning-rate multiplier at ``step``: linear warm-up, constant, then the
+    optional cosine cool-down of ``cfg`` (see :class:`PretrainConfig`)."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.decay_start is not None and step > cfg.decay_start:
+        progress = min(1.0, (step - cfg.decay_start) / cfg.decay_steps)
+        factor *= cfg.decay_floor + (1 - cfg.decay_floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
 
 
 def _log(log_path: Path, record: dict[str, Any]) -> None:
@@ -210,10 +229,15 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         ema_text.load_state_dict(state["ema_text"])
     opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": cfg.lr},
                              {"params": text_encoder.parameters(), "lr": cfg.text_lr}], weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
     if "opt" in state:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        # The schedule is this run's: a resumed run may add a cool-down or change the rates.
+        sched.base_lrs = [cfg.lr, cfg.text_lr]
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["initial_lr"] = base
+            group["lr"] = base * lr_factor(sched.last_epoch, cfg)
     step = state.get("step", 0)
     gen = torch.Generator().manual_seed(cfg.seed + 7 + step)
     alphas = scheduler.alphas_cumprod
@@ -255,7 +279,8 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
         if step % 50 == 0:
-            _log(log_path, {"phase": "unet", "step": step, "loss": float(np.mean(losses)), "t": time.time()})
+            _log(log_path, {"phase": "unet", "step": step, "loss": float(np.mean(losses)),
+                            "lr": opt.param_groups[0]["lr"], "t": time.time()})
             losses = []
         if time.time() - last_save > cfg.checkpoint_minutes * 60:
             ckpt.save(snapshot())

@@ -1,0 +1,50 @@
+"""The world backbone's pretraining: learning-rate schedule, resume, cool-down (tiny runs)."""
+
+import math
+
+import pytest
+import torch
+
+from dreambat.errors import ConfigError
+from dreambat.world.data import ASSETS_DIR, BUNDLED_SHARD
+from dreambat.world.pretrain import Checkpoint, PretrainConfig, lr_factor, pretrain
+
+SHARDS = (str(ASSETS_DIR / BUNDLED_SHARD),)
+
+
+def _config(tmp_path, **overrides) -> PretrainConfig:
+    settings = dict(shards=SHARDS, work_dir=str(tmp_path / "work"), max_images=12, vae_minutes=0.002,
+                    max_minutes=10.0, vae_batch_size=2, batch_size=2, warmup_steps=2, lr=1e-3,
+                    text_lr=5e-4, checkpoint_minutes=10.0)
+    settings.update(overrides)
+    return PretrainConfig(**settings)
+
+
+def test_lr_factor_warms_up_holds_then_cools_down_to_the_floor(tmp_path):
+    cfg = _config(tmp_path, warmup_steps=10, decay_start=100, decay_steps=50, decay_floor=0.2)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == lr_factor(100, cfg) == 1.0
+    assert lr_factor(125, cfg) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_factor(150, cfg) == lr_factor(10_000, cfg) == pytest.approx(0.2)
+    constant = _config(tmp_path, warmup_steps=10)
+    assert lr_factor(10_000, constant) == 1.0
+
+
+def test_cool_down_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="cool-down"):
+        _config(tmp_path, decay_start=5, decay_floor=1.5)
+
+
+def test_resumed_run_continues_the_step_count_and_applies_a_new_cool_down(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "backbone"
+    first = pretrain(_config(tmp_path, max_steps=3), out)
+    assert first["unet_steps"] == 3
+    state = Checkpoint(tmp_path / "work").load()
+    assert [g["lr"] for g in state["opt"]["param_groups"]] == pytest.approx([1e-3, 5e-4])
+
+    second = pretrain(_config(tmp_path, max_steps=6, decay_start=3, decay_steps=3, decay_floor=0.1), out)
+    assert second["unet_steps"] == 6 and second["vae_steps"] == first["vae_steps"]  # VAE not retrained
+    state = Checkpoint(tmp_path / "work").load()
+    assert [g["lr"] for g in state["opt"]["param_groups"]] == pytest.approx([1e-4, 5e-5])
+    assert (out / "unet" / "config.json").is_file() and (out / "vae" / "config.json").is_file()
