@@ -10,10 +10,8 @@ diffusers pipeline treat it like the real thing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-import json
 from functools import lru_cache
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 from ..constants import CLIP_MODEL_MAX_LENGTH
@@ -48,20 +46,42 @@ def byte_to_unicode() -> dict[int, str]:
 
 
 def _train_merges(words: list[str]) -> list[tuple[str, str]]:
-    """BPE merges learned on ``words`` until every word is one token.
+    """BPE merges learned on ``words`` (each counted once) until every word is one token.
 
-    Hand-written merge chains conflict (the merge ``r i`` of "right" would split "striped"), so we
-    let ``tokenizers``' trainer order them: applying the learned merges by rank reproduces the
-    training segmentation, i.e. each training word collapses to a single token.
+    Hand-written merge chains conflict (the merge ``r i`` of "right" would split "striped"), so the
+    merges are learned the usual way: repeatedly merge the most frequent adjacent pair everywhere.
+    Applying the merges by rank, as ``CLIPTokenizer`` does, then reproduces the learned
+    segmentation, so each word collapses to one token. Ties go to the lexicographically smallest
+    pair, so the same words give the same merges (and token ids) in every process; the
+    ``tokenizers`` trainer breaks ties by hash order, which differs between processes.
     """
-    trainer_model = Tokenizer(models.BPE(end_of_word_suffix=WORD_END, continuing_subword_prefix=""))
-    trainer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000, min_frequency=1, end_of_word_suffix=WORD_END, show_progress=False
-    )
-    trainer_model.train_from_iterator(words, trainer)
-    merges = json.loads(trainer_model.to_str())["model"]["merges"]
-    return [tuple(pair) for pair in merges]
+    table = byte_to_unicode()
+    pieces = [[table[b] for b in word.encode("utf-8")] for word in words]
+    for symbols in pieces:
+        symbols[-1] += WORD_END
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in pieces:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for index, symbols in enumerate(pieces):
+            if len(symbols) < 2:
+                continue
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            pieces[index] = out
 
 
 def build_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -72,6 +72,31 @@ def test_tokenizer_knows_words_as_single_tokens_and_still_spells_others():
     assert tok.decode(ids).replace(" ", "") == "zebra!"
 
 
+def test_tokenizer_makes_every_world_word_one_token_with_contiguous_ids():
+    from dreambat.backbone.tokenizer import build_vocab_and_merges
+    from dreambat.synthetic import VOCABULARY
+
+    vocab, merges = build_vocab_and_merges([*BASE_WORDS, *VOCABULARY])
+    assert sorted(vocab.values()) == list(range(512 + len(merges) + 2))  # no merge token repeats
+    tok = build_clip_tokenizer(VOCABULARY)
+    for word in VOCABULARY:
+        ids = tok(word, add_special_tokens=False).input_ids
+        assert tok.convert_ids_to_tokens(ids) == [word + "</w>"], word
+
+
+def test_tokenizer_ids_are_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("import json; from dreambat.backbone.tokenizer import BASE_WORDS, build_vocab_and_merges;"
+            "from dreambat.synthetic import VOCABULARY;"
+            "print(json.dumps(list(build_vocab_and_merges([*BASE_WORDS, *VOCABULARY])[0].items())))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
+            for seed in (1, 2, 3)}
+    assert len(runs) == 1 and len(json.loads(runs.pop())) > 512
+
+
 def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
     from transformers import CLIPTokenizer
 
