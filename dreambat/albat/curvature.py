@@ -64,7 +64,7 @@ class InverseStrategy(ABC):
         self.damping = float(damping)
 
     def direction(self, rows: Tensor) -> Tensor:
-        """``h = G⁻¹ v`` for one block.
+        """``h = G⁻¹ v`` for one block, with ``v`` the mean of ``rows``.
 
         Args:
             rows: ``[n_ref, d]`` reference gradient rows ``U``.
@@ -75,7 +75,18 @@ class InverseStrategy(ABC):
         Raises:
             DataError: ``rows`` is not 2-D, has no row, or holds NaN/inf.
         """
+        return self.solve(rows, rows.double().mean(dim=0))
+
+    def solve(self, rows: Tensor, v: Tensor) -> Tensor:
+        """``(UᵀU/n + λI)⁻¹ v`` (or this strategy's stand-in) for any ``v`` of length ``d``.
+
+        The curvature comes from ``rows`` (λ too); ``v`` may come from other data, as in
+        DataInf's own pipeline, where the rows are the training samples' gradients and ``v``
+        the test gradient. Same checks and return as :meth:`direction`.
+        """
         _check_shape(rows)
+        if v.shape != rows.shape[1:]:
+            raise DataError(f"solve: v has shape {tuple(v.shape)}, the rows need ({rows.shape[1]},).")
         u = rows.double()
         lam = damping_lambda(u, self.damping)
         if not math.isfinite(lam):
@@ -86,7 +97,7 @@ class InverseStrategy(ABC):
             )
         if lam == 0.0:
             return torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
-        return self._solve(u, u.mean(dim=0), lam).to(rows.dtype)
+        return self._solve(u, v.to(u), lam).to(rows.dtype)
 
     @abstractmethod
     def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
@@ -99,8 +110,8 @@ class InverseStrategy(ABC):
 class ExactInverse(InverseStrategy):
     """The exact damped inverse via Woodbury, never forming ``d × d``.
 
-    ``h = (1/λ)(v − Uᵀ (nλI + UUᵀ)⁻¹ U v)``, with ``UUᵀ`` the ``n × n`` Gram matrix (O(n²d)),
-    one Cholesky solve (O(n³)), and ``U v = UUᵀ 1/n`` read off the Gram matrix. Memory
+    ``h = (1/λ)(v − Uᵀ (nλI + UUᵀ)⁻¹ U v)``, with ``UUᵀ`` the ``n × n`` Gram matrix (O(n²d))
+    and one Cholesky solve (O(n³)). Memory
     O(nd + n²). Cheap while n (subject images × K) is small; the default up to
     ``AUTO_EXACT_MAX_REF`` rows.
     """
@@ -111,7 +122,7 @@ class ExactInverse(InverseStrategy):
         n = u.shape[0]
         gram = u @ u.T
         system = gram + (n * lam) * torch.eye(n, dtype=u.dtype, device=u.device)
-        uv = gram.mean(dim=1, keepdim=True)
+        uv = (u @ v).unsqueeze(1)
         factor, info = torch.linalg.cholesky_ex(system)
         if int(info) == 0:
             coeffs = torch.cholesky_solve(uv, factor)

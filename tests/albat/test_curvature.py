@@ -101,6 +101,19 @@ def test_datainf_is_exact_for_a_single_row():
     assert _rel(DataInfInverse().direction(u), _dense_exact(u)) < 1e-10
 
 
+def test_solve_takes_v_from_other_data_and_checks_its_length():
+    u, v = _rows(40, 12, seed=5), _rows(1, 12, seed=6)[0]
+    n, d = u.shape
+    lam = _lambda(u, 0.1)
+    dense = torch.linalg.solve(u.T @ u / n + lam * torch.eye(d, dtype=F64), v)
+    assert _rel(ExactInverse().solve(u, v), dense) < 1e-10
+    terms = [torch.linalg.solve(torch.outer(g, g) + lam * torch.eye(d, dtype=F64), v) for g in u]
+    assert _rel(DataInfInverse().solve(u, v), torch.stack(terms).mean(0)) < 1e-10
+    assert torch.equal(ExactInverse().solve(u, u.mean(0)), ExactInverse().direction(u))
+    with pytest.raises(DataError, match="v has shape"):
+        ExactInverse().solve(u, v[:5])
+
+
 def test_identity_returns_mean_gradient():
     u = _rows(12, 30, seed=1, dtype=torch.float32)
     h = IdentityInverse().direction(u)
