@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark ALBAT candidate scoring on the tiny Stable Diffusion backbone.
 
-Three parts (``--parts``, default all three), all on the same candidates in one run:
+Four parts (``--parts``; default the first three), the first two on the same candidates:
 
 * ``throughput``: candidates/s of the fast path (``contracted_scores``: hooks, one forward and one
   backward per batch), of the per-sample reference loop (``reference_scores``: one
@@ -11,8 +11,12 @@ Three parts (``--parts``, default all three), all on the same candidates in one 
 * ``cost``: seconds of fast-path scoring per candidate-timestep divided by seconds of one
   batched training step (``dreambat.training.loop.training_loss`` forward + ``backward()``, no
   optimiser) per sample.
-* ``memory``: peak RSS of the whole streaming path (``dreambat.albat.run.run_scoring`` over
-  webdataset shards written to a temp dir) for two candidate counts, each in a fresh subprocess.
+* ``memory``: peak RSS and time of the whole streaming path (``dreambat.albat.run.run_scoring``
+  over webdataset shards written to a temp dir) for several candidate counts, each in a fresh
+  subprocess.
+* ``scaling``: for each LoRA rank of ``--ranks``, the fast path against a DataInf-style pipeline
+  (DataInf's own recipe: keep an explicit gradient of every candidate, use those rows as the
+  curvature set of the closed form, then score): candidates/s, working memory, stored bytes.
 
 Interference (see ``_measure.py``): the CPU used by other processes is recorded for every
 measurement. A measurement whose other-process CPU
@@ -55,7 +59,8 @@ if str(REPO) not in sys.path:
 
 SUBJECT_DIR = REPO / "assets" / "subject"
 INSTANCE_PROMPT = "a photo of sks star"
-PARTS = ("throughput", "cost", "memory")
+PARTS = ("throughput", "cost", "memory", "scaling")
+DEFAULT_PARTS = ("throughput", "cost", "memory")
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,10 +69,11 @@ PARTS = ("throughput", "cost", "memory")
 
 
 class Setup:
-    def __init__(self, args, workdir: Path):
+    def __init__(self, args, workdir: Path, rank: int | None = None, candidates: int | None = None):
         import torch
 
         from dreambat.albat.blocks import LoraBlocks
+        from dreambat.albat.gradients import reference_rows
         from dreambat.albat.curvature import get_strategy
         from dreambat.albat.diffusion_task import DiffusionLossTask
         from dreambat.albat.scorer import AlbatScorer
@@ -81,7 +87,8 @@ class Setup:
         self.folder = write_tiny_backbone(workdir / f"tiny-sd-{args.size}", args.size, seed=0)
         self.backbone = load_backbone(str(self.folder))
         torch.manual_seed(0)
-        add_unet_lora(self.backbone.unet, rank=args.rank, init_lora_weights=False)
+        self.rank = rank or args.rank
+        add_unet_lora(self.backbone.unet, rank=self.rank, init_lora_weights=False)
         self.task = DiffusionLossTask(self.backbone, args.num_timesteps)
         self.blocks = LoraBlocks.from_models(self.backbone.unet)
         subject = SubjectDataset(SUBJECT_DIR, INSTANCE_PROMPT, self.resolution, center_crop=True)
@@ -90,11 +97,15 @@ class Setup:
         self.curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])
         self.fit_seconds = time.perf_counter() - started
         self.directions = scorer.directions
-        self.candidates = candidate_batches(args.candidates, args.batch_size, self.resolution)
+        reference = [collate_subject([subject[i]]) for i in range(len(subject))]
+        self.subject_gradient = {name: rows.mean(dim=0) for name, rows in
+                                 reference_rows(self.task, self.blocks, reference).items()}
+        self.candidates = candidate_batches(candidates or args.candidates, args.batch_size, self.resolution)
 
     def describe(self) -> dict:
         return {
             "size": self.size,
+            "rank": self.rank,
             "resolution": self.resolution,
             "latent_resolution": self.resolution // 2 ** (len(self.backbone.vae.config.block_out_channels) - 1),
             "num_lora_blocks": len(self.blocks),
@@ -168,6 +179,80 @@ def vmap_scores(setup: Setup, batch: dict):
     for name in blocks.names:
         scores += grads[name].reshape(B, -1).double() @ setup.directions[name].double()
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# DataInf-style pipeline
+# --------------------------------------------------------------------------------------------
+
+
+def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 0.1):
+    """DataInf's own recipe, for comparison with the fast path. Returns ``(scores [N], info)``.
+
+    1. One ``loss.backward()`` per candidate; its flattened LoRA gradient is *kept*
+       (``N x D`` float32: the pipeline's memory grows with the number of candidates).
+    2. Per block, the closed form ``h = (1/(Nλ)) Σ_i (v − (vᵀg_i / (λ + ‖g_i‖²)) g_i)`` with the
+       candidates' own gradients as the curvature set and ``v`` the subject's mean gradient.
+    3. ``Z_i = ⟨g_i, h⟩`` summed over blocks.
+    """
+    import torch
+
+    from dreambat.albat.curvature import DataInfInverse
+    from dreambat.albat.task import as_matrix, split_batch
+
+    task, blocks = setup.task, setup.blocks
+    kept: dict[str, list] = {name: [] for name in blocks.names}
+    started = time.perf_counter()
+    for batch in batches:
+        for single in split_batch(batch):
+            blocks.zero_grad()
+            as_matrix(task.loss_matrix(single)).mean().backward()
+            for name, grad in blocks.flat_grads().items():
+                kept[name].append(grad.float().clone())
+    blocks.zero_grad()
+    rows = {name: torch.stack(grads) for name, grads in kept.items()}
+    del kept
+    gradients_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    strategy = DataInfInverse(damping)
+    scores = torch.zeros(len(rows[blocks.names[0]]), dtype=torch.float64)
+    for name in blocks.names:
+        h = strategy.solve(rows[name], setup.subject_gradient[name].double())
+        scores += rows[name].double() @ h.double()
+    closed_form_seconds = time.perf_counter() - started
+    stored = sum(r.numel() * r.element_size() for r in rows.values())
+    return scores, {"gradients_seconds": gradients_seconds, "closed_form_seconds": closed_form_seconds,
+                    "stored_gradient_mb": stored / 2**20}
+
+
+class RssSampler:
+    """Peak RSS of this process above its level at ``start()``, sampled every 10 ms."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.stop_event = threading.Event()
+        self.base = self.peak = 0
+
+    def __enter__(self) -> RssSampler:
+        gc.collect()
+        self.base = self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.stop_event.wait(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def working_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,14 +332,6 @@ def part_throughput(args, setup: Setup) -> dict:
         }
         log(f"[torch_func_vmap] not supported: {type(error).__name__}: {error}")
 
-    results["datainf_style_pipeline"] = {
-        "candidates_per_s": results["reference_loop"]["candidates_per_s"],
-        "note": (
-            "Explicit per-sample gradients for every candidate, then dot products with h: this is "
-            "exactly what the reference loop does, so its cost is the reference loop's (not timed "
-            "separately)."
-        ),
-    }
     fast = results["fast_path"]["candidates_per_s"]
     results["speedup_fast_vs_reference"] = round(fast / results["reference_loop"]["candidates_per_s"], 3)
     if results["torch_func_vmap"].get("supported"):
@@ -380,6 +457,60 @@ def part_cost(args, setup: Setup) -> dict:
     }
 
 
+def part_scaling(args, workdir: Path) -> dict:
+    """Fast path vs the DataInf-style pipeline for each LoRA rank of ``--ranks``."""
+    from dreambat.albat.gradients import contracted_scores
+
+    rows = []
+    for rank in args.ranks:
+        setup = Setup(args, workdir, rank=rank, candidates=args.scaling_candidates)
+        batches = setup.candidates
+        n = sum(len(b["keys"]) for b in batches)
+        contracted_scores(setup.task, setup.blocks, setup.directions, batches[0])  # warm-up
+        out: dict = {}
+
+        def fast(setup=setup, batches=batches, out=out):
+            with RssSampler() as rss:
+                started = time.perf_counter()
+                out["fast"] = _score_all(contracted_scores, setup, batches)
+                seconds = time.perf_counter() - started
+            return {"seconds": round(seconds, 3), "candidates_per_s": round(n / seconds, 3),
+                    "working_mb": round(rss.working_mb, 1)}
+
+        def datainf(setup=setup, batches=batches, out=out):
+            with RssSampler() as rss:
+                started = time.perf_counter()
+                out["datainf"], info = datainf_pipeline_scores(setup, batches)
+                seconds = time.perf_counter() - started
+            return {"seconds": round(seconds, 3), "candidates_per_s": round(n / seconds, 3),
+                    "working_mb": round(rss.working_mb, 1),
+                    **{k: round(v, 3) for k, v in info.items()}}
+
+        row = {"rank": rank, "D": setup.blocks.num_params, "candidates": n,
+               "fast_path": measured(args, f"scaling/r{rank}/fast", fast),
+               "datainf_pipeline": measured(args, f"scaling/r{rank}/datainf", datainf)}
+        row["datainf_stored_mb_per_1k_candidates"] = round(4 * row["D"] * 1000 / 2**20, 1)
+        row["spearman_datainf_pipeline_vs_fast_exact"] = _agreement(out["datainf"], out["fast"])["spearman"]
+        rows.append(row)
+        log(f"[scaling] rank {rank} D={row['D']}: fast {row['fast_path']['candidates_per_s']:.2f} cand/s "
+            f"({row['fast_path']['working_mb']:.0f} MB), datainf pipeline "
+            f"{row['datainf_pipeline']['candidates_per_s']:.2f} cand/s "
+            f"({row['datainf_pipeline']['working_mb']:.0f} MB)")
+        del setup
+        gc.collect()
+    return {
+        "what": (
+            "Per LoRA rank, on the same candidates: the fast path (contracted_scores, exact curvature "
+            "from the subject) and a DataInf-style pipeline (explicit per-candidate gradients kept "
+            "in memory, DataInf closed form with the candidates as curvature set and the subject's "
+            "mean gradient as v, then dot products). working_mb = peak RSS above the level before "
+            "the call (sampled every 10 ms)."
+        ),
+        "size": args.size, "num_timesteps": args.num_timesteps, "batch_size": args.batch_size,
+        "rows": rows,
+    }
+
+
 def part_memory(args, workdir: Path) -> dict:
     import torch
 
@@ -411,6 +542,7 @@ def part_memory(args, workdir: Path) -> dict:
             "--size", size, "--num_timesteps", str(K), "--batch_size", str(args.batch_size),
             "--_backbone", str(folder), "--_surrogate", str(surrogate), "--_shards", pattern,
             "--_count", str(count), "--_outdir", str(workdir / f"scores-{count}"),
+            *(["--threads", str(args.threads)] if args.threads else []),
         ]
 
         def run_worker(command=command, count=count):
@@ -423,6 +555,9 @@ def part_memory(args, workdir: Path) -> dict:
         log(f"[memory] {count} candidates: peak RSS {runs[str(count)]['ru_maxrss_mb']:.1f} MB")
 
     low, high = runs[str(counts[0])], runs[str(counts[-1])]
+    for count in counts:
+        runs[str(count)]["seconds_per_1k_candidates"] = round(
+            1000 * runs[str(count)]["timings"]["score"] / runs[str(count)]["scored"], 2)
     growth = 100.0 * (high["ru_maxrss_mb"] - low["ru_maxrss_mb"]) / low["ru_maxrss_mb"]
     sampled_growth = 100.0 * (high["sampled_peak_rss_mb"] - low["sampled_peak_rss_mb"]) / low["sampled_peak_rss_mb"]
     return {
@@ -457,11 +592,13 @@ def memory_worker(args) -> None:
             samples.append(process.memory_info().rss)
             stop.wait(0.02)
 
-    import torch  # noqa: F401  (imports counted in the baseline)
+    import torch  # (imports counted in the baseline)
 
     from dreambat.albat.config import ScoreConfig
     from dreambat.albat.run import run_scoring
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rss_after_imports = process.memory_info().rss
     maxrss_before_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     thread = threading.Thread(target=sample, daemon=True)
@@ -508,9 +645,13 @@ def parse_args(argv=None):
     parser.add_argument("--num_timesteps", type=int, default=2, help="K, timesteps per candidate")
     parser.add_argument("--batch_size", type=int, default=8, help="candidates per fast-path batch")
     parser.add_argument("--candidates", type=int, default=64, help="candidates for throughput and cost")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure")
-    parser.add_argument("--memory_candidates", type=int, nargs=2, default=[1000, 10000],
-                        help="the two candidate counts of the memory part")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS), help="what to measure")
+    parser.add_argument("--memory_candidates", type=int, nargs="+", default=[1000, 10000],
+                        help="candidate counts of the memory part (growth is reported smallest -> largest)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64],
+                        help="LoRA ranks of the scaling part")
+    parser.add_argument("--scaling_candidates", type=int, default=64, help="candidates per rank in the scaling part")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory_size", choices=("test", "demo"), default="test", help="backbone size for memory")
     parser.add_argument("--memory_timesteps", type=int, default=1, help="K for the memory part")
     parser.add_argument("--max_other_cores", type=float, default=0.3,
@@ -547,6 +688,8 @@ def main(argv=None) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_grad_enabled(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"scoring-{args.size}.json"
     started = time.perf_counter()
     results: dict = {
@@ -569,6 +712,8 @@ def main(argv=None) -> None:
                 results["cost"] = part_cost(args, setup)
             del setup
             gc.collect()
+        if "scaling" in args.parts:
+            results["scaling"] = part_scaling(args, workdir)
         if "memory" in args.parts:
             results["memory"] = part_memory(args, workdir)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
