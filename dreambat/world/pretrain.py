@@ -375,15 +375,25 @@ def save_backbone(components: dict[str, Any], folder: str | Path,
 
 
 def read_log(work_dir: str | Path) -> list[dict[str, Any]]:
-    """The JSON-lines training log of a work dir (empty when there is none)."""
+    """The JSON-lines training log of a work dir, one record per (phase, step), in step order.
+
+    A run stopped between checkpoints logs steps that its resumed run repeats; the later record
+    of a step wins. Empty when there is no log.
+    """
     path = Path(work_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
+    if not path.is_file():
+        return []
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        latest[(record["phase"], record["step"])] = record
+    order = {"vae": 0, "unet": 1}
+    return sorted(latest.values(), key=lambda r: (order.get(r["phase"], 2), r["step"]))
 
 
 def plot_log(work_dir: str | Path, path: str | Path) -> Path:
-    """Loss curves of a pretraining run (VAE reconstruction MSE, UNet ε-MSE) against steps, as a PNG."""
+    """Loss curves of a pretraining run (VAE reconstruction MSE, UNet ε-MSE, and the UNet's
+    learning rate where the log has it) against steps, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,6 +411,12 @@ def plot_log(work_dir: str | Path, path: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
+    rates = [r for r in records if r["phase"] == "unet" and "lr" in r]
+    if rates:
+        lr_ax = axes[1].twinx()
+        lr_ax.plot([r["step"] for r in rates], [r["lr"] for r in rates], color="gray", lw=1, ls="--")
+        lr_ax.set_ylabel("learning rate (dashed)", fontsize=8, color="gray")
+        lr_ax.tick_params(labelsize=7, colors="gray")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -1,5 +1,6 @@
 """The world backbone's pretraining: learning-rate schedule, resume, cool-down (tiny runs)."""
 
+import json
 import math
 
 import pytest
@@ -48,3 +49,19 @@ def test_resumed_run_continues_the_step_count_and_applies_a_new_cool_down(tmp_pa
     state = Checkpoint(tmp_path / "work").load()
     assert [g["lr"] for g in state["opt"]["param_groups"]] == pytest.approx([1e-4, 5e-5])
     assert (out / "unet" / "config.json").is_file() and (out / "vae" / "config.json").is_file()
+
+
+def test_read_log_keeps_the_last_record_of_a_repeated_step_and_plots(tmp_path):
+    from dreambat.world.pretrain import plot_log, read_log
+
+    work = tmp_path / "work"
+    work.mkdir()
+    lines = [{"phase": "vae", "step": 50, "mse": 0.1}, {"phase": "unet", "step": 50, "loss": 0.3},
+             {"phase": "unet", "step": 100, "loss": 0.2},  # the stopped run, past its checkpoint
+             {"phase": "unet", "step": 100, "loss": 0.25, "lr": 1e-3},  # the resumed run
+             {"phase": "unet", "step": 150, "loss": 0.2, "lr": 5e-4}]
+    (work / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = read_log(work)
+    assert [(r["phase"], r["step"]) for r in records] == [("vae", 50), ("unet", 50), ("unet", 100), ("unet", 150)]
+    assert records[2]["loss"] == 0.25
+    assert plot_log(work, tmp_path / "loss.png").stat().st_size > 0
