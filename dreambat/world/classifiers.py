@@ -12,6 +12,12 @@ Labels are those of the scene's *main object*: the largest one (the last drawn o
 scenes with a small distractor still have one unambiguous answer. Training uses single-object
 scenes only; :func:`main_object_labels` applies the same rule to any scene's attributes.
 
+Stripes and checks paint exactly half of an object in each of its two colours, so which one is
+the "object colour" and which the "pattern colour" is a convention the image cannot show. A
+classifier with a ``pattern_color`` head therefore scores colours order-free on objects it sees
+as striped or checkered: the asked colour must be one of the two it reads (see
+:meth:`AttributeClassifier.agreement`).
+
 Files (``save`` / ``load``): ``classifier_config.json`` (:class:`ClassifierConfig`) and
 ``model.safetensors`` (float16 weights, about 0.2 MB).
 """
@@ -36,12 +42,20 @@ CONFIG_FILE = "classifier_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+HALF_AND_HALF_PATTERNS: tuple[str, ...] = ("striped", "checkered")
+"""Patterns that cover half the object in each colour (the painters in ``dreambat.synthetic.tables``)."""
+
+
 def default_heads() -> dict[str, list[str]]:
-    """Head name -> class labels, from the world's attribute tables."""
+    """Head name -> class labels, from the world's attribute tables.
+
+    ``pattern_color`` is trained on patterned objects only (a plain object has none).
+    """
     return {
         "shape": list(SHAPES),
         "color": list(COLORS),
         "pattern": list(PATTERNS),
+        "pattern_color": list(COLORS),
         "background": list(COLORS),
     }
 
@@ -123,13 +137,20 @@ def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
 
 
 def main_object_labels(attributes: Mapping[str, Any]) -> dict[str, str]:
-    """The labels of a scene (its ``attributes()`` dict): main (largest) object and background."""
+    """The labels of a scene (its ``attributes()`` dict): main (largest) object and background.
+
+    ``pattern_color`` is present only when the main object has a pattern.
+    """
     objects = attributes["objects"]
     if not objects:
         raise ValueError("main_object_labels: the scene has no objects.")
     main = max(reversed(objects), key=lambda o: float(o.get("size", 0.5)))
-    return {"shape": main["shape"], "color": main["color"], "pattern": main.get("pattern", "plain"),
-            "background": attributes["background"]}
+    pattern = main.get("pattern", "plain")
+    labels = {"shape": main["shape"], "color": main["color"], "pattern": pattern,
+              "background": attributes["background"]}
+    if pattern != "plain":
+        labels["pattern_color"] = main.get("pattern_color", "white")
+    return labels
 
 
 class AttributeClassifier:
@@ -193,6 +214,10 @@ class AttributeClassifier:
 
         ``expected`` is one dict for all images or one per image; heads it leaves out are not
         scored. Also returns ``"all"``: the fraction of images right on every expected head.
+
+        With a ``pattern_color`` head, ``color`` and ``pattern_color`` are scored order-free on
+        images predicted striped or checkered (:data:`HALF_AND_HALF_PATTERNS`): right when the
+        expected colour is either of the two colours read.
         """
         per_image = [expected] * len(images) if isinstance(expected, Mapping) else list(expected)
         if len(per_image) != len(images):
@@ -204,13 +229,20 @@ class AttributeClassifier:
         hits: dict[str, list[bool]] = {}
         all_right = []
         for got, want in zip(predictions, per_image):
-            right = [got[key] == value for key, value in want.items()]
+            right = [self._matches(got, key, value) for key, value in want.items()]
             for key, ok in zip(want, right):
                 hits.setdefault(key, []).append(ok)
             all_right.append(all(right))
         scores = {key: float(np.mean(values)) for key, values in hits.items()}
         scores["all"] = float(np.mean(all_right))
         return scores
+
+    @staticmethod
+    def _matches(got: Mapping[str, str], key: str, value: str) -> bool:
+        if (key in ("color", "pattern_color") and "pattern_color" in got
+                and got.get("pattern") in HALF_AND_HALF_PATTERNS):
+            return value in (got["color"], got["pattern_color"])
+        return got[key] == value
 
     def subject_fidelity(self, images: Sequence[Image.Image], subject: Subject | Design) -> dict[str, float]:
         """Fraction of images showing the subject's shape, colour, pattern (and all three)."""

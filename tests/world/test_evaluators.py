@@ -44,6 +44,44 @@ def test_agreement_counts_each_expected_head(classifier, monkeypatch):
         classifier.agreement([None, None], {"size": "large"})
 
 
+def test_two_colour_patterns_are_scored_order_free_with_a_pattern_color_head(monkeypatch):
+    classifier = AttributeClassifier(AttributeNet(ClassifierConfig(channels=(4, 4, 4), hidden=8)))
+    fixed = [{"shape": "star", "color": "green", "pattern": "striped", "pattern_color": "yellow"},
+             {"shape": "star", "color": "green", "pattern": "dotted", "pattern_color": "yellow"},
+             {"shape": "star", "color": "green", "pattern": "checkered", "pattern_color": "yellow"}]
+    monkeypatch.setattr(classifier, "predict", lambda images: fixed)
+    # stripes and checks: either colour read counts; dots: the object colour must be the colour read
+    assert classifier.agreement([None] * 3, {"color": "yellow"})["color"] == pytest.approx(2 / 3)
+    assert classifier.agreement([None] * 3, {"color": "green", "pattern_color": "yellow"}) == {
+        "color": 1.0, "pattern_color": 1.0, "all": 1.0}
+    assert classifier.agreement([None] * 3, {"color": "red"})["color"] == 0.0
+    old = [{key: value for key, value in row.items() if key != "pattern_color"} for row in fixed]
+    monkeypatch.setattr(classifier, "predict", lambda images: old)  # a classifier without the head
+    assert classifier.agreement([None] * 3, {"color": "yellow"})["color"] == 0.0
+
+
+def test_attribute_loss_lets_half_and_half_objects_name_their_two_colours_in_either_order():
+    from dreambat.world.evaluator_training import IGNORE, attribute_loss
+
+    sure = lambda index: F.one_hot(torch.tensor([index]), 4).float() * 30  # noqa: E731
+    logits = {"color": sure(2), "pattern_color": sure(1)}  # reads colour 2 on colour 1
+    swapped = {"color": torch.tensor([1]), "pattern_color": torch.tensor([2])}
+    assert attribute_loss(logits, swapped, torch.tensor([True])) < 1e-6  # stripes: either order
+    assert attribute_loss(logits, swapped, torch.tensor([False])) > 10  # dots: the order counts
+    plain = {"color": torch.tensor([2]), "pattern_color": torch.tensor([IGNORE])}
+    assert attribute_loss(logits, plain, torch.tensor([False])) < 1e-6  # no pattern colour to read
+
+
+def test_classifier_trains_every_head_including_pattern_colour_of_patterned_objects_only():
+    from dreambat.world.evaluator_training import TrainBudget, train_classifier
+
+    config = ClassifierConfig(channels=(4, 4, 4), hidden=8)
+    classifier, log = train_classifier(config, TrainBudget(steps=3, batch_size=8, log_every=1))
+    assert "pattern_color" in classifier.config.heads and torch.isfinite(torch.tensor(log["final_loss"]))
+    images, _ = single_object_scenes(2, TEST_SEED)
+    assert set(classifier.predict(images)[0]) == set(config.heads)
+
+
 def test_classifier_round_trips_and_validates(tmp_path):
     config = ClassifierConfig(channels=(4, 4, 4), hidden=8)
     torch.manual_seed(0)
@@ -64,6 +102,10 @@ def test_main_object_is_the_largest():
         {"shape": "circle", "color": "green", "pattern": "dotted", "size": 0.3}]}
     assert main_object_labels(attributes) == {"shape": "star", "color": "red", "pattern": "plain",
                                               "background": "blue"}
+    attributes["objects"][1]["size"] = 0.9
+    attributes["objects"][1]["pattern_color"] = "white"
+    assert main_object_labels(attributes) == {"shape": "circle", "color": "green", "pattern": "dotted",
+                                              "pattern_color": "white", "background": "blue"}
 
 
 def test_clip_loads_through_eval_and_matches_captions():
