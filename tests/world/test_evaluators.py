@@ -22,9 +22,9 @@ def classifier() -> AttributeClassifier:
 
 def test_classifier_reads_shape_and_colour_of_fresh_scenes(classifier):
     images, labels = single_object_scenes(20, TEST_SEED)
-    predictions = classifier.predict(images)
-    for head in ("shape", "color", "background"):
-        assert sum(p[head] == t[head] for p, t in zip(predictions, labels)) >= 14, head
+    scores = classifier.agreement(images, labels)  # colour order-free on stripes and checks
+    for head in ("shape", "color", "pattern_color", "background"):
+        assert scores[head] >= 0.7, (head, scores)
 
 
 def test_subject_fidelity_of_subject_photos(classifier):
