@@ -306,6 +306,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     spent = state.get("seconds", 0.0)
     torch.manual_seed(cfg.seed)
     components = build_tiny_components(cfg.size, seed=cfg.seed, words=VOCABULARY)
+    components["tokenizer"] = _run_tokenizer(work, components["tokenizer"])
     images, captions = load_pool(cfg.shards, cfg.max_images)
     load_seconds = time.time() - start
 
@@ -354,6 +355,21 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     }
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _run_tokenizer(work: Path, built: Any) -> Any:
+    """The tokenizer of the run in ``work``: the one saved when it started, else ``built`` (saved now).
+
+    The text encoder learns one embedding per token id, so a resumed run must tokenize exactly
+    as the run it continues did, even if the tokenizer builder has changed in between.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = work / "tokenizer"
+    if (folder / "tokenizer_config.json").is_file():
+        return CLIPTokenizer.from_pretrained(folder)
+    built.save_pretrained(folder)
+    return built
 
 
 def save_backbone(components: dict[str, Any], folder: str | Path,

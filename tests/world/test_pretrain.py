@@ -51,6 +51,34 @@ def test_resumed_run_continues_the_step_count_and_applies_a_new_cool_down(tmp_pa
     assert (out / "unet" / "config.json").is_file() and (out / "vae" / "config.json").is_file()
 
 
+def test_a_resumed_run_tokenizes_as_the_run_it_continues(tmp_path, monkeypatch):
+    from transformers import CLIPTokenizer
+
+    from dreambat.backbone.tokenizer import BASE_WORDS, BOS_TOKEN, EOS_TOKEN, build_vocab_and_merges
+    from dreambat.synthetic import VOCABULARY
+    from dreambat.world import pretrain as module
+
+    torch.set_num_threads(1)
+    pretrain(_config(tmp_path, max_steps=1), tmp_path / "first")
+    first_ids = CLIPTokenizer.from_pretrained(tmp_path / "first" / "tokenizer").get_vocab()
+    # A later tokenizer builder that numbers tokens differently must not reach the resumed run.
+    real = module.build_tiny_components
+
+    def renumbered(*args, **kwargs):
+        components = real(*args, **kwargs)
+        vocab = components["tokenizer"].get_vocab()
+        reversed_ids = {token: len(vocab) - 1 - i for token, i in vocab.items()}
+        merges = build_vocab_and_merges([*BASE_WORDS, *VOCABULARY])[1]
+        components["tokenizer"] = CLIPTokenizer(vocab=reversed_ids, merges=merges, model_max_length=77,
+                                                bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                                                unk_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+        return components
+
+    monkeypatch.setattr(module, "build_tiny_components", renumbered)
+    pretrain(_config(tmp_path, max_steps=2), tmp_path / "second")
+    assert CLIPTokenizer.from_pretrained(tmp_path / "second" / "tokenizer").get_vocab() == first_ids
+
+
 def test_read_log_keeps_the_last_record_of_a_repeated_step_and_plots(tmp_path):
     from dreambat.world.pretrain import plot_log, read_log
 
