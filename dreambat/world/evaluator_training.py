@@ -161,11 +161,13 @@ def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     """
     per_image = {head: F.cross_entropy(value, targets[head], ignore_index=IGNORE, reduction="none")
                  for head, value in logits.items()}
-    n_labelled = {head: int((targets[head] != IGNORE).sum()) for head in logits}
-    pair = ("color", "pattern_color")
-    total = sum(per_image[head].sum() / n_labelled[head]
-                for head in logits if n_labelled[head] and not (head in pair and pair[1] in logits))
-    if pair[1] in logits:
+    paired = {"color", "pattern_color"} if "pattern_color" in logits else set()
+    total = 0.0
+    for head in logits:
+        labelled = int((targets[head] != IGNORE).sum())
+        if labelled and head not in paired:
+            total = total + per_image[head].sum() / labelled
+    if paired:
         direct = per_image["color"] + per_image["pattern_color"]  # 0 for plain objects' pattern colour
         swapped = (F.cross_entropy(logits["color"], targets["pattern_color"].clamp_min(0), reduction="none")
                    + F.cross_entropy(logits["pattern_color"], targets["color"], reduction="none"))
