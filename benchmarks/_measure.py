@@ -9,10 +9,12 @@ and keeps the least disturbed attempt.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,6 +132,41 @@ def measured(args, label: str, fn):
     if len(attempts) > 1:
         best_value["all_attempts_other_cpu_cores"] = [a[1]["other_cpu_cores"] for a in attempts]
     return best_value
+
+
+class RssSampler:
+    """Peak RSS of this process while the ``with`` block runs, sampled every ``interval_s``.
+
+    ``base`` is the RSS on entry, ``peak`` the highest sample (bytes); ``working_mb`` their
+    difference in MB. Sampling can miss spikes shorter than the interval.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.process = psutil.Process()
+        self.stop_event = threading.Event()
+        self.base = self.peak = 0
+
+    def __enter__(self) -> RssSampler:
+        gc.collect()
+        self.base = self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.stop_event.wait(self.interval_s)
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def working_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
 
 
 def log(message: str) -> None:

@@ -41,7 +41,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -50,9 +49,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import psutil  # noqa: E402
-
-from _measure import REPO, git_head, log, machine_info, measured  # noqa: E402
+from _datainf import datainf_pipeline_scores  # noqa: E402
+from _measure import REPO, RssSampler, git_head, log, machine_info, measured  # noqa: E402
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -179,80 +177,6 @@ def vmap_scores(setup: Setup, batch: dict):
     for name in blocks.names:
         scores += grads[name].reshape(B, -1).double() @ setup.directions[name].double()
     return scores
-
-
-# --------------------------------------------------------------------------------------------
-# DataInf-style pipeline
-# --------------------------------------------------------------------------------------------
-
-
-def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 0.1):
-    """DataInf's own recipe, for comparison with the fast path. Returns ``(scores [N], info)``.
-
-    1. One ``loss.backward()`` per candidate; its flattened LoRA gradient is *kept*
-       (``N x D`` float32: the pipeline's memory grows with the number of candidates).
-    2. Per block, the closed form ``h = (1/(Nλ)) Σ_i (v − (vᵀg_i / (λ + ‖g_i‖²)) g_i)`` with the
-       candidates' own gradients as the curvature set and ``v`` the subject's mean gradient.
-    3. ``Z_i = ⟨g_i, h⟩`` summed over blocks.
-    """
-    import torch
-
-    from dreambat.albat.curvature import DataInfInverse
-    from dreambat.albat.task import as_matrix, split_batch
-
-    task, blocks = setup.task, setup.blocks
-    kept: dict[str, list] = {name: [] for name in blocks.names}
-    started = time.perf_counter()
-    for batch in batches:
-        for single in split_batch(batch):
-            blocks.zero_grad()
-            as_matrix(task.loss_matrix(single)).mean().backward()
-            for name, grad in blocks.flat_grads().items():
-                kept[name].append(grad.float().clone())
-    blocks.zero_grad()
-    rows = {name: torch.stack(grads) for name, grads in kept.items()}
-    del kept
-    gradients_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    strategy = DataInfInverse(damping)
-    scores = torch.zeros(len(rows[blocks.names[0]]), dtype=torch.float64)
-    for name in blocks.names:
-        h = strategy.solve(rows[name], setup.subject_gradient[name].double())
-        scores += rows[name].double() @ h.double()
-    closed_form_seconds = time.perf_counter() - started
-    stored = sum(r.numel() * r.element_size() for r in rows.values())
-    return scores, {"gradients_seconds": gradients_seconds, "closed_form_seconds": closed_form_seconds,
-                    "stored_gradient_mb": stored / 2**20}
-
-
-class RssSampler:
-    """Peak RSS of this process above its level at ``start()``, sampled every 10 ms."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.stop_event = threading.Event()
-        self.base = self.peak = 0
-
-    def __enter__(self) -> RssSampler:
-        gc.collect()
-        self.base = self.peak = self.process.memory_info().rss
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self.stop_event.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self.stop_event.wait(0.01)
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def working_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,15 +507,6 @@ def part_memory(args, workdir: Path) -> dict:
 
 def memory_worker(args) -> None:
     """Fresh process: run_scoring over the first ``--_count`` candidates; print one JSON line."""
-    samples: list[float] = []
-    stop = threading.Event()
-    process = psutil.Process()
-
-    def sample() -> None:
-        while not stop.is_set():
-            samples.append(process.memory_info().rss)
-            stop.wait(0.02)
-
     import torch  # (imports counted in the baseline)
 
     from dreambat.albat.config import ScoreConfig
@@ -599,10 +514,7 @@ def memory_worker(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rss_after_imports = process.memory_info().rss
     maxrss_before_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
     config = ScoreConfig(
         pretrained_model_name_or_path=args._backbone, surrogate_lora=args._surrogate,
         instance_data_dir=str(SUBJECT_DIR), instance_prompt=INSTANCE_PROMPT,
@@ -610,22 +522,21 @@ def memory_worker(args) -> None:
         score_batch_size=args.batch_size, max_candidates=args._count, curvature="exact",
         overwrite_manifest=True,
     )
-    started = time.perf_counter()
-    result = run_scoring(config, show_progress=False)
-    seconds = time.perf_counter() - started
-    stop.set()
-    thread.join()
+    with RssSampler(interval_s=0.02) as rss:
+        started = time.perf_counter()
+        result = run_scoring(config, show_progress=False)
+        seconds = time.perf_counter() - started
     report = result.report
     scored = report["counts"]["scored_this_run"]
     print(json.dumps({
         "candidates": args._count,
         "scored": scored,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "sampled_peak_rss_mb": max(samples) / 2**20 if samples else None,
+        "sampled_peak_rss_mb": rss.peak / 2**20,
         "ru_maxrss_before_run_scoring_mb": maxrss_before_run,
-        "rss_after_imports_mb": rss_after_imports / 2**20,
-        "sampled_peak_minus_after_imports_mb": (max(samples) - rss_after_imports) / 2**20 if samples else None,
-        "rss_at_end_mb": process.memory_info().rss / 2**20,
+        "rss_after_imports_mb": rss.base / 2**20,
+        "sampled_peak_minus_after_imports_mb": rss.working_mb,
+        "rss_at_end_mb": rss.process.memory_info().rss / 2**20,
         "run_scoring_seconds": round(seconds, 2),
         "timings": {k: round(v, 3) for k, v in report["timings"].items()},
         "candidates_per_s_scoring": round(scored / report["timings"]["score"], 2),
