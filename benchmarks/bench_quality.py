@@ -14,7 +14,9 @@ pattern more often than the scored pool does?).
 Methods: ``dreambooth`` (no backbone data), ``prior`` (DreamBooth with prior preservation on
 backbone-generated class images), ``random`` (BAT, random backbone selection), ``exact``,
 ``datainf``, ``identity`` (BAT with ALBAT and that curvature). The three ALBAT methods share one
-surrogate per (subject, seed). Every run is resumable: finished LoRAs and images are reused.
+surrogate per (subject, seed). Opt-in: ``bottom`` trains on the ``--keep`` candidates with the
+*lowest* ``exact`` scores (its manifest re-ranked by -Z), a check that the scores carry signal:
+if ALBAT's ranking means anything, the bottom of it should help least. Every run is resumable: finished LoRAs and images are reused.
 Results: ``OUTPUT/TAG/results.jsonl`` (one row per method, subject, seed) and
 ``OUTPUT/TAG/summary.md`` (mean ± std over seeds of the subject means, and paired differences
 to ``dreambooth`` with their standard error).
@@ -37,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from dreambat.albat.manifest import read_manifest  # noqa: E402
+from dreambat.albat.manifest import read_manifest, write_manifest  # noqa: E402
 from dreambat.bat.config import BatConfig  # noqa: E402
 from dreambat.bat.pipeline import run_bat  # noqa: E402
 from dreambat.config import TrainConfig  # noqa: E402
@@ -48,6 +50,7 @@ from dreambat.world.metrics import WORLD_METRICS, evaluate_world  # noqa: E402
 from dreambat.world.subjects import WORLD_SUBJECTS, subject_by_name  # noqa: E402
 
 METHODS = ("dreambooth", "prior", "random", "exact", "datainf", "identity")
+OPT_IN_METHODS = ("bottom",)
 ALBAT = ("exact", "datainf", "identity")
 LOWER_IS_BETTER = {"heldout_loss"}
 
@@ -61,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subjects", nargs="+", default=["all"],
                    help="world subject names, 'all', or a number N (the first N subjects)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + OPT_IN_METHODS)
     p.add_argument("--steps", type=int, default=200, help="final-training steps, the same for every method")
     p.add_argument("--surrogate_steps", type=int, default=100)
     p.add_argument("--gamma", type=float, default=0.5, help="backbone share of the final training batches")
@@ -108,6 +111,11 @@ def train_method(method: str, args, subject: str, seed: int, work: Path, shards:
         random_flip=True, train_batch_size=4, max_train_steps=args.steps, learning_rate=1e-3, rank=8,
         checkpointing_steps=10 ** 9, report_to="none")
     selection = {"dreambooth": "none", "prior": "none", "random": "random"}.get(method, "albat")
+    if method == "bottom":
+        run_bat(train, BatConfig(selection="albat", selection_manifest=str(negated_manifest(work)),
+                                 num_backbone_samples=args.keep, keep_nonpositive=True,
+                                 augmentation_ratio=args.gamma))
+        return out
     bat = BatConfig(selection="none") if selection == "none" else BatConfig(
         selection=selection, backbone_shards=shards, max_candidates=args.max_candidates,
         candidate_ratio=args.candidate_ratio, surrogate_steps=args.surrogate_steps,
@@ -121,6 +129,20 @@ def train_method(method: str, args, subject: str, seed: int, work: Path, shards:
                         class_data_dir=str(work.parent.parent / "class_images" / word), num_class_images=50)
     run_bat(train, bat)
     return out
+
+
+def negated_manifest(work: Path) -> Path:
+    """``exact``'s manifest with every score negated (``work/bottom_scores/selection.jsonl``), so that
+    the top-N rule keeps the N lowest original scores."""
+    source = work / "exact" / "selection.jsonl"
+    if not source.is_file():
+        raise SystemExit(f"'bottom' needs the exact run's manifest {source}; run --methods exact first.")
+    target = work / "bottom_scores" / "selection.jsonl"
+    records = [replace(r, score=-r.score if r.score is not None else None, selected=None)
+               for r in read_manifest(source)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, target, fingerprint={"source": str(source), "scores": "negated"})
+    return target
 
 
 def pool_attributes(shards: list[str], limit: int) -> dict[str, dict]:
@@ -165,6 +187,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                     cell += f" (Δ {np.mean(diffs):+.4f} ± {se:.4f}{'*' if abs(np.mean(diffs)) > 2 * se else ''})"
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += _versus_random(rows, methods)
     checks = [r for r in rows if r.get("selection")]
     if checks:
         lines += ["", "What the selection kept (share showing the subject's attribute; kept vs the scored pool):", "",
@@ -176,6 +199,34 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                          for a in ("shape", "color", "pattern")]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _versus_random(rows: list[dict], methods: list[str]) -> list[str]:
+    """Lines of a table: each ALBAT curvature minus random selection, paired over (subject, seed),
+    and how many of those pairs have the lower held-out loss."""
+    albat = [m for m in (*ALBAT, *OPT_IN_METHODS) if m in methods]
+    if "random" not in methods or not albat:
+        return []
+    base = {(r["subject"], r["seed"]): r for r in rows if r["method"] == "random"}
+    lines = ["", "ALBAT against random selection of the same number of backbone images (paired over "
+             "(subject, seed), ± standard error, * where |Δ| > 2 SE; last column: pairs where ALBAT's "
+             "held-out loss is lower):", "",
+             "| method | n | " + " | ".join(f"Δ {m}" for m in WORLD_METRICS) + " | lower loss |",
+             "|---|---|" + "---|" * (len(WORLD_METRICS) + 1)]
+    for method in albat:
+        own = [r for r in rows if r["method"] == method and (r["subject"], r["seed"]) in base]
+        cells = []
+        for metric in WORLD_METRICS:
+            diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in own
+                     if r[metric] is not None and base[(r["subject"], r["seed"])][metric] is not None]
+            if len(diffs) > 1:
+                mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs))
+                cells.append(f"{mean:+.4f} ± {se:.4f}{'*' if abs(mean) > 2 * se else ''}")
+            else:
+                cells.append("–")
+        wins = sum(r["heldout_loss"] < base[(r["subject"], r["seed"])]["heldout_loss"] for r in own)
+        lines.append(f"| {method} | {len(own)} | " + " | ".join(cells) + f" | {wins}/{len(own)} |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -192,8 +243,9 @@ def main(argv=None) -> None:
     done = {(r["method"], r["subject"], r["seed"]) for r in map(json.loads, results_path.read_text().splitlines())} \
         if results_path.is_file() else set()
     methods = list(args.methods)
-    if any(m in ALBAT for m in methods):  # exact first: the others reuse its surrogate
-        methods = [m for m in methods if m not in ALBAT] + [m for m in ALBAT if m in methods]
+    if any(m in ALBAT for m in methods):  # exact first: the others reuse its surrogate / scores
+        methods = [m for m in methods if m not in ALBAT + OPT_IN_METHODS] + \
+            [m for m in ALBAT + OPT_IN_METHODS if m in methods]
     for subject in pick_subjects(args.subjects):
         for seed in args.seeds:
             todo = [m for m in methods if (m, subject, seed) not in done]
