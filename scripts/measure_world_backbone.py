@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when available)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure_fidelity(args.backbone, AttributeClassifier.load(args.classifier),
                               n_captions=args.n_captions, seeds=args.seeds, steps=args.steps,
-                              guidance=args.guidance)
+                              guidance=args.guidance, device=args.device)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

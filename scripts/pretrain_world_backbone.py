@@ -5,7 +5,9 @@
     OMP_NUM_THREADS=1 python scripts/pretrain_world_backbone.py --max_minutes 30
 
 Resumable: rerun with the same --work_dir and a larger --max_minutes to continue (the learning
-rates and cool-down given on the resumed run apply from its first step). Writes the
+rates and cool-down given on the resumed run apply from its first step; a run resumed on another
+device follows the same batches). On a GPU (--device auto finds it) raise --batch_size and consider
+--mixed_precision bf16. Writes the
 diffusers folder to --output_dir (default assets/world/backbone) and, unless --no_grid,
 a sample grid of the grid captions to assets/world/backbone_samples.png and the loss curves
 to assets/world/backbone_loss.png.
@@ -49,12 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup_steps", type=int, default=100)
     p.add_argument("--ema_decay", type=float, default=0.995)
     p.add_argument("--max_steps", type=int, default=1_000_000)
+    p.add_argument("--vae_max_steps", type=int, default=None, help="end the VAE phase after this many steps")
     p.add_argument("--decay_start", type=int, default=None,
                    help="step where a cosine cool-down of the learning rates begins (default: none)")
     p.add_argument("--decay_steps", type=int, default=10_000, help="length of the cool-down in steps")
     p.add_argument("--decay_floor", type=float, default=0.1,
                    help="learning rates end at this fraction of --lr / --text_lr")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--mixed_precision", default="no", choices=["no", "bf16"],
+                   help="bf16 autocast of the forward passes (weights and optimiser stay float32)")
     p.add_argument("--checkpoint_minutes", type=float, default=2.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
                          batch_size=args.batch_size, vae_batch_size=args.vae_batch_size, lr=args.lr,
                          text_lr=args.text_lr, snr_gamma=args.snr_gamma or None,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-                         max_steps=args.max_steps, decay_start=args.decay_start,
+                         max_steps=args.max_steps, vae_max_steps=args.vae_max_steps, decay_start=args.decay_start,
                          decay_steps=args.decay_steps, decay_floor=args.decay_floor,
-                         checkpoint_minutes=args.checkpoint_minutes)
+                         checkpoint_minutes=args.checkpoint_minutes, device=args.device,
+                         mixed_precision=args.mixed_precision)
     report = pretrain(cfg, args.output_dir)
     print(json.dumps(report, indent=1))
     print(f"loss curves -> {plot_log(args.work_dir, args.loss_plot)}")

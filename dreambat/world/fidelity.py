@@ -46,13 +46,15 @@ def heldout_captions(n: int = 64, seed: int = HELDOUT_CAPTION_SEED) -> list[Held
 
 def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int = 64,
                      seeds: Sequence[int] = (0, 1), steps: int = 25, guidance: float = 3.0,
-                     size: int = 32) -> dict[str, Any]:
+                     size: int = 32, device: str = "cpu") -> dict[str, Any]:
     """Generate ``n_captions`` x ``len(seeds)`` images and score them with ``classifier``.
 
     Args:
         backbone: the diffusers folder of the world backbone.
         classifier: an :class:`~dreambat.world.classifiers.AttributeClassifier` (anything with
             ``agreement(images, expected_list) -> {head: fraction, "all": fraction}``).
+        device: where the backbone samples (``"auto"``: CUDA when available); the initial noise
+            comes from CPU generators, so the images do not depend on it beyond float rounding.
 
     Returns:
         ``{"generated": {head: rate}, "rendered": {head: rate}, "n_images", "seconds", ...}``.
@@ -60,7 +62,9 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
     from .sampling import generate, load_pipeline
 
     items = heldout_captions(n_captions)
-    pipe = load_pipeline(backbone)
+    from ..eval.encoders import resolve_device
+
+    pipe = load_pipeline(backbone).to(resolve_device(device))
     start = time.perf_counter()
     prompts = [it.caption for it in items for _ in seeds]
     images = generate(pipe, prompts, [s for _ in items for s in seeds], steps=steps, guidance=guidance)

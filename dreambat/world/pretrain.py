@@ -12,6 +12,11 @@ Two phases, both resumable from one checkpoint file and bounded by wall-clock mi
    min-SNR-gamma (Hang et al. 2023), reported to converge about 3x faster than the plain loss.
    An EMA of both is what is saved.
 
+Both phases run on ``device`` (``"auto"``: CUDA when available, else CPU), optionally under
+bf16 autocast. Every random draw (batch indices, noise, timesteps, caption dropout, VAE
+posterior samples) comes from a CPU generator and is moved to the device, so a run follows the
+same batches on any device.
+
 The result is an ordinary diffusers folder (safetensors; UNet and VAE stored as float16, loaded
 back as float32) that
 :func:`dreambat.backbone.load.load_backbone` and ``StableDiffusionPipeline.from_pretrained`` load.
@@ -38,6 +43,7 @@ from diffusers import StableDiffusionPipeline
 from ..backbone.tiny import TinySize, build_tiny_components
 from ..data.shards import ShardReader
 from ..errors import ConfigError, DataError
+from ..eval.encoders import resolve_device
 from ..synthetic import VOCABULARY
 
 WORLD_BACKBONE_SIZE = TinySize(
@@ -68,6 +74,7 @@ class PretrainConfig:
         seed: seeds the weights, batch order, noise and caption dropout.
         vae_minutes / max_minutes: wall-clock budget of the VAE phase / of both phases together.
         vae_batch_size, vae_lr, vae_kl_weight: VAE phase.
+        vae_max_steps: end the VAE phase after this many steps even within its budget (None: time only).
         batch_size, lr, text_lr, warmup_steps, ema_decay, caption_dropout: denoiser phase.
         snr_gamma: min-SNR loss weighting ``min(snr, gamma) / snr`` (None: the plain MSE).
         max_steps: stop the denoiser phase after this many steps even within budget.
@@ -76,6 +83,9 @@ class PretrainConfig:
             then stay there (None: constant after warm-up). The schedule is a function of the
             step only, so setting it when resuming a constant-rate run reproduces the same recipe.
         checkpoint_minutes: write the checkpoint this often.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        mixed_precision: ``"no"`` or ``"bf16"`` (autocast of the forward passes; weights, optimiser
+            state and EMA stay float32).
     """
 
     shards: tuple[str, ...]
@@ -87,6 +97,7 @@ class PretrainConfig:
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    vae_max_steps: int | None = None
     batch_size: int = 32
     lr: float = 5e-4
     text_lr: float = 2e-4
@@ -99,6 +110,8 @@ class PretrainConfig:
     decay_steps: int = 10_000
     decay_floor: float = 0.1
     checkpoint_minutes: float = 2.0
+    device: str = "auto"
+    mixed_precision: str = "no"
     size: TinySize = field(default=WORLD_BACKBONE_SIZE)
 
     def __post_init__(self) -> None:
@@ -108,6 +121,15 @@ class PretrainConfig:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
         if self.vae_minutes >= self.max_minutes:
             raise ConfigError("vae_minutes must be smaller than max_minutes (the denoiser needs time).")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
+        try:
+            device = resolve_device(self.device)
+        except RuntimeError as error:
+            raise ConfigError(f"Unknown device {self.device!r} ({error}); use 'auto', 'cpu' or 'cuda'.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} was asked for but torch sees no CUDA GPU here; "
+                              "use --device auto or cpu.")
         if self.decay_start is not None and (self.decay_start < 0 or self.decay_steps < 1
                                              or not 0 <= self.decay_floor <= 1):
             raise ConfigError("The cool-down needs decay_start >= 0, decay_steps >= 1 and "
@@ -142,13 +164,17 @@ class Checkpoint:
         self.path = Path(work_dir) / "checkpoint.pt"
 
     def load(self) -> dict[str, Any] | None:
-        return torch.load(self.path, weights_only=False) if self.path.is_file() else None
+        return torch.load(self.path, weights_only=False, map_location="cpu") if self.path.is_file() else None
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+
+
+def _autocast(cfg: PretrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
 
 
 def lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -168,20 +194,25 @@ def _log(log_path: Path, record: dict[str, Any]) -> None:
 
 def train_vae(vae: torch.nn.Module, images: torch.Tensor, cfg: PretrainConfig, state: dict[str, Any],
               ckpt: Checkpoint, log_path: Path, deadline: float) -> None:
-    """Train ``vae`` in place until ``deadline`` (``time.time()`` seconds); resumes from ``state``."""
+    """Train ``vae`` in place until ``deadline`` (``time.time()`` seconds); resumes from ``state``.
+
+    ``images`` stay on the CPU (uint8); each batch is moved to the VAE's device."""
+    device = next(vae.parameters()).device
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     if "vae_opt" in state:
         opt.load_state_dict(state["vae_opt"])
     gen = torch.Generator().manual_seed(cfg.seed + 1 + state.get("vae_step", 0))
     step, last_save, losses = state.get("vae_step", 0), time.time(), []
     vae.train()
-    while time.time() < deadline:
+    while time.time() < deadline and (cfg.vae_max_steps is None or step < cfg.vae_max_steps):
         idx = torch.randint(len(images), (cfg.vae_batch_size,), generator=gen)
-        x = to_pixels(images[idx])
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        mse = F.mse_loss(recon, x)
-        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        x = to_pixels(images[idx]).to(device)
+        with _autocast(cfg, device):
+            posterior = vae.encode(x).latent_dist
+            eps = torch.randn(posterior.mean.shape, generator=gen).to(device)
+            recon = vae.decode(posterior.mean + posterior.std * eps).sample
+        mse = F.mse_loss(recon.float(), x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -199,8 +230,9 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, cfg: PretrainConfig, s
 
 @torch.no_grad()
 def encode_pool(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Latent means of every image, ``(N, 4, h, w)`` float32 (not yet scaled)."""
-    return torch.cat([vae.encode(to_pixels(images[i:i + batch])).latent_dist.mean
+    """Latent means of every image, ``(N, 4, h, w)`` float32 on the VAE's device (not yet scaled)."""
+    device = next(vae.parameters()).device
+    return torch.cat([vae.encode(to_pixels(images[i:i + batch]).to(device)).latent_dist.mean
                       for i in range(0, len(images), batch)])
 
 
@@ -220,6 +252,7 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
     ``elapsed()`` gives the seconds spent so far over all runs; checkpoints store it so a resumed
     run keeps to the overall budget."""
     unet, text_encoder, scheduler = components["unet"], components["text_encoder"], components["scheduler"]
+    device = next(unet.parameters()).device
     if "unet" in state:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
@@ -240,7 +273,8 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
             group["lr"] = base * lr_factor(sched.last_epoch, cfg)
     step = state.get("step", 0)
     gen = torch.Generator().manual_seed(cfg.seed + 7 + step)
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(device)
+    token_ids, empty_ids = token_ids.to(device), empty_ids.to(device)
     unet.train()
     text_encoder.train()
     last_save, losses = time.time(), []
@@ -252,18 +286,19 @@ def train_denoiser(components: dict[str, Any], latents: torch.Tensor, token_ids:
                 "seconds": elapsed()}
 
     while time.time() < deadline and step < cfg.max_steps:
-        idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen).to(device)
         x0 = latents[idx]
         ids = token_ids[idx].clone()
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+        drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout).to(device)
         ids[drop] = empty_ids
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        hidden = text_encoder(ids)[0]
-        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        with _autocast(cfg, device):
+            hidden = text_encoder(ids)[0]
+            pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+        per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         losses.append(per_sample.detach().mean().item())  # logged unweighted, comparable across recipes
         if cfg.snr_gamma is not None:
             snr = a.flatten() / (1 - a.flatten())
@@ -307,6 +342,9 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     components = build_tiny_components(cfg.size, seed=cfg.seed, words=VOCABULARY)
     components["tokenizer"] = _run_tokenizer(work, components["tokenizer"])
+    device = resolve_device(cfg.device)
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].to(device)
     images, captions = load_pool(cfg.shards, cfg.max_images)
     load_seconds = time.time() - start
 
@@ -336,7 +374,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     unet, text_encoder = train_denoiser(components, latents, token_ids, empty_ids, cfg, state,
                                         ckpt, log_path, deadline,
                                         elapsed=lambda: spent + time.time() - start)
-    components.update(unet=unet, text_encoder=text_encoder, vae=vae)
+    components.update(unet=unet.cpu(), text_encoder=text_encoder.cpu(), vae=vae.cpu())
     save_backbone(components, output_dir)
     report = {
         "config": {k: v for k, v in asdict(cfg).items() if k != "size"},
@@ -350,6 +388,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
         "seconds_load": round(load_seconds, 1),
         "seconds_encode": round(encode_seconds, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "parameters": {name: sum(p.numel() for p in components[name].parameters())
                        for name in ("unet", "vae", "text_encoder")},
     }

@@ -93,3 +93,33 @@ def test_read_log_keeps_the_last_record_of_a_repeated_step_and_plots(tmp_path):
     assert [(r["phase"], r["step"]) for r in records] == [("vae", 50), ("unet", 50), ("unet", 100), ("unet", 150)]
     assert records[2]["loss"] == 0.25
     assert plot_log(work, tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_device_and_precision_are_checked_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA"):
+        _config(tmp_path, device="cuda")
+    with pytest.raises(ConfigError, match="device"):
+        _config(tmp_path, device="gpu-please")
+    with pytest.raises(ConfigError, match="bf16"):
+        _config(tmp_path, mixed_precision="fp16")
+    assert _config(tmp_path, device="auto").device == "auto"  # resolves to the CPU here
+
+
+def test_same_seed_same_weights_and_bf16_autocast_trains(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    runs = []
+    for name, precision in (("a", "no"), ("b", "no"), ("c", "bf16")):
+        out = tmp_path / name / "backbone"
+        cfg = _config(tmp_path / name, max_steps=2, vae_minutes=5.0, vae_max_steps=2, device="cpu",
+                      mixed_precision=precision)
+        report = pretrain(cfg, out)
+        assert report["device"] == "cpu" and report["vae_steps"] == 2 and report["unet_steps"] == 2
+        runs.append(load_file(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    first, again, bf16 = runs
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert all(torch.isfinite(v.float()).all() for v in bf16.values())
+    assert any(not torch.equal(first[k], bf16[k]) for k in first)  # autocast did change the arithmetic
