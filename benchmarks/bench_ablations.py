@@ -20,6 +20,9 @@ Sweeps (reference value in brackets):
   kept staying at ``--keep`` (ALBAT keeps only Z > 0, so a small pool can give fewer); ``exact``.
 * ``photos``: the subject's first 1 / 2 / 3 training photos [all 5]; ``dreambooth``, ``random``
   and ``exact`` (all three depend on the photos).
+* ``steps``: final-training steps 400 / 800 [200]; ``dreambooth`` and ``exact``. At γ = 0.5 BAT
+  sees half as many subject photos per step, so 400 steps give it DreamBooth's subject exposure;
+  longer runs also show whether DreamBooth overfits where BAT does not.
 * ``timesteps``: K = 8 timesteps per score [2]; ``exact`` and ``bottom`` (the lowest scores): are
   less noisy scores a better ranking?
 
@@ -65,6 +68,7 @@ SWEEPS = {
     "pool": Sweep("pool", "--max_candidates", "pool fraction", 1.0, (0.1, 0.25, 0.5), ("exact",)),
     "photos": Sweep("photos", "--num_subject_images", "subject photos", 5, (1, 2, 3),
                     ("dreambooth", "random", "exact")),
+    "steps": Sweep("steps", "--steps", "final steps", 200, (400, 800), ("dreambooth", "exact")),
     "timesteps": Sweep("timesteps", "--num_score_timesteps", "score timesteps K", 2, (8,), ("exact", "bottom")),
 }
 METRICS = ("heldout_loss", "dino", "clip_i", "clip_t", "subject_fidelity", "prompt_fidelity")
