@@ -121,11 +121,12 @@ def paired(rows: list[dict], base: dict, metric: str) -> tuple[float, float, int
     return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
 
 
-def _cell(mean: float, diff: tuple[float, float, int] | None) -> str:
-    text = f"{mean:.4f}"
+def _cell(mean: float, diff: tuple[float, float, int] | None, metric: str) -> str:
+    fmt = bench_quality.fmt
+    text = fmt(mean, metric)
     if diff is not None:
         d, se, _ = diff
-        text += f" ({d:+.4f} ± {se:.4f}{'*' if abs(d) > 2 * se else ''})"
+        text += f" ({fmt(d, metric, sign=True)} ± {fmt(se, metric)}{'*' if abs(d) > 2 * se else ''})"
     return text
 
 
@@ -152,9 +153,10 @@ def sweep_table(sweep: Sweep, args: argparse.Namespace) -> str:
             for metric in METRICS:
                 values = [r[metric] for r in method_rows if r[metric] is not None]
                 diff = None if method == "dreambooth" else paired(method_rows, base, metric)
-                cells.append(_cell(float(np.mean(values)), diff) if values else "–")
+                cells.append(_cell(float(np.mean(values)), diff, metric) if values else "–")
             vs_random = paired(method_rows, random_rows, "heldout_loss") if method == "exact" and random_rows else None
-            extra = f"{vs_random[0]:+.4f} ± {vs_random[1]:.4f}" if vs_random else ""
+            extra = (f"{bench_quality.fmt(vs_random[0], 'heldout_loss', sign=True)} ± "
+                     f"{bench_quality.fmt(vs_random[1], 'heldout_loss')}") if vs_random else ""
             lines.append(f"| {value:g} | {method} | {len(method_rows)} | " + " | ".join(cells) + f" | {extra} |")
     return "\n".join(lines) + "\n"
 

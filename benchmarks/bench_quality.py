@@ -53,6 +53,12 @@ METHODS = ("dreambooth", "prior", "random", "exact", "datainf", "identity")
 OPT_IN_METHODS = ("bottom",)
 ALBAT = ("exact", "datainf", "identity")
 LOWER_IS_BETTER = {"heldout_loss"}
+DECIMALS = {"heldout_loss": 5}
+"""Decimals a metric is printed with (default 4): held-out losses differ in the fourth decimal."""
+
+
+def fmt(value: float, metric: str, sign: bool = False) -> str:
+    return f"{value:{'+' if sign else ''}.{DECIMALS.get(metric, 4)}f}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -170,23 +176,25 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
     lines = [f"{len({r['subject'] for r in rows})} subjects × {len(seeds)} seeds. Mean ± std over seeds "
              "of the mean over subjects; Δ = paired difference to dreambooth over (subject, seed), ± its "
              "standard error; * where |Δ| > 2 SE.", "",
-             "| method | " + " | ".join(WORLD_METRICS) + " |", "|---|" + "---|" * len(WORLD_METRICS)]
+             "| method | runs | " + " | ".join(WORLD_METRICS) + " |", "|---|---|" + "---|" * len(WORLD_METRICS)]
     for method in methods:
         cells = []
+        own = [r for r in rows if r["method"] == method]
         for metric in WORLD_METRICS:
-            per_seed = [np.mean([r[metric] for r in rows if r["method"] == method and r["seed"] == s
-                                 and r[metric] is not None]) for s in seeds]
-            per_seed = [v for v in per_seed if np.isfinite(v)]
-            cell = f"{np.mean(per_seed):.4f} ± {np.std(per_seed):.4f}" if per_seed else "–"
+            per_seed = [[r[metric] for r in own if r["seed"] == s and r[metric] is not None] for s in seeds]
+            per_seed = [float(np.mean(values)) for values in per_seed if values]
+            cell = f"{fmt(np.mean(per_seed), metric)} ± {fmt(np.std(per_seed), metric)}" if per_seed else "–"
             if method != "dreambooth" and "dreambooth" in methods:
                 base = {(r["subject"], r["seed"]): r[metric] for r in rows if r["method"] == "dreambooth"}
                 diffs = [r[metric] - base[(r["subject"], r["seed"])] for r in rows if r["method"] == method
                          and r[metric] is not None and base.get((r["subject"], r["seed"])) is not None]
                 if len(diffs) > 1:
                     se = np.std(diffs, ddof=1) / np.sqrt(len(diffs))
-                    cell += f" (Δ {np.mean(diffs):+.4f} ± {se:.4f}{'*' if abs(np.mean(diffs)) > 2 * se else ''})"
+                    star = "*" if abs(np.mean(diffs)) > 2 * se else ""
+                    cell += f" (Δ {fmt(np.mean(diffs), metric, sign=True)} ± {fmt(se, metric)}{star})"
             cells.append(cell)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        runs = f"{len(own)} ({len({r['seed'] for r in own})} seeds)"
+        lines.append(f"| {method} | {runs} | " + " | ".join(cells) + " |")
     lines += _versus_random(rows, methods)
     checks = [r for r in rows if r.get("selection")]
     if checks:
@@ -221,7 +229,7 @@ def _versus_random(rows: list[dict], methods: list[str]) -> list[str]:
                      if r[metric] is not None and base[(r["subject"], r["seed"])][metric] is not None]
             if len(diffs) > 1:
                 mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs))
-                cells.append(f"{mean:+.4f} ± {se:.4f}{'*' if abs(mean) > 2 * se else ''}")
+                cells.append(f"{fmt(mean, metric, sign=True)} ± {fmt(se, metric)}{'*' if abs(mean) > 2 * se else ''}")
             else:
                 cells.append("–")
         wins = sum(r["heldout_loss"] < base[(r["subject"], r["seed"])]["heldout_loss"] for r in own)

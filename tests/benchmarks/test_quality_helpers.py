@@ -99,5 +99,5 @@ def test_sweep_table_takes_dreambooth_from_the_reference_when_the_setting_does_n
     args = bench_ablations.parse_args(["--output_dir", str(tmp_path), "--reference_tag", "ref", "--seeds", "0"])
     table = bench_ablations.sweep_table(bench_ablations.SWEEPS["gamma"], args)
     exact_075 = next(line for line in table.splitlines() if line.startswith("| 0.75 | exact"))
-    assert "0.7500 (-0.2500 ± 0.0500*)" in exact_075  # vs the reference's DreamBooth rows
-    assert exact_075.rstrip(" |").endswith("-0.1500 ± 0.0500")  # ALBAT minus random
+    assert "0.75000 (-0.25000 ± 0.05000*)" in exact_075  # vs the reference's DreamBooth rows
+    assert exact_075.rstrip(" |").endswith("-0.15000 ± 0.05000")  # ALBAT minus random
