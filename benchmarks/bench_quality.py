@@ -209,6 +209,29 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_subject(rows: list[dict], methods: list[str]) -> str:
+    """Per subject, the mean over seeds of the held-out loss difference of each method to DreamBooth."""
+    others = [m for m in methods if m != "dreambooth"]
+    base = {(r["subject"], r["seed"]): r["heldout_loss"] for r in rows if r["method"] == "dreambooth"}
+    lines = ["Per subject: DreamBooth's held-out loss and each method's paired difference to it, mean over seeds:", "",
+             "| subject | class | seeds | dreambooth | " + " | ".join(f"Δ {m}" for m in others) + " |",
+             "|---|---|---|---|" + "---|" * len(others)]
+    for subject in sorted({r["subject"] for r in rows}):
+        own = [r for r in rows if r["subject"] == subject]
+        seeds = sorted({r["seed"] for r in own if (subject, r["seed"]) in base})
+        if not seeds:
+            continue
+        cells = []
+        for method in others:
+            diffs = [r["heldout_loss"] - base[(subject, r["seed"])] for r in own
+                     if r["method"] == method and (subject, r["seed"]) in base]
+            cells.append(fmt(np.mean(diffs), "heldout_loss", sign=True) if diffs else "–")
+        loss = np.mean([base[(subject, s)] for s in seeds])
+        lines.append(f"| {subject} | {own[0]['class_word']} | {len(seeds)} | {fmt(loss, 'heldout_loss')} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _versus_random(rows: list[dict], methods: list[str]) -> list[str]:
     """Lines of a table: each ALBAT curvature minus random selection, paired over (subject, seed),
     and how many of those pairs have the lower held-out loss."""
@@ -284,7 +307,7 @@ def main(argv=None) -> None:
             print(f"{subject} seed {seed}: " + ", ".join(
                 f"{s.method} loss {s.heldout_loss:.4f} subj {s.subject_fidelity:.2f}" for s in scores), flush=True)
     rows = [json.loads(line) for line in results_path.read_text().splitlines()]
-    summary = summarise(rows, methods)
+    summary = summarise(rows, methods) + "\n" + per_subject(rows, methods)
     (root / "summary.md").write_text(summary)
     print(summary)
 

@@ -101,3 +101,11 @@ def test_sweep_table_takes_dreambooth_from_the_reference_when_the_setting_does_n
     exact_075 = next(line for line in table.splitlines() if line.startswith("| 0.75 | exact"))
     assert "0.75000 (-0.25000 ± 0.05000*)" in exact_075  # vs the reference's DreamBooth rows
     assert exact_075.rstrip(" |").endswith("-0.15000 ± 0.05000")  # ALBAT minus random
+
+
+def test_per_subject_differences_are_paired_by_seed():
+    rows = [_row("dreambooth", "a", 0, 1.0) | {"class_word": "star"}, _row("dreambooth", "a", 1, 3.0) | {"class_word": "star"},
+            _row("exact", "a", 0, 0.5) | {"class_word": "star"}, _row("exact", "a", 1, 3.5) | {"class_word": "star"}]
+    table = bench_quality.per_subject(rows, ["dreambooth", "exact"])
+    line = next(line for line in table.splitlines() if line.startswith("| a |"))
+    assert line == "| a | star | 2 | 2.00000 | +0.00000 |"  # (-0.5 + 0.5) / 2
