@@ -131,8 +131,12 @@ def _cell(mean: float, diff: tuple[float, float, int] | None, metric: str) -> st
 
 
 def sweep_table(sweep: Sweep, args: argparse.Namespace) -> str:
-    """One Markdown table: rows (value, method), the reference value first."""
-    reference = read_rows(args.output_dir, args.reference_tag)
+    """One Markdown table: rows (value, method), the reference value first.
+
+    The reference value's rows are those of the subjects the sweep ran on, so that every row of
+    the table averages over the same subjects."""
+    swept = {r["subject"] for value in sweep.values for r in read_rows(args.output_dir, tag_of(sweep, value))}
+    reference = [r for r in read_rows(args.output_dir, args.reference_tag) if not swept or r["subject"] in swept]
     lines = [f"### {sweep.label}", "",
              "| " + sweep.label + " | method | n | " + " | ".join(METRICS) + " | held-out loss, ALBAT − random |",
              "|---|---|---|" + "---|" * (len(METRICS) + 1)]

@@ -90,7 +90,7 @@ def test_sweep_arguments_change_only_their_setting():
 
 def test_sweep_table_takes_dreambooth_from_the_reference_when_the_setting_does_not_change_it(tmp_path):
     ref = [_row("dreambooth", s, 0, 1.0) for s in "ab"] + [_row("exact", s, 0, 0.9) for s in "ab"] \
-        + [_row("random", s, 0, 0.95) for s in "ab"]
+        + [_row("random", s, 0, 0.95) for s in "ab"] + [_row(m, "z", 0, 5.0) for m in ("dreambooth", "exact")]
     gamma = [_row("exact", "a", 0, 0.8), _row("exact", "b", 0, 0.7),
              _row("random", "a", 0, 0.9), _row("random", "b", 0, 0.9)]
     for tag, rows in (("ref", ref), ("gamma-0.75", gamma)):
@@ -98,6 +98,8 @@ def test_sweep_table_takes_dreambooth_from_the_reference_when_the_setting_does_n
         (tmp_path / tag / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = bench_ablations.parse_args(["--output_dir", str(tmp_path), "--reference_tag", "ref", "--seeds", "0"])
     table = bench_ablations.sweep_table(bench_ablations.SWEEPS["gamma"], args)
+    exact_05 = next(line for line in table.splitlines() if line.startswith("| 0.5 | exact"))
+    assert exact_05.startswith("| 0.5 | exact | 2 | 0.90000")  # subject z was not swept: left out
     exact_075 = next(line for line in table.splitlines() if line.startswith("| 0.75 | exact"))
     assert "0.75000 (-0.25000 ± 0.05000*)" in exact_075  # vs the reference's DreamBooth rows
     assert exact_075.rstrip(" |").endswith("-0.15000 ± 0.05000")  # ALBAT minus random
