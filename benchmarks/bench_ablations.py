@@ -71,7 +71,7 @@ SWEEPS = {
     "steps": Sweep("steps", "--steps", "final steps", 200, (400, 800), ("dreambooth", "exact")),
     "timesteps": Sweep("timesteps", "--num_score_timesteps", "score timesteps K", 2, (8,), ("exact", "bottom")),
 }
-METRICS = ("heldout_loss", "dino", "clip_i", "clip_t", "subject_fidelity", "prompt_fidelity")
+METRICS = bench_quality.WORLD_METRICS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,23 +111,9 @@ def read_rows(root: Path, tag: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def paired(rows: list[dict], base: dict, metric: str) -> tuple[float, float, int] | None:
-    """Mean and standard error of ``row[metric] - base[(subject, seed)][metric]`` over pairs."""
-    diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in rows
-             if (r["subject"], r["seed"]) in base and r[metric] is not None
-             and base[(r["subject"], r["seed"])][metric] is not None]
-    if len(diffs) < 2:
-        return None
-    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
-
-
 def _cell(mean: float, diff: tuple[float, float, int] | None, metric: str) -> str:
-    fmt = bench_quality.fmt
-    text = fmt(mean, metric)
-    if diff is not None:
-        d, se, _ = diff
-        text += f" ({fmt(d, metric, sign=True)} ± {fmt(se, metric)}{'*' if abs(d) > 2 * se else ''})"
-    return text
+    text = bench_quality.fmt(mean, metric)
+    return text + f" ({bench_quality.diff_text(diff, metric)})" if diff is not None else text
 
 
 def sweep_table(sweep: Sweep, args: argparse.Namespace) -> str:
@@ -156,11 +142,11 @@ def sweep_table(sweep: Sweep, args: argparse.Namespace) -> str:
             cells = []
             for metric in METRICS:
                 values = [r[metric] for r in method_rows if r[metric] is not None]
-                diff = None if method == "dreambooth" else paired(method_rows, base, metric)
+                diff = None if method == "dreambooth" else bench_quality.paired(method_rows, base, metric)
                 cells.append(_cell(float(np.mean(values)), diff, metric) if values else "–")
-            vs_random = paired(method_rows, random_rows, "heldout_loss") if method == "exact" and random_rows else None
-            extra = (f"{bench_quality.fmt(vs_random[0], 'heldout_loss', sign=True)} ± "
-                     f"{bench_quality.fmt(vs_random[1], 'heldout_loss')}") if vs_random else ""
+            vs_random = (bench_quality.paired(method_rows, random_rows, "heldout_loss")
+                         if method == "exact" and random_rows else None)
+            extra = bench_quality.diff_text(vs_random, "heldout_loss", star=False) if vs_random else ""
             lines.append(f"| {value:g} | {method} | {len(method_rows)} | " + " | ".join(cells) + f" | {extra} |")
     return "\n".join(lines) + "\n"
 
@@ -196,13 +182,17 @@ def score_table(args: argparse.Namespace) -> str:
              f"Against the reference `exact` scores (1,000 candidates, surrogate {SWEEPS['surrogate'].reference:g} "
              f"steps, K = {SWEEPS['timesteps'].reference:g}); mean over (subject, seed) ± std.", "",
              "| scores | n | Spearman ρ | top-" + str(args.keep) + " overlap |", "|---|---|---|---|"]
+    references = {}  # (subject, seed) -> scores, read once for every comparison
+    for ref in sorted(ref_root.glob("*/seed*/exact/selection.jsonl")):
+        seed = int(ref.parent.parent.name.removeprefix("seed"))
+        if seed in args.seeds:
+            references[(ref.parent.parent.parent.name, seed)] = _scores(ref)
     for label, tag, method in others:
         found = []
-        for ref in sorted(ref_root.glob("*/seed*/exact/selection.jsonl")):
-            seed = int(ref.parent.parent.name.removeprefix("seed"))
-            other = args.output_dir / tag / "runs" / ref.parent.parent.parent.name / f"seed{seed}" / method / "selection.jsonl"
-            if seed in args.seeds and other.is_file():
-                pair = agreement(_scores(ref), _scores(other), args.keep)
+        for (subject, seed), ref_scores in references.items():
+            other = args.output_dir / tag / "runs" / subject / f"seed{seed}" / method / "selection.jsonl"
+            if other.is_file():
+                pair = agreement(ref_scores, _scores(other), args.keep)
                 if pair is not None:
                     found.append(pair)
         if found:

@@ -61,6 +61,23 @@ def fmt(value: float, metric: str, sign: bool = False) -> str:
     return f"{value:{'+' if sign else ''}.{DECIMALS.get(metric, 4)}f}"
 
 
+def paired(rows: list[dict], base: dict, metric: str) -> tuple[float, float, int] | None:
+    """Mean, standard error and count of ``row[metric] - base[(subject, seed)][metric]`` over the
+    rows that have a base row; None with fewer than two pairs (no standard error)."""
+    diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in rows
+             if (r["subject"], r["seed"]) in base and r[metric] is not None
+             and base[(r["subject"], r["seed"])][metric] is not None]
+    if len(diffs) < 2:
+        return None
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
+
+
+def diff_text(diff: tuple[float, float, int], metric: str, star: bool = True) -> str:
+    """``+0.0012 ± 0.0003*``: a paired difference, its standard error, * beyond 2 SE (with ``star``)."""
+    mean, se, _ = diff
+    return f"{fmt(mean, metric, sign=True)} ± {fmt(se, metric)}{'*' if star and abs(mean) > 2 * se else ''}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=str(ASSETS_DIR / BACKBONE_DIR))
@@ -177,6 +194,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
              "of the mean over subjects; Δ = paired difference to dreambooth over (subject, seed), ± its "
              "standard error; * where |Δ| > 2 SE.", "",
              "| method | runs | " + " | ".join(WORLD_METRICS) + " |", "|---|---|" + "---|" * len(WORLD_METRICS)]
+    base = {(r["subject"], r["seed"]): r for r in rows if r["method"] == "dreambooth"}
     for method in methods:
         cells = []
         own = [r for r in rows if r["method"] == method]
@@ -184,14 +202,9 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
             per_seed = [[r[metric] for r in own if r["seed"] == s and r[metric] is not None] for s in seeds]
             per_seed = [float(np.mean(values)) for values in per_seed if values]
             cell = f"{fmt(np.mean(per_seed), metric)} ± {fmt(np.std(per_seed), metric)}" if per_seed else "–"
-            if method != "dreambooth" and "dreambooth" in methods:
-                base = {(r["subject"], r["seed"]): r[metric] for r in rows if r["method"] == "dreambooth"}
-                diffs = [r[metric] - base[(r["subject"], r["seed"])] for r in rows if r["method"] == method
-                         and r[metric] is not None and base.get((r["subject"], r["seed"])) is not None]
-                if len(diffs) > 1:
-                    se = np.std(diffs, ddof=1) / np.sqrt(len(diffs))
-                    star = "*" if abs(np.mean(diffs)) > 2 * se else ""
-                    cell += f" (Δ {fmt(np.mean(diffs), metric, sign=True)} ± {fmt(se, metric)}{star})"
+            diff = paired(own, base, metric) if method != "dreambooth" else None
+            if diff is not None:
+                cell += f" (Δ {diff_text(diff, metric)})"
             cells.append(cell)
         runs = f"{len(own)} ({len({r['seed'] for r in own})} seeds)"
         lines.append(f"| {method} | {runs} | " + " | ".join(cells) + " |")
@@ -246,15 +259,8 @@ def _versus_random(rows: list[dict], methods: list[str]) -> list[str]:
              "|---|---|" + "---|" * (len(WORLD_METRICS) + 1)]
     for method in albat:
         own = [r for r in rows if r["method"] == method and (r["subject"], r["seed"]) in base]
-        cells = []
-        for metric in WORLD_METRICS:
-            diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in own
-                     if r[metric] is not None and base[(r["subject"], r["seed"])][metric] is not None]
-            if len(diffs) > 1:
-                mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs))
-                cells.append(f"{fmt(mean, metric, sign=True)} ± {fmt(se, metric)}{'*' if abs(mean) > 2 * se else ''}")
-            else:
-                cells.append("–")
+        diffs = [paired(own, base, metric) for metric in WORLD_METRICS]
+        cells = [diff_text(d, m) if d else "–" for d, m in zip(diffs, WORLD_METRICS)]
         wins = sum(r["heldout_loss"] < base[(r["subject"], r["seed"])]["heldout_loss"] for r in own)
         lines.append(f"| {method} | {len(own)} | " + " | ".join(cells) + f" | {wins}/{len(own)} |")
     return lines

@@ -59,11 +59,10 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
     Returns:
         ``{"generated": {head: rate}, "rendered": {head: rate}, "n_images", "seconds", ...}``.
     """
+    from ..eval.encoders import resolve_device
     from .sampling import generate, load_pipeline
 
     items = heldout_captions(n_captions)
-    from ..eval.encoders import resolve_device
-
     pipe = load_pipeline(backbone).to(resolve_device(device))
     start = time.perf_counter()
     prompts = [it.caption for it in items for _ in seeds]

@@ -27,12 +27,12 @@ def test_paired_difference_is_mean_and_standard_error_of_pairs():
             ("c", 0): _row("dreambooth", "c", 0, 3.0)}
     rows = [_row("exact", "a", 0, 0.5), _row("exact", "b", 0, 2.5), _row("exact", "c", 0, 2.0),
             _row("exact", "d", 0, 9.0)]  # no baseline for d: not paired
-    mean, se, n = bench_ablations.paired(rows, base, "heldout_loss")
+    mean, se, n = bench_quality.paired(rows, base, "heldout_loss")
     diffs = np.array([-0.5, 0.5, -1.0])
     assert n == 3
     assert mean == pytest.approx(diffs.mean())
     assert se == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
-    assert bench_ablations.paired(rows[:1], base, "heldout_loss") is None  # one pair has no SE
+    assert bench_quality.paired(rows[:1], base, "heldout_loss") is None  # one pair has no SE
 
 
 def test_versus_random_counts_pairs_with_lower_loss():
