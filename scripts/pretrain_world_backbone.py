@@ -4,6 +4,9 @@
     python scripts/make_world.py                                   # the pool, once
     OMP_NUM_THREADS=1 python scripts/pretrain_world_backbone.py --max_minutes 30
 
+To continue training a saved backbone (a second constant-rate phase and cool-down, say):
+--init_from assets/world/backbone --output_dir <new folder>.
+
 Resumable: rerun with the same --work_dir and a larger --max_minutes to continue (the learning
 rates and cool-down given on the resumed run apply from its first step; a run resumed on another
 device follows the same batches). On a GPU (--device auto finds it) raise --batch_size and consider
@@ -27,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR  # noqa: E402
-from dreambat.world.pretrain import PretrainConfig, plot_log, pretrain  # noqa: E402
+from dreambat.world.pretrain import PretrainConfig, export_checkpoint, plot_log, pretrain  # noqa: E402
 from dreambat.world.sampling import GRID_CAPTIONS, sample_grid  # noqa: E402
 
 
@@ -61,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--mixed_precision", default="no", choices=["no", "bf16"],
                    help="bf16 autocast of the forward passes (weights and optimiser stay float32)")
+    p.add_argument("--init_from", type=Path, default=None,
+                   help="continue from this backbone folder (e.g. assets/world/backbone): skips the VAE phase "
+                        "and trains its UNet and text encoder with a fresh optimiser from step 0")
+    p.add_argument("--export_only", action="store_true",
+                   help="write --output_dir from the EMA weights of --work_dir's checkpoint and stop (no training)")
     p.add_argument("--checkpoint_minutes", type=float, default=2.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -73,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
                          max_steps=args.max_steps, vae_max_steps=args.vae_max_steps, decay_start=args.decay_start,
                          decay_steps=args.decay_steps, decay_floor=args.decay_floor,
                          checkpoint_minutes=args.checkpoint_minutes, device=args.device,
-                         mixed_precision=args.mixed_precision)
+                         mixed_precision=args.mixed_precision,
+                         init_from=str(args.init_from) if args.init_from else None)
+    if args.export_only:
+        print(json.dumps(export_checkpoint(cfg, args.output_dir), indent=1))
+        return
     report = pretrain(cfg, args.output_dir)
     print(json.dumps(report, indent=1))
     print(f"loss curves -> {plot_log(args.work_dir, args.loss_plot)}")

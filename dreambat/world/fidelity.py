@@ -5,7 +5,9 @@ the canonical phrasing of :func:`dreambat.synthetic.caption`. The backbone draws
 with a few seeds; the world's attribute classifier reads the main object's shape, colour and
 pattern and the background colour back from every image, and agreement with the scene's ground
 truth is reported per attribute. The same classifier on the rendered scenes themselves gives the
-ceiling (how often the classifier is right on real images of those captions).
+ceiling (how often the classifier is right on real images of those captions), and on those scenes
+passed through the backbone's own VAE (encode, decode) the ceiling of anything the backbone can
+draw: a sample is a decoded latent, so it is never sharper than a reconstruction.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
             comes from CPU generators, so the images do not depend on it beyond float rounding.
 
     Returns:
-        ``{"generated": {head: rate}, "rendered": {head: rate}, "n_images", "seconds", ...}``.
+        ``{"generated": {head: rate}, "rendered": {head: rate}, "vae_round_trip": {head: rate},
+        "n_images", "seconds", ...}``.
     """
     from ..eval.encoders import resolve_device
     from .sampling import generate, load_pipeline
@@ -73,7 +76,27 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
     return {
         "generated": classifier.agreement(images, expected),
         "rendered": classifier.agreement(rendered, [it.expected for it in items]),
+        "vae_round_trip": classifier.agreement(vae_round_trip(pipe.vae, rendered),
+                                               [it.expected for it in items]),
         "n_captions": n_captions, "seeds": list(seeds), "n_images": len(images),
         "steps": steps, "guidance": guidance, "seconds_generate": round(seconds, 1),
         "chance": {"shape": 1 / 8, "color": 1 / 11, "pattern": 1 / 4, "background": 1 / 11},
     }
+
+
+def vae_round_trip(vae: Any, images: Sequence[Any], batch_size: int = 64) -> list[Any]:
+    """``images`` (PIL) encoded by ``vae`` (latent means) and decoded again, as PIL images."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    device, dtype = vae.device, vae.dtype
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images[start:start + batch_size]])
+        pixels = torch.from_numpy(chunk).permute(0, 3, 1, 2).div(127.5).sub(1.0).to(device, dtype)
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1)
+        arrays = decoded.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out.extend(Image.fromarray(a) for a in arrays)
+    return out

@@ -86,6 +86,11 @@ class PretrainConfig:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         mixed_precision: ``"no"`` or ``"bf16"`` (autocast of the forward passes; weights, optimiser
             state and EMA stay float32).
+        init_from: a backbone folder (what :func:`save_backbone` writes) to continue from: its
+            tokenizer, VAE, text encoder and UNet replace the freshly built ones, the VAE phase is
+            skipped (its latents stay those the UNet learned on) and the denoiser phase starts at
+            step 0 with a fresh optimiser and the learning rates of this config. Only read when
+            ``work_dir`` has no checkpoint yet; a resumed run continues from its checkpoint.
     """
 
     shards: tuple[str, ...]
@@ -112,6 +117,7 @@ class PretrainConfig:
     checkpoint_minutes: float = 2.0
     device: str = "auto"
     mixed_precision: str = "no"
+    init_from: str | None = None
     size: TinySize = field(default=WORLD_BACKBONE_SIZE)
 
     def __post_init__(self) -> None:
@@ -121,6 +127,10 @@ class PretrainConfig:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
         if self.vae_minutes >= self.max_minutes:
             raise ConfigError("vae_minutes must be smaller than max_minutes (the denoiser needs time).")
+        if self.init_from is not None and not (Path(self.init_from) / "model_index.json").is_file():
+            raise ConfigError(f"init_from {self.init_from!r} is not a backbone folder (no model_index.json); "
+                              "give the folder scripts/pretrain_world_backbone.py wrote, e.g. "
+                              "assets/world/backbone.")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
         try:
@@ -341,6 +351,8 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     spent = state.get("seconds", 0.0)
     torch.manual_seed(cfg.seed)
     components = build_tiny_components(cfg.size, seed=cfg.seed, words=VOCABULARY)
+    if cfg.init_from is not None and not state:
+        state = _initial_state(components, cfg.init_from)
     components["tokenizer"] = _run_tokenizer(work, components["tokenizer"])
     device = resolve_device(cfg.device)
     for name in ("unet", "vae", "text_encoder"):
@@ -361,8 +373,10 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
 
     t0 = time.time()
     raw = encode_pool(vae, images)
-    scale = 1.0 / float(raw.std())
+    # A continued backbone keeps the latent scale its UNet learned with.
+    scale = state.get("scaling_factor") or 1.0 / float(raw.std())
     vae.register_to_config(scaling_factor=scale)
+    state["scaling_factor"] = scale
     latents = raw * scale
     tok = components["tokenizer"]
     token_ids = tok(captions, padding="max_length", max_length=tok.model_max_length,
@@ -394,6 +408,56 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     }
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def export_checkpoint(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Save the EMA weights of the checkpoint in ``cfg.work_dir`` as a backbone folder, without
+    training or reading the pool (to sample a run that is still going, or one that was stopped).
+
+    Returns ``{"unet_steps", "scaling_factor", "output_dir"}``.
+    """
+    state = Checkpoint(cfg.work_dir).load()
+    if not state or "ema_unet" not in state or "scaling_factor" not in state:
+        raise DataError(f"{cfg.work_dir} holds no denoiser checkpoint to export (checkpoint.pt with EMA "
+                        "weights and a latent scale); train with scripts/pretrain_world_backbone.py first.")
+    components = build_tiny_components(cfg.size, seed=cfg.seed, words=VOCABULARY)
+    components["tokenizer"] = _run_tokenizer(Path(cfg.work_dir), components["tokenizer"])
+    components["vae"].load_state_dict(state["vae"])
+    components["vae"].register_to_config(scaling_factor=state["scaling_factor"])
+    components["unet"].load_state_dict(state["ema_unet"])
+    components["text_encoder"].load_state_dict(state["ema_text"])
+    save_backbone(components, output_dir)
+    return {"unet_steps": state["step"], "scaling_factor": state["scaling_factor"], "output_dir": str(output_dir)}
+
+
+def _initial_state(components: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """Point ``components`` at the backbone in ``folder`` and return the state that starts the
+    denoiser phase from it (the VAE counts as trained).
+
+    The weights are loaded as float32 (a saved backbone stores its UNet and VAE as float16). The
+    folder's tokenizer replaces the built one: the text encoder's embeddings are indexed by it."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = str(folder)
+    common = {"local_files_only": True}
+    loaded = {
+        "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32, **common),
+        "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, **common),
+        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
+                                                      dtype=torch.float32, **common),
+    }
+    for name, model in loaded.items():
+        try:
+            components[name].load_state_dict(model.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(f"init_from {folder!r}: its {name} does not match the configured size "
+                              f"({str(error).splitlines()[0]}); pass the TinySize it was trained with.") from None
+    components["vae"].register_to_config(scaling_factor=loaded["vae"].config.scaling_factor)
+    components["tokenizer"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **common)
+    return {"vae": components["vae"].state_dict(), "vae_done": True, "vae_step": 0,
+            "unet": components["unet"].state_dict(), "text_encoder": components["text_encoder"].state_dict(),
+            "scaling_factor": float(components["vae"].config.scaling_factor), "init_from": folder}
 
 
 def _run_tokenizer(work: Path, built: Any) -> Any:

@@ -160,3 +160,41 @@ def test_training_loop_keeps_to_its_step_budget_and_leaves_eval_mode():
     log = train_within_budget(model, loss_at, TrainBudget(steps=4, batch_size=2, log_every=2), "toy")
     assert seen == [1, 2, 3, 4] and log["steps"] == 4 and log["params"] == 4
     assert not model.training and log["final_loss"] >= 0
+
+
+def test_reading_augmentation_is_seeded_and_stays_in_range():
+    from dreambat.world.evaluator_training import degrade_for_reading, jpeg_round_trip, soften
+
+    images, _ = single_object_scenes(8, TEST_SEED)
+    first = degrade_for_reading(images, 32, torch.Generator().manual_seed(3))
+    again = degrade_for_reading(images, 32, torch.Generator().manual_seed(3))
+    other = degrade_for_reading(images, 32, torch.Generator().manual_seed(4))
+    assert first.shape == (8, 3, 32, 32) and torch.equal(first, again) and not torch.equal(first, other)
+    assert first.min() >= -1 and first.max() <= 1
+    for changed in (jpeg_round_trip(images[0], 30), soften(images[0])):
+        assert changed.size == images[0].size and changed.tobytes() != images[0].convert("RGB").tobytes()
+
+
+def test_classifier_measurement_reports_degraded_reading(classifier):
+    from dreambat.world.evaluator_training import measure_classifier
+
+    scores = measure_classifier(classifier, n=24, seed=TEST_SEED)
+    for key in ("jpeg75", "soft"):
+        assert set(scores[key]) >= {"shape", "color", "background", "all"}
+        assert 0.5 <= scores[key]["shape"] <= 1.0, (key, scores[key])
+
+
+def test_vae_round_trip_of_the_committed_backbone_keeps_the_scene():
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR
+    from dreambat.world.fidelity import vae_round_trip
+
+    vae = AutoencoderKL.from_pretrained(ASSETS_DIR / BACKBONE_DIR, subfolder="vae", local_files_only=True).float()
+    images, _ = single_object_scenes(4, TEST_SEED)
+    decoded = vae_round_trip(vae, images, batch_size=3)
+    assert [im.size for im in decoded] == [im.size for im in images]
+    error = np.mean([np.abs(np.asarray(a, float) - np.asarray(b.convert("RGB"), float)).mean()
+                     for a, b in zip(decoded, images)])
+    assert error < 20, error  # mean absolute error in 0-255 levels; a random decoder is ~100

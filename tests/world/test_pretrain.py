@@ -123,3 +123,60 @@ def test_same_seed_same_weights_and_bf16_autocast_trains(tmp_path):
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert all(torch.isfinite(v.float()).all() for v in bf16.values())
     assert any(not torch.equal(first[k], bf16[k]) for k in first)  # autocast did change the arithmetic
+
+
+def test_init_from_continues_a_saved_backbone_with_its_tokenizer_scale_and_weights(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(1)
+    base = tmp_path / "base" / "backbone"
+    pretrain(_config(tmp_path / "base", max_steps=2, vae_minutes=5.0, vae_max_steps=2), base)
+    saved = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
+    scale = json.loads((base / "vae" / "config.json").read_text())["scaling_factor"]
+
+    # lr 0: the continued run must hand back exactly what it started from.
+    out = tmp_path / "continued"
+    report = pretrain(_config(tmp_path / "next", max_steps=2, lr=0.0, text_lr=0.0, init_from=str(base),
+                              seed=5), out)
+    assert report["vae_steps"] == 0 and report["unet_steps"] == 2  # the VAE phase was skipped
+    assert report["scaling_factor"] == pytest.approx(scale)
+    again = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+    assert (CLIPTokenizer.from_pretrained(out / "tokenizer").get_vocab()
+            == CLIPTokenizer.from_pretrained(base / "tokenizer").get_vocab())
+
+    moved = pretrain(_config(tmp_path / "moved", max_steps=2, init_from=str(base), seed=5), tmp_path / "m")
+    assert moved["unet_steps"] == 2
+    trained = load_file(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(saved[k], trained[k]) for k in saved)
+
+
+def test_init_from_must_be_a_backbone_folder(tmp_path):
+    with pytest.raises(ConfigError, match="model_index.json"):
+        _config(tmp_path, init_from=str(tmp_path / "nowhere"))
+
+
+def test_export_checkpoint_writes_the_same_backbone_as_the_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from dreambat.errors import DataError
+    from dreambat.world.pretrain import export_checkpoint
+
+    torch.set_num_threads(1)
+    cfg = _config(tmp_path, max_steps=2)
+    with pytest.raises(DataError, match="no denoiser checkpoint"):
+        export_checkpoint(cfg, tmp_path / "early")
+    pretrain(cfg, tmp_path / "trained")
+    info = export_checkpoint(cfg, tmp_path / "exported")
+    assert info["unet_steps"] == 2
+    for sub, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                      ("text_encoder", "model")):
+        a = load_file(tmp_path / "trained" / sub / f"{name}.safetensors")
+        b = load_file(tmp_path / "exported" / sub / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+    for sub in ("vae", "tokenizer"):
+        assert sorted(p.name for p in (tmp_path / "trained" / sub).iterdir()) == \
+            sorted(p.name for p in (tmp_path / "exported" / sub).iterdir())
+    assert json.loads((tmp_path / "trained" / "vae" / "config.json").read_text())["scaling_factor"] == \
+        json.loads((tmp_path / "exported" / "vae" / "config.json").read_text())["scaling_factor"]
