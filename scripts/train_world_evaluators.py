@@ -43,8 +43,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 on a shared CPU)")
     parser.add_argument("--channels", type=int, nargs=3, default=[24, 48, 96],
                         help="classifier: widths of its three conv stages (the committed one: 24 48 96)")
-    parser.add_argument("--plain_augmentation", action="store_true",
-                        help="classifier: blur and noise only (the recipe before JPEG and resampling were added)")
+    parser.add_argument("--reading_augmentation", action="store_true",
+                        help="classifier: add JPEG and coarse-grid resampling to the blur and noise augmentation")
     parser.add_argument("--hidden", type=int, default=96, help="classifier: width of the shared layer")
     return parser.parse_args(argv)
 
@@ -61,7 +61,7 @@ def _classifier(args: argparse.Namespace, out: Path) -> dict:
 
     budget = _budget(args)
     config = ClassifierConfig(channels=tuple(args.channels), hidden=args.hidden)
-    classifier, log = train_classifier(config, budget=budget, robust=not args.plain_augmentation)
+    classifier, log = train_classifier(config, budget=budget, robust=args.reading_augmentation)
     classifier.save(out)
     report = {"budget": budget, "training": log, "heldout_accuracy": measure_classifier(classifier)}
     save_training_report(out, "classifier", report)
