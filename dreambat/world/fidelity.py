@@ -60,7 +60,7 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
 
     Returns:
         ``{"generated": {head: rate}, "rendered": {head: rate}, "vae_round_trip": {head: rate},
-        "n_images", "seconds", ...}``.
+        "generated_by_value": {head: {value: {"n", "right", "read_as"}}}, "n_images", "seconds", ...}``.
     """
     from ..eval.encoders import resolve_device
     from .sampling import generate, load_pipeline
@@ -75,6 +75,7 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
     rendered = [render(it.scene, size) for it in items]
     return {
         "generated": classifier.agreement(images, expected),
+        "generated_by_value": readings_by_value(classifier.predict(images), expected, ("shape", "color")),
         "rendered": classifier.agreement(rendered, [it.expected for it in items]),
         "vae_round_trip": classifier.agreement(vae_round_trip(pipe.vae, rendered),
                                                [it.expected for it in items]),
@@ -82,6 +83,26 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
         "steps": steps, "guidance": guidance, "seconds_generate": round(seconds, 1),
         "chance": {"shape": 1 / 8, "color": 1 / 11, "pattern": 1 / 4, "background": 1 / 11},
     }
+
+
+def readings_by_value(predictions: Sequence[dict[str, str]], expected: Sequence[dict[str, str]],
+                      heads: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per asked value of each head: how many images asked for it (``n``), how many were read
+    right (``right``, strict: a striped object's second colour does not count) and what the
+    rest were read as (``read_as``: ``{value: count}``, most frequent first)."""
+    from collections import Counter
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for head in heads:
+        asked = sorted({want[head] for want in expected})
+        table = {}
+        for value in asked:
+            readings = [got[head] for got, want in zip(predictions, expected) if want[head] == value]
+            wrong = Counter(r for r in readings if r != value)
+            table[value] = {"n": len(readings), "right": len(readings) - sum(wrong.values()),
+                            "read_as": dict(wrong.most_common())}
+        out[head] = table
+    return out
 
 
 def vae_round_trip(vae: Any, images: Sequence[Any], batch_size: int = 64) -> list[Any]:

@@ -198,3 +198,13 @@ def test_vae_round_trip_of_the_committed_backbone_keeps_the_scene():
     error = np.mean([np.abs(np.asarray(a, float) - np.asarray(b.convert("RGB"), float)).mean()
                      for a, b in zip(decoded, images)])
     assert error < 20, error  # mean absolute error in 0-255 levels; a random decoder is ~100
+
+
+def test_readings_by_value_counts_right_and_wrong_readings():
+    from dreambat.world.fidelity import readings_by_value
+
+    want = [{"shape": "star"}, {"shape": "star"}, {"shape": "star"}, {"shape": "circle"}]
+    got = [{"shape": "star"}, {"shape": "cross"}, {"shape": "cross"}, {"shape": "hexagon"}]
+    table = readings_by_value(got, want, ["shape"])["shape"]
+    assert table["star"] == {"n": 3, "right": 1, "read_as": {"cross": 2}}
+    assert table["circle"] == {"n": 1, "right": 0, "read_as": {"hexagon": 1}}
