@@ -93,6 +93,11 @@ def test_read_log_keeps_the_last_record_of_a_repeated_step_and_plots(tmp_path):
     assert [(r["phase"], r["step"]) for r in records] == [("vae", 50), ("unet", 50), ("unet", 100), ("unet", 150)]
     assert records[2]["loss"] == 0.25
     assert plot_log(work, tmp_path / "loss.png").stat().st_size > 0
+    continued = tmp_path / "continued"  # an --init_from run logs no VAE phase
+    continued.mkdir()
+    (continued / "log.jsonl").write_text("".join(json.dumps({"phase": "unet", "step": 50 * i, "loss": 0.1, "lr": 1e-3})
+                                                 + "\n" for i in range(1, 30)))
+    assert plot_log(continued, tmp_path / "continued.png").stat().st_size > 0
 
 
 def test_device_and_precision_are_checked_before_any_work(tmp_path, monkeypatch):
