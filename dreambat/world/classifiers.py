@@ -219,13 +219,18 @@ class AttributeClassifier:
         images predicted striped or checkered (:data:`HALF_AND_HALF_PATTERNS`): right when the
         expected colour is either of the two colours read.
         """
-        per_image = [expected] * len(images) if isinstance(expected, Mapping) else list(expected)
-        if len(per_image) != len(images):
-            raise ValueError(f"agreement: {len(images)} images but {len(per_image)} expected dicts.")
+        return self.agreement_of(self.predict(images), expected)
+
+    def agreement_of(self, predictions: Sequence[Mapping[str, str]],
+                     expected: Mapping[str, str] | Sequence[Mapping[str, str]]) -> dict[str, float]:
+        """:meth:`agreement` of predictions already made (:meth:`predict`), so one reading of
+        the images can be scored and also inspected."""
+        per_image = [expected] * len(predictions) if isinstance(expected, Mapping) else list(expected)
+        if len(per_image) != len(predictions):
+            raise ValueError(f"agreement: {len(predictions)} images but {len(per_image)} expected dicts.")
         unknown = {key for want in per_image for key in want} - set(self.config.heads)
         if unknown:
             raise ConfigError(f"No classifier head for {sorted(unknown)}; heads are {list(self.config.heads)}.")
-        predictions = self.predict(images)
         hits: dict[str, list[bool]] = {}
         all_right = []
         for got, want in zip(predictions, per_image):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.shard_writer import encode_image
 from ..errors import ConfigError
 from ..synthetic import random_scene, record_rng, render
 from .classifiers import (
@@ -138,9 +139,7 @@ def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
     """``image`` saved as a JPEG of ``quality`` (4:2:0 chroma) and decoded again."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=int(quality))
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return Image.open(io.BytesIO(encode_image(image, "JPEG", int(quality)))).convert("RGB")
 
 
 def degrade_for_reading(images: Sequence[Image.Image], size: int, generator: torch.Generator, *,
@@ -257,8 +256,8 @@ def measure_classifier(classifier: AttributeClassifier, n: int = 1000, seed: int
     (:func:`soften`), each ``{head: rate}``.
     """
     images, labels = single_object_scenes(n, seed, size=classifier.config.image_size)
-    scores: dict[str, Any] = classifier.agreement(images, labels)
     predictions = classifier.predict(images)
+    scores: dict[str, Any] = classifier.agreement_of(predictions, labels)
     for pattern in classifier.config.heads.get("pattern", []):
         hits = [p["color"] == t["color"] for p, t in zip(predictions, labels) if t["pattern"] == pattern]
         if hits:

@@ -13,6 +13,7 @@ draw: a sample is a decoded latent, so it is never sharper than a reconstruction
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,10 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
     seconds = time.perf_counter() - start
     expected = [it.expected for it in items for _ in seeds]
     rendered = [render(it.scene, size) for it in items]
+    readings = classifier.predict(images)
     return {
-        "generated": classifier.agreement(images, expected),
-        "generated_by_value": readings_by_value(classifier.predict(images), expected, ("shape", "color")),
+        "generated": classifier.agreement_of(readings, expected),
+        "generated_by_value": readings_by_value(readings, expected, ("shape", "color")),
         "rendered": classifier.agreement(rendered, [it.expected for it in items]),
         "vae_round_trip": classifier.agreement(vae_round_trip(pipe.vae, rendered),
                                                [it.expected for it in items]),
@@ -90,8 +92,6 @@ def readings_by_value(predictions: Sequence[dict[str, str]], expected: Sequence[
     """Per asked value of each head: how many images asked for it (``n``), how many were read
     right (``right``, strict: a striped object's second colour does not count) and what the
     rest were read as (``read_as``: ``{value: count}``, most frequent first)."""
-    from collections import Counter
-
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for head in heads:
         asked = sorted({want[head] for want in expected})
@@ -106,18 +106,18 @@ def readings_by_value(predictions: Sequence[dict[str, str]], expected: Sequence[
 
 
 def vae_round_trip(vae: Any, images: Sequence[Any], batch_size: int = 64) -> list[Any]:
-    """``images`` (PIL) encoded by ``vae`` (latent means) and decoded again, as PIL images."""
-    import numpy as np
+    """``images`` (PIL, one size) encoded by ``vae`` (latent means) and decoded again, as PIL images."""
     import torch
-    from PIL import Image
+    from diffusers.image_processor import VaeImageProcessor
 
-    device, dtype = vae.device, vae.dtype
+    from .classifiers import images_to_tensor
+
+    post = VaeImageProcessor(do_resize=False)
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images[start:start + batch_size]])
-        pixels = torch.from_numpy(chunk).permute(0, 3, 1, 2).div(127.5).sub(1.0).to(device, dtype)
+        chunk = images[start:start + batch_size]
+        pixels = images_to_tensor(chunk, chunk[0].size[0]).to(vae.device, vae.dtype)
         with torch.no_grad():
             decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1)
-        arrays = decoded.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        out.extend(Image.fromarray(a) for a in arrays)
+        out.extend(post.postprocess(decoded.cpu(), output_type="pil"))
     return out

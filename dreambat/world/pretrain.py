@@ -431,7 +431,7 @@ def export_checkpoint(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, 
 
 
 def _initial_state(components: dict[str, Any], folder: str | Path) -> dict[str, Any]:
-    """Point ``components`` at the backbone in ``folder`` and return the state that starts the
+    """Load the backbone in ``folder`` into ``components`` and return the state that starts the
     denoiser phase from it (the VAE counts as trained).
 
     The weights are loaded as float32 (a saved backbone stores its UNet and VAE as float16). The
@@ -453,11 +453,10 @@ def _initial_state(components: dict[str, Any], folder: str | Path) -> dict[str, 
         except RuntimeError as error:
             raise ConfigError(f"init_from {folder!r}: its {name} does not match the configured size "
                               f"({str(error).splitlines()[0]}); pass the TinySize it was trained with.") from None
-    components["vae"].register_to_config(scaling_factor=loaded["vae"].config.scaling_factor)
     components["tokenizer"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **common)
+    # The checkpoint carries the VAE (nothing trains it again) and the latent scale the UNet knows.
     return {"vae": components["vae"].state_dict(), "vae_done": True, "vae_step": 0,
-            "unet": components["unet"].state_dict(), "text_encoder": components["text_encoder"].state_dict(),
-            "scaling_factor": float(components["vae"].config.scaling_factor), "init_from": folder}
+            "scaling_factor": float(loaded["vae"].config.scaling_factor), "init_from": folder}
 
 
 def _run_tokenizer(work: Path, built: Any) -> Any:
