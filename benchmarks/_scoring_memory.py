@@ -21,7 +21,7 @@ def part_memory(args, workdir: Path, worker_script: Path) -> dict:
     from dreambat.backbone.tiny import build_tiny_components, get_tiny_size, write_tiny_backbone
     from dreambat.data.shard_writer import write_shards
     from dreambat.lora import add_unet_lora, save_lora
-    from dreambat.synthetic import backbone_records
+    from dreambat_world.synthetic import backbone_records
 
     counts = sorted(args.memory_candidates)
     size, K = args.memory_size, args.memory_timesteps

@@ -58,7 +58,7 @@ def make_surrogate(backbone: str, folder: Path, rank: int) -> Path:
 
 
 def score_command(args, processes: int, surrogate: Path, out: Path) -> list[str]:
-    from dreambat.demo import DEMO_INSTANCE_PROMPT, DEMO_SUBJECT_DIR
+    from dreambat_world.demo import DEMO_INSTANCE_PROMPT, DEMO_SUBJECT_DIR
 
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes > 1 else [sys.executable])
@@ -107,7 +107,7 @@ def run_config(args, name: str, surrogate: Path, workdir: Path) -> dict:
 
 
 def parse_args(argv=None):
-    from dreambat.demo import DEMO_BACKBONE, DEMO_SHARDS
+    from dreambat_world.demo import DEMO_BACKBONE, DEMO_SHARDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,7 +2,7 @@
 """Does BAT help? Methods side by side on the mini-world, at equal final-training steps.
 
 For every (subject, seed) it trains one LoRA per method on the world backbone, then scores all
-of them with every world metric (:func:`dreambat.world.metrics.evaluate_world`: held-out
+of them with every world metric (:func:`dreambat_world.metrics.evaluate_world`: held-out
 denoising loss, DINO-role, CLIP-I, CLIP-T, attribute-classifier subject and prompt fidelity)
 and checks what the selection kept (do kept backbone images share the subject's shape, colour,
 pattern more often than the scored pool does?).
@@ -45,9 +45,9 @@ from dreambat.bat.pipeline import run_bat  # noqa: E402
 from dreambat.config import TrainConfig  # noqa: E402
 from dreambat.constants import LORA_WEIGHTS_NAME  # noqa: E402
 from dreambat.data.shards import ShardReader  # noqa: E402
-from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR, SUBJECTS_DIR  # noqa: E402
-from dreambat.world.metrics import WORLD_METRICS, evaluate_world  # noqa: E402
-from dreambat.world.subjects import WORLD_SUBJECTS, subject_by_name  # noqa: E402
+from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR, SUBJECTS_DIR  # noqa: E402
+from dreambat_world.metrics import WORLD_METRICS, evaluate_world  # noqa: E402
+from dreambat_world.subjects import WORLD_SUBJECTS, subject_by_name  # noqa: E402
 
 METHODS = ("dreambooth", "prior", "random", "exact", "datainf", "identity")
 OPT_IN_METHODS = ("bottom",)

@@ -119,7 +119,7 @@ def candidate_batches(n: int, batch_size: int, resolution: int) -> list[dict]:
     import torch
 
     from dreambat.data.transforms import ImageTransform
-    from dreambat.synthetic import backbone_records
+    from dreambat_world.synthetic import backbone_records
 
     transform = ImageTransform(resolution, center_crop=True)
     records = list(backbone_records(n, seed=1, size=resolution))

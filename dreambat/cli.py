@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from .errors import DreambatError
-
-logger = logging.getLogger("dreambat")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Readable INFO logs from dreambat; only warnings from the libraries and no loading bars."""
-    import diffusers
-    import transformers
-
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-        level=logging.WARNING,
-    )
-    logging.getLogger("dreambat").setLevel(logging.DEBUG if verbose else logging.INFO)
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
+from .logs import setup_logging
 
 def parse_config(config_class, argv: Sequence[str] | None, prog: str | None, description: str, check=None):
     """Parse flags once into validated config dataclass(es) (argparse-style exit 2 on bad input).
@@ -140,15 +121,6 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    setup_logging()
-    run_demo(args.output_dir, steps=args.steps, seed=args.seed, max_candidates=args.max_candidates,
-             inference_steps=args.inference_steps, num_prompts=args.num_prompts)
-    return 0
-
-
 def _eval(args: argparse.Namespace) -> int:
     from .eval.cli import run_dreambench_command
 
@@ -183,15 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--filter", action="append", default=[], help="metadata filter, e.g. 'width>=256'")
     shards.add_argument("--show", type=int, default=0, help="print the first N samples")
     shards.set_defaults(func=_shards)
-
-    demo = commands.add_parser("demo", help="end-to-end demo on the mini-world's backbone and bundled data")
-    demo.add_argument("--output_dir", default="outputs/demo", help="where everything is written")
-    demo.add_argument("--steps", type=int, default=200, help="training steps")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
-    demo.add_argument("--max_candidates", type=int, default=None, help="score only the first N backbone images")
-    demo.add_argument("--inference_steps", type=int, default=25, help="sampler steps of samples and metrics")
-    demo.add_argument("--num_prompts", type=int, default=8, help="world prompts the metrics generate images for")
-    demo.set_defaults(func=_demo)
 
     from .eval.cli import DREAMBENCH_EXAMPLE, add_dreambench_arguments, add_grid_arguments
 

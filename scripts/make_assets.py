@@ -5,7 +5,7 @@
     python scripts/make_assets.py --out /tmp/a --seed 0
 
 Writes:
-  * ``subject/subject_00.jpg`` ... : photos of ``dreambat.synthetic.DEMO_SUBJECT`` (a purple star
+  * ``subject/subject_00.jpg`` ... : photos of ``dreambat_world.synthetic.DEMO_SUBJECT`` (a purple star
     with yellow dots), 128x128 JPEG;
   * ``backbone/shard-00000.tar``: an img2dataset-format webdataset shard of captioned 64x64
     scenes that never show the subject's design but do show its shape, colour and pattern.
@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from dreambat import synthetic  # noqa: E402
+from dreambat_world import synthetic  # noqa: E402
 from dreambat.data.shard_writer import write_shards  # noqa: E402
 
 DEFAULT_SEED = 0

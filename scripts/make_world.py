@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from dreambat.world.data import (  # noqa: E402
+from dreambat_world.data import (  # noqa: E402
     ASSETS_DIR, DEFAULT_POOL_DIR, PoolConfig, write_bundled_assets, write_pool,
 )
 

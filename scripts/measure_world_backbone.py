@@ -20,13 +20,13 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR  # noqa: E402
-from dreambat.world.fidelity import measure_fidelity  # noqa: E402
+from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR  # noqa: E402
+from dreambat_world.fidelity import measure_fidelity  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dreambat.world.classifiers import AttributeClassifier
-    from dreambat.world.evaluators import CLASSIFIER_DIR
+    from dreambat_world.classifiers import AttributeClassifier
+    from dreambat_world.evaluators import CLASSIFIER_DIR
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", type=Path, default=ASSETS_DIR / BACKBONE_DIR)

@@ -29,9 +29,9 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR  # noqa: E402
-from dreambat.world.pretrain import PretrainConfig, export_checkpoint, plot_log, pretrain  # noqa: E402
-from dreambat.world.sampling import GRID_CAPTIONS, sample_grid  # noqa: E402
+from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR  # noqa: E402
+from dreambat_world.pretrain import PretrainConfig, export_checkpoint, plot_log, pretrain  # noqa: E402
+from dreambat_world.sampling import GRID_CAPTIONS, sample_grid  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

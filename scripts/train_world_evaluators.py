@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dreambat.world.evaluator_training import TrainBudget  # noqa: E402
-from dreambat.world.evaluators import EVALUATORS_DIR  # noqa: E402
+from dreambat_world.evaluator_training import TrainBudget  # noqa: E402
+from dreambat_world.evaluators import EVALUATORS_DIR  # noqa: E402
 
 DEFAULTS = {  # evaluator -> (steps, batch size, lr)
     "classifier": (5000, 64, 2e-3),
@@ -56,8 +56,8 @@ def _budget(args: argparse.Namespace) -> TrainBudget:
 
 
 def _classifier(args: argparse.Namespace, out: Path) -> dict:
-    from dreambat.world.classifiers import ClassifierConfig
-    from dreambat.world.evaluator_training import measure_classifier, save_training_report, train_classifier
+    from dreambat_world.classifiers import ClassifierConfig
+    from dreambat_world.evaluator_training import measure_classifier, save_training_report, train_classifier
 
     budget = _budget(args)
     config = ClassifierConfig(channels=tuple(args.channels), hidden=args.hidden)
@@ -70,8 +70,8 @@ def _classifier(args: argparse.Namespace, out: Path) -> dict:
 
 def _encoder(args: argparse.Namespace, out: Path) -> dict:
     """The CLIP- or DINO-role encoder: train into ``out``, then measure what was saved there."""
-    from dreambat.world import clip_role, dino_role
-    from dreambat.world.evaluator_training import save_training_report
+    from dreambat_world import clip_role, dino_role
+    from dreambat_world.evaluator_training import save_training_report
 
     train, measure = {"clip": (clip_role.train_clip, clip_role.measure_clip),
                       "dino": (dino_role.train_dino, dino_role.measure_dino)}[args.evaluator]
@@ -83,10 +83,10 @@ def _encoder(args: argparse.Namespace, out: Path) -> dict:
 
 
 def _measure(_: argparse.Namespace, root: Path) -> dict:
-    from dreambat.world.classifiers import AttributeClassifier
-    from dreambat.world.clip_role import measure_clip
-    from dreambat.world.dino_role import measure_dino
-    from dreambat.world.evaluator_training import measure_classifier
+    from dreambat_world.classifiers import AttributeClassifier
+    from dreambat_world.clip_role import measure_clip
+    from dreambat_world.dino_role import measure_dino
+    from dreambat_world.evaluator_training import measure_classifier
 
     return {"classifier": measure_classifier(AttributeClassifier.load(root / "classifier")),
             "clip": measure_clip(root / "clip"), "dino": measure_dino(root / "dino")}

@@ -1,7 +1,6 @@
 import json
 
 from dreambat.cli import main
-from dreambat.demo import run_demo
 from tests.conftest import ASSETS
 
 
@@ -21,9 +20,3 @@ def test_shards_command_missing_shard_is_a_clear_error(tmp_path, capsys):
     assert main(["shards", str(tmp_path / "shard-{00000..00001}.tar")]) == 2
     err = capsys.readouterr().err
     assert "shard-00000.tar" in err and "shard-00001.tar" in err
-
-
-def test_demo_end_to_end(tmp_path):
-    outputs = run_demo(tmp_path / "demo", steps=3, max_candidates=12, inference_steps=2, num_prompts=2)
-    for name, path in outputs.items():
-        assert path is not None and path.exists(), name

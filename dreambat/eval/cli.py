@@ -107,7 +107,7 @@ def dreambench_config(args: argparse.Namespace) -> DreamBenchConfig:
 
 def run_dreambench_command(args: argparse.Namespace) -> int:
     """Parse flags into a config, run, print the table and where everything went."""
-    from ..cli import setup_logging
+    from ..logs import setup_logging
     from .runner import run_dreambench
 
     config = dreambench_config(args)
@@ -135,7 +135,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
     """Parse flags into a :class:`GridConfig`, render, save the PNG."""
     from pathlib import Path
 
-    from ..cli import setup_logging
+    from ..logs import setup_logging
     from .config import GenerationSettings, build_methods
     from .grids import GridConfig, render_grid
 

@@ -16,7 +16,7 @@ from dreambat.backbone.tiny import build_tiny_components
 from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ConfigError, DataError, ModelNotFoundError, ShardNotFoundError
 from dreambat.lora import add_unet_lora, save_lora
-from dreambat.synthetic import backbone_records
+from dreambat_world.synthetic import backbone_records
 from tests.conftest import REPO
 
 N_GOOD = 10

@@ -74,7 +74,7 @@ def test_tokenizer_knows_words_as_single_tokens_and_still_spells_others():
 
 def test_tokenizer_makes_every_world_word_one_token_with_contiguous_ids():
     from dreambat.backbone.tokenizer import build_vocab_and_merges
-    from dreambat.synthetic import VOCABULARY
+    from dreambat_world.synthetic import VOCABULARY
 
     vocab, merges = build_vocab_and_merges([*BASE_WORDS, *VOCABULARY])
     assert sorted(vocab.values()) == list(range(512 + len(merges) + 2))  # no merge token repeats
@@ -89,7 +89,7 @@ def test_tokenizer_ids_are_the_same_in_every_process():
     import sys
 
     code = ("import json; from dreambat.backbone.tokenizer import BASE_WORDS, build_vocab_and_merges;"
-            "from dreambat.synthetic import VOCABULARY;"
+            "from dreambat_world.synthetic import VOCABULARY;"
             "print(json.dumps(list(build_vocab_and_merges([*BASE_WORDS, *VOCABULARY])[0].items())))")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout

@@ -15,7 +15,7 @@ from dreambat.bat.pipeline import run_bat
 from dreambat.cli import parse_run_config
 from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ShardNotFoundError
-from dreambat.synthetic import backbone_records
+from dreambat_world.synthetic import backbone_records
 from tests.conftest import REPO
 
 N_CANDIDATES = 16

@@ -6,11 +6,11 @@ import pytest
 
 from dreambat.errors import ConfigError, ModelNotFoundError
 from dreambat.eval.encoders import ClipEncoder, DinoEncoder
-from dreambat.synthetic import backbone_record
-from dreambat.world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig, main_object_labels
-from dreambat.world.evaluator_training import info_nce, retrieval_scores, single_object_scenes
-from dreambat.world.evaluators import CLASSIFIER_DIR, world_evaluator_settings, world_evaluators
-from dreambat.world.subjects import WORLD_SUBJECTS, subject_photos
+from dreambat_world.synthetic import backbone_record
+from dreambat_world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig, main_object_labels
+from dreambat_world.evaluator_training import info_nce, retrieval_scores, single_object_scenes
+from dreambat_world.evaluators import CLASSIFIER_DIR, world_evaluator_settings, world_evaluators
+from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
 
 TEST_SEED = 7_300  # neither the evaluators' training nor their held-out measurement seed
 
@@ -61,7 +61,7 @@ def test_two_colour_patterns_are_scored_order_free_with_a_pattern_color_head(mon
 
 
 def test_attribute_loss_lets_half_and_half_objects_name_their_two_colours_in_either_order():
-    from dreambat.world.evaluator_training import IGNORE, attribute_loss
+    from dreambat_world.evaluator_training import IGNORE, attribute_loss
 
     sure = lambda index: F.one_hot(torch.tensor([index]), 4).float() * 30  # noqa: E731
     logits = {"color": sure(2), "pattern_color": sure(1)}  # reads colour 2 on colour 1
@@ -73,7 +73,7 @@ def test_attribute_loss_lets_half_and_half_objects_name_their_two_colours_in_eit
 
 
 def test_classifier_trains_every_head_including_pattern_colour_of_patterned_objects_only():
-    from dreambat.world.evaluator_training import TrainBudget, train_classifier
+    from dreambat_world.evaluator_training import TrainBudget, train_classifier
 
     config = ClassifierConfig(channels=(4, 4, 4), hidden=8)
     classifier, log = train_classifier(config, TrainBudget(steps=3, batch_size=8, log_every=1))
@@ -148,7 +148,7 @@ def test_retrieval_and_info_nce_against_reference():
 
 
 def test_training_loop_keeps_to_its_step_budget_and_leaves_eval_mode():
-    from dreambat.world.evaluator_training import TrainBudget, train_within_budget
+    from dreambat_world.evaluator_training import TrainBudget, train_within_budget
 
     model = torch.nn.Linear(3, 1)
     seen = []
@@ -163,7 +163,7 @@ def test_training_loop_keeps_to_its_step_budget_and_leaves_eval_mode():
 
 
 def test_reading_augmentation_is_seeded_and_stays_in_range():
-    from dreambat.world.evaluator_training import degrade_for_reading, jpeg_round_trip, soften
+    from dreambat_world.evaluator_training import degrade_for_reading, jpeg_round_trip, soften
 
     images, _ = single_object_scenes(8, TEST_SEED)
     first = degrade_for_reading(images, 32, torch.Generator().manual_seed(3))
@@ -176,7 +176,7 @@ def test_reading_augmentation_is_seeded_and_stays_in_range():
 
 
 def test_classifier_measurement_reports_degraded_reading(classifier):
-    from dreambat.world.evaluator_training import measure_classifier
+    from dreambat_world.evaluator_training import measure_classifier
 
     scores = measure_classifier(classifier, n=24, seed=TEST_SEED)
     for key in ("jpeg75", "soft"):
@@ -188,8 +188,8 @@ def test_vae_round_trip_of_the_committed_backbone_keeps_the_scene():
     import numpy as np
     from diffusers import AutoencoderKL
 
-    from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR
-    from dreambat.world.fidelity import vae_round_trip
+    from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR
+    from dreambat_world.fidelity import vae_round_trip
 
     vae = AutoencoderKL.from_pretrained(ASSETS_DIR / BACKBONE_DIR, subfolder="vae", local_files_only=True).float()
     images, _ = single_object_scenes(4, TEST_SEED)
@@ -201,7 +201,7 @@ def test_vae_round_trip_of_the_committed_backbone_keeps_the_scene():
 
 
 def test_readings_by_value_counts_right_and_wrong_readings():
-    from dreambat.world.fidelity import readings_by_value
+    from dreambat_world.fidelity import readings_by_value
 
     want = [{"shape": "star"}, {"shape": "star"}, {"shape": "star"}, {"shape": "circle"}]
     got = [{"shape": "star"}, {"shape": "cross"}, {"shape": "cross"}, {"shape": "hexagon"}]

@@ -12,11 +12,11 @@ from dreambat.eval.config import Subject as EvalSubject
 from dreambat.eval.runner import plan
 from dreambat.eval.prompts import DreamBenchPrompts
 from dreambat.lora import add_unet_lora, save_lora
-from dreambat.world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig
-from dreambat.world.data import ASSETS_DIR, BACKBONE_DIR
-from dreambat.world.metrics import HeldoutLoss, attribute_scores, subject_heldout_dir, world_table, WorldScore
-from dreambat.world.prompts import WORLD_PROMPTS_PATH, load_templates
-from dreambat.world.subjects import WORLD_SUBJECTS, subject_photos
+from dreambat_world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig
+from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR
+from dreambat_world.metrics import HeldoutLoss, attribute_scores, subject_heldout_dir, world_table, WorldScore
+from dreambat_world.prompts import WORLD_PROMPTS_PATH, load_templates
+from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
 
 BACKBONE = ASSETS_DIR / BACKBONE_DIR
 SUBJECT = WORLD_SUBJECTS[0]

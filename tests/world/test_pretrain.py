@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dreambat.errors import ConfigError
-from dreambat.world.data import ASSETS_DIR, BUNDLED_SHARD
-from dreambat.world.pretrain import Checkpoint, PretrainConfig, lr_factor, pretrain
+from dreambat_world.data import ASSETS_DIR, BUNDLED_SHARD
+from dreambat_world.pretrain import Checkpoint, PretrainConfig, lr_factor, pretrain
 
 SHARDS = (str(ASSETS_DIR / BUNDLED_SHARD),)
 
@@ -55,8 +55,8 @@ def test_a_resumed_run_tokenizes_as_the_run_it_continues(tmp_path, monkeypatch):
     from transformers import CLIPTokenizer
 
     from dreambat.backbone.tokenizer import BASE_WORDS, BOS_TOKEN, EOS_TOKEN, build_vocab_and_merges
-    from dreambat.synthetic import VOCABULARY
-    from dreambat.world import pretrain as module
+    from dreambat_world.synthetic import VOCABULARY
+    from dreambat_world import pretrain as module
 
     torch.set_num_threads(1)
     pretrain(_config(tmp_path, max_steps=1), tmp_path / "first")
@@ -80,7 +80,7 @@ def test_a_resumed_run_tokenizes_as_the_run_it_continues(tmp_path, monkeypatch):
 
 
 def test_read_log_keeps_the_last_record_of_a_repeated_step_and_plots(tmp_path):
-    from dreambat.world.pretrain import plot_log, read_log
+    from dreambat_world.pretrain import plot_log, read_log
 
     work = tmp_path / "work"
     work.mkdir()
@@ -166,7 +166,7 @@ def test_export_checkpoint_writes_the_same_backbone_as_the_run(tmp_path):
     from safetensors.torch import load_file
 
     from dreambat.errors import DataError
-    from dreambat.world.pretrain import export_checkpoint
+    from dreambat_world.pretrain import export_checkpoint
 
     torch.set_num_threads(1)
     cfg = _config(tmp_path, max_steps=2)

@@ -9,10 +9,10 @@ from PIL import Image
 
 from dreambat.data.shards import ShardReader
 from dreambat.errors import ConfigError
-from dreambat.synthetic import COLORS, DEMO_SUBJECT, PATTERNS, SHAPES, VOCABULARY, SceneSpec
-from dreambat.world import data as world_data
-from dreambat.world.prompts import WORLD_PROMPTS_PATH, load_templates, world_prompts
-from dreambat.world.subjects import (
+from dreambat_world.synthetic import COLORS, DEMO_SUBJECT, PATTERNS, SHAPES, VOCABULARY, SceneSpec
+from dreambat_world import data as world_data
+from dreambat_world.prompts import WORLD_PROMPTS_PATH, load_templates, world_prompts
+from dreambat_world.subjects import (
     N_PHOTOS,
     WORLD_SUBJECTS,
     excludes_all_subjects,
@@ -157,7 +157,7 @@ def test_committed_backbone_loads_and_samples_32px():
     from diffusers import StableDiffusionPipeline
 
     from dreambat.backbone.load import load_backbone
-    from dreambat.world.sampling import generate, load_pipeline
+    from dreambat_world.sampling import generate, load_pipeline
 
     folder = world_data.ASSETS_DIR / world_data.BACKBONE_DIR
     backbone = load_backbone(str(folder))
@@ -181,9 +181,9 @@ def test_committed_backbone_draws_what_held_out_captions_ask():
     ``scripts/measure_world_backbone.py`` over 128+ images, in BENCHMARKS.md): 16 samples of
     held-out captions must mostly show the asked colour and background, and the VAE must
     reconstruct renders the classifier still reads."""
-    from dreambat.world.classifiers import AttributeClassifier
-    from dreambat.world.evaluators import CLASSIFIER_DIR
-    from dreambat.world.fidelity import measure_fidelity
+    from dreambat_world.classifiers import AttributeClassifier
+    from dreambat_world.evaluators import CLASSIFIER_DIR
+    from dreambat_world.fidelity import measure_fidelity
 
     result = measure_fidelity(world_data.ASSETS_DIR / world_data.BACKBONE_DIR,
                               AttributeClassifier.load(CLASSIFIER_DIR), n_captions=8, seeds=(0, 1), steps=12)

@@ -1,4 +1,4 @@
-"""Tests of the procedural image world (dreambat.synthetic) and the committed assets."""
+"""Tests of the procedural image world (dreambat_world.synthetic) and the committed assets."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreambat import synthetic as S
-from dreambat.synthetic import DEMO_SUBJECT, ObjectSpec, SceneSpec
+from dreambat_world import synthetic as S
+from dreambat_world.synthetic import DEMO_SUBJECT, ObjectSpec, SceneSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 SHARD = ASSETS / "backbone" / "shard-00000.tar"
 

@@ -2,7 +2,7 @@
 
 ``assets/world/evaluators/`` holds three folders, trained by ``scripts/train_world_evaluators.py``:
 
-* ``classifier/`` - :class:`~dreambat.world.classifiers.AttributeClassifier` (shape, colour,
+* ``classifier/`` - :class:`~dreambat_world.classifiers.AttributeClassifier` (shape, colour,
   pattern, background colour);
 * ``clip/`` - an open_clip CLIP (``open_clip_config.json``, ``open_clip_model.safetensors`` and
   the world's own small BPE tokenizer), loaded as ``local-dir:FOLDER``;
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from dreambat.errors import ModelNotFoundError
 
-EVALUATORS_DIR = Path(__file__).resolve().parents[2] / "assets" / "world" / "evaluators"
+EVALUATORS_DIR = Path(__file__).resolve().parents[1] / "assets" / "world" / "evaluators"
 """``assets/world/evaluators`` of the repository."""
 CLASSIFIER_DIR = EVALUATORS_DIR / "classifier"
 CLIP_DIR = EVALUATORS_DIR / "clip"
@@ -33,7 +33,7 @@ def world_evaluators(folder: str | Path = EVALUATORS_DIR):
     ``clip_model`` is the string ``"local-dir:FOLDER"`` (open_clip reads the config, weights and
     tokenizer from the folder); ``clip_pretrained`` names the checkpoint, which that schema ignores.
     """
-    from ..eval.tiny import TinyEvaluators
+    from dreambat.eval.tiny import TinyEvaluators
 
     folder = Path(folder)
     dino, clip = folder / "dino", folder / "clip"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..synthetic import VOCABULARY, backbone_record
+from .synthetic import VOCABULARY, backbone_record
 from .evaluator_training import HELDOUT_SEED, TRAIN_SEED, TrainBudget, degrade, info_nce, retrieval_scores, train_within_budget
 from .evaluators import CLIP_CHECKPOINT
 from .subjects import WORLD_SUBJECTS
@@ -50,7 +50,7 @@ def world_words() -> list[str]:
 
 def write_clip_folder(folder: str | Path) -> dict:
     """Write the tokenizer and ``open_clip_config.json`` into ``folder``; returns the model config."""
-    from ..backbone.tokenizer import build_clip_tokenizer
+    from dreambat.backbone.tokenizer import build_clip_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def measure_clip(folder: str | Path, n: int = 256, seed: int = HELDOUT_SEED) -> 
 
     ``a`` is images and ``b`` captions: ``a_to_b_top1`` is image->text top-1 accuracy.
     """
-    from ..eval.encoders import ClipEncoder
+    from dreambat.eval.encoders import ClipEncoder
 
     encoder = ClipEncoder.load(f"local-dir:{Path(folder)}", None, device="cpu", batch_size=128)
     records = [backbone_record(i, seed, 32) for i in range(n)]

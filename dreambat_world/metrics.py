@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..albat.diffusion_task import DiffusionLossTask
-from ..backbone.load import load_backbone
-from ..constants import LORA_WEIGHTS_NAME
-from ..data.transforms import ImageTransform, load_rgb
-from ..errors import ConfigError, ModelNotFoundError
-from ..eval.config import DreamBenchConfig
-from ..eval.prompts import DreamBenchPrompts
-from ..eval.runner import plan
+from dreambat.albat.diffusion_task import DiffusionLossTask
+from dreambat.backbone.load import load_backbone
+from dreambat.constants import LORA_WEIGHTS_NAME
+from dreambat.data.transforms import ImageTransform, load_rgb
+from dreambat.errors import ConfigError, ModelNotFoundError
+from dreambat.eval.config import DreamBenchConfig
+from dreambat.eval.prompts import DreamBenchPrompts
+from dreambat.eval.runner import plan
 from .data import ASSETS_DIR, SUBJECTS_DIR
 from .prompts import load_templates
 from .subjects import Subject, subject_by_name, subject_photos
@@ -50,7 +50,7 @@ class HeldoutLoss:
     """
 
     def __init__(self, backbone: str | Path, *, num_timesteps: int = 20, batch_size: int = 8):
-        from ..training.validation import pipeline_from_backbone
+        from dreambat.training.validation import pipeline_from_backbone
 
         self.backbone = load_backbone(str(backbone))
         self.pipeline = pipeline_from_backbone(self.backbone)
@@ -197,9 +197,9 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     import json
     from dataclasses import asdict
 
-    from ..eval.config import EncoderSettings, GenerationSettings, Method
-    from ..eval.config import Subject as EvalSubject
-    from ..eval.runner import run_dreambench
+    from dreambat.eval.config import EncoderSettings, GenerationSettings, Method
+    from dreambat.eval.config import Subject as EvalSubject
+    from dreambat.eval.runner import run_dreambench
     from .classifiers import AttributeClassifier
     from .evaluators import EVALUATORS_DIR, world_evaluator_settings
     from .prompts import WORLD_PROMPTS_PATH

@@ -1,7 +1,7 @@
 """Does the pretrained backbone draw what captions ask? Measured with the attribute classifiers.
 
 Held-out captions are written from fresh single-object scenes (a seed the pool never uses), in
-the canonical phrasing of :func:`dreambat.synthetic.caption`. The backbone draws each caption
+the canonical phrasing of :func:`dreambat_world.synthetic.caption`. The backbone draws each caption
 with a few seeds; the world's attribute classifier reads the main object's shape, colour and
 pattern and the background colour back from every image, and agreement with the scene's ground
 truth is reported per attribute. The same classifier on the rendered scenes themselves gives the
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..synthetic import SceneSpec, caption, random_scene, record_rng, render
+from .synthetic import SceneSpec, caption, random_scene, record_rng, render
 from .subjects import matches_any_subject
 
 HELDOUT_CAPTION_SEED = 424_242
@@ -54,7 +54,7 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
 
     Args:
         backbone: the diffusers folder of the world backbone.
-        classifier: an :class:`~dreambat.world.classifiers.AttributeClassifier` (anything with
+        classifier: an :class:`~dreambat_world.classifiers.AttributeClassifier` (anything with
             ``agreement(images, expected_list) -> {head: fraction, "all": fraction}``).
         device: where the backbone samples (``"auto"``: CUDA when available); the initial noise
             comes from CPU generators, so the images do not depend on it beyond float rounding.
@@ -63,7 +63,7 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
         ``{"generated": {head: rate}, "rendered": {head: rate}, "vae_round_trip": {head: rate},
         "generated_by_value": {head: {value: {"n", "right", "read_as"}}}, "n_images", "seconds", ...}``.
     """
-    from ..eval.encoders import resolve_device
+    from dreambat.eval.encoders import resolve_device
     from .sampling import generate, load_pipeline
 
     items = heldout_captions(n_captions)

@@ -1,8 +1,8 @@
 """The world's backbone pool and bundled assets, written as LAION-style webdataset shards.
 
 The pool is the pre-training set of the world backbone: captioned scenes of random objects
-(:func:`dreambat.synthetic.random_scene`) that never show a world subject's design
-(:func:`~dreambat.world.subjects.matches_any_subject`). Record ``i`` of seed ``s`` depends on
+(:func:`dreambat_world.synthetic.random_scene`) that never show a world subject's design
+(:func:`~dreambat_world.subjects.matches_any_subject`). Record ``i`` of seed ``s`` depends on
 ``(s, i)`` alone, so shards can be written in any order or in parallel and always agree.
 Metadata is img2dataset-like plus the ground-truth ``"attributes"`` of the scene.
 """
@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.shard_writer import write_shards
-from ..errors import ConfigError
-from ..synthetic import caption, random_scene, record_rng, render
+from dreambat.data.shard_writer import write_shards
+from dreambat.errors import ConfigError
+from .synthetic import caption, random_scene, record_rng, render
 from .subjects import N_PHOTOS, PHOTO_SIZE, SPLITS, WORLD_SUBJECTS, subject_photos
 
 POOL_URL_PREFIX = "synthetic://world"
 SHARD_PATTERN = "shard-{:05d}.tar"
 DEFAULT_POOL_DIR = Path("outputs/world/shards")
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "world"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "world"
 BUNDLED_SHARD = "shards/shard-00000.tar"
 BACKBONE_DIR = "backbone"
 """The pretrained world backbone (a diffusers folder) under :data:`ASSETS_DIR`."""
@@ -64,7 +64,7 @@ def world_record(index: int, seed: int, size: int = PHOTO_SIZE, max_objects: int
     """Backbone record ``index``: ``{"key", "image", "caption", "metadata"}`` for ``write_shards``.
 
     ``image`` is a ``size`` x ``size`` RGB PIL image; ``metadata["attributes"]`` is the scene's
-    :meth:`~dreambat.synthetic.SceneSpec.attributes`. No object shows a world subject's design.
+    :meth:`~dreambat_world.synthetic.SceneSpec.attributes`. No object shows a world subject's design.
     """
     from .subjects import matches_any_subject
 
@@ -132,7 +132,7 @@ def write_bundled_assets(folder: str | Path = ASSETS_DIR, *, seed: int = 0, n_sh
     """Write the demo / test assets: subject photos and one small backbone shard.
 
     Layout: ``folder/subjects/<name>/{train,heldout}/NN.png`` (every world subject,
-    :data:`~dreambat.world.subjects.N_PHOTOS` per split) and ``folder/shards/shard-00000.tar``
+    :data:`~dreambat_world.subjects.N_PHOTOS` per split) and ``folder/shards/shard-00000.tar``
     (``n_shard`` PNG records of seed ``seed + BUNDLED_SEED_OFFSET``, disjoint from the pool).
     """
     folder = Path(folder)

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
-from ..backbone.tiny import TinySize, build_tiny_components
-from ..data.shards import ShardReader
-from ..errors import ConfigError, DataError
-from ..eval.encoders import resolve_device
-from ..synthetic import VOCABULARY
+from dreambat.backbone.tiny import TinySize, build_tiny_components
+from dreambat.data.shards import ShardReader
+from dreambat.errors import ConfigError, DataError
+from dreambat.eval.encoders import resolve_device
+from .synthetic import VOCABULARY
 
 WORLD_BACKBONE_SIZE = TinySize(
     resolution=32,

@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 # Public names outside ``__all__`` (type aliases, sampling weights, caption words), still
-# reachable as ``dreambat.synthetic.X`` as before the split, but not star-exported.
+# reachable as ``dreambat_world.synthetic.X`` as before the split, but not star-exported.
 Point = _tables.Point
 RGB = _tables.RGB
 PatternPainter = _tables.PatternPainter

@@ -14,16 +14,16 @@ import logging
 import time
 from pathlib import Path
 
-from .albat.manifest import read_manifest
-from .bat.config import BatConfig
-from .bat.pipeline import run_bat
-from .config import TrainConfig
-from .data.shards import ShardReader
-from .errors import ModelNotFoundError
-from .grid import image_grid
-from .world.data import ASSETS_DIR as WORLD_DIR
-from .world.data import BACKBONE_DIR, BUNDLED_SHARD, SUBJECTS_DIR
-from .world.subjects import WORLD_DEMO_SUBJECT
+from dreambat.albat.manifest import read_manifest
+from dreambat.bat.config import BatConfig
+from dreambat.bat.pipeline import run_bat
+from dreambat.config import TrainConfig
+from dreambat.data.shards import ShardReader
+from dreambat.errors import ModelNotFoundError
+from dreambat.grid import image_grid
+from .data import ASSETS_DIR as WORLD_DIR
+from .data import BACKBONE_DIR, BUNDLED_SHARD, SUBJECTS_DIR
+from .subjects import WORLD_DEMO_SUBJECT
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def run_demo(
     Returns:
         Name -> path of every output, which is also printed.
     """
-    from .world.evaluators import world_evaluators
-    from .world.metrics import evaluate_world, world_table
+    from .evaluators import world_evaluators
+    from .metrics import evaluate_world, world_table
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -35,15 +35,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import ConfigError, ModelNotFoundError
-from ..synthetic import COLORS, PATTERNS, SHAPES, Design, Subject
+from dreambat.errors import ConfigError, ModelNotFoundError
+from .synthetic import COLORS, PATTERNS, SHAPES, Design, Subject
 
 CONFIG_FILE = "classifier_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
 HALF_AND_HALF_PATTERNS: tuple[str, ...] = ("striped", "checkered")
-"""Patterns that cover half the object in each colour (the painters in ``dreambat.synthetic.tables``)."""
+"""Patterns that cover half the object in each colour (the painters in ``dreambat_world.synthetic.tables``)."""
 
 
 def default_heads() -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """The world's held-out DreamBooth subjects and their photos.
 
-A subject is a fixed :class:`~dreambat.synthetic.Design` (shape + colour + pattern) whose class
+A subject is a fixed :class:`~dreambat_world.synthetic.Design` (shape + colour + pattern) whose class
 word is its shape noun. The backbone pool never shows any subject's design (see
 :func:`matches_any_subject`), while every shape, colour and pattern of the subjects still appears
 on other objects: like a user's dog that the backbone has never seen, among many other dogs.
@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
-from ..synthetic import (
+from dreambat.errors import ConfigError
+from .synthetic import (
     BACKGROUND_TEXTURES,
     COLORS,
     DEMO_SUBJECT,
@@ -59,7 +59,7 @@ WORLD_SUBJECTS: tuple[Subject, ...] = (
     _subject("square", "orange", "dotted", "blue"),
     _subject("triangle", "yellow", "checkered", "purple"),
 )
-"""The 14 held-out subjects; the first is :data:`~dreambat.synthetic.DEMO_SUBJECT`.
+"""The 14 held-out subjects; the first is :data:`~dreambat_world.synthetic.DEMO_SUBJECT`.
 
 Every design is patterned (a pattern makes a design specific, as a plush toy is specific among
 toys) and no two share shape + colour + pattern; each shape is used by one or two subjects.
@@ -81,7 +81,7 @@ def subject_by_name(name: str) -> Subject:
 def matches_any_subject(obj: ObjectSpec | Design) -> bool:
     """True when ``obj`` shows the design (shape, colour, pattern) of any world subject.
 
-    Pass it as ``exclude`` to :func:`dreambat.synthetic.random_scene` to keep subjects out of
+    Pass it as ``exclude`` to :func:`dreambat_world.synthetic.random_scene` to keep subjects out of
     the backbone pool.
     """
     return any(subject.matches(obj) for subject in WORLD_SUBJECTS)

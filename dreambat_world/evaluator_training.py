@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.shard_writer import encode_image
-from ..errors import ConfigError
-from ..synthetic import random_scene, record_rng, render
+from dreambat.data.shard_writer import encode_image
+from dreambat.errors import ConfigError
+from .synthetic import random_scene, record_rng, render
 from .classifiers import (
     HALF_AND_HALF_PATTERNS,
     AttributeClassifier,

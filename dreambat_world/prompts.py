@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..synthetic import BACKGROUND_TEXTURES, COLORS, PATTERNS, Subject
+from dreambat.errors import ConfigError
+from .synthetic import BACKGROUND_TEXTURES, COLORS, PATTERNS, Subject
 from .data import ASSETS_DIR
 
 WORLD_PROMPTS_PATH = ASSETS_DIR / "prompts.json"

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..eval.encoders import DINO_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
-from ..synthetic import Subject, random_design, render, subject_in_scene
+from dreambat.eval.encoders import DINO_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from .synthetic import Subject, random_design, render, subject_in_scene
 from .classifiers import images_to_tensor
 from .evaluator_training import TRAIN_SEED, TrainBudget, degrade, info_nce, train_within_budget
 from .subjects import WORLD_SUBJECTS, matches_any_subject, subject_photos
@@ -101,7 +101,7 @@ def measure_dino(folder: str | Path, subjects: tuple[Subject, ...] = WORLD_SUBJE
     mean cosine over pairs of held-out photos of the same subject and of different subjects, and
     the fraction of held-out photos whose nearest train photo shows the same subject.
     """
-    from ..eval.encoders import DinoEncoder
+    from dreambat.eval.encoders import DinoEncoder
 
     encoder = DinoEncoder.load(str(folder), device="cpu")
     held, train, held_ids, train_ids = [], [], [], []
