@@ -1,4 +1,4 @@
-"""The ``memory`` part of ``bench_scoring.py``: peak RSS of ``dreambat.albat.run.run_scoring``
+"""The ``memory`` part of ``bench_scoring.py``: peak RSS of ``dreambat.scoring.run.run_scoring``
 over webdataset shards for several candidate counts, each count in a fresh subprocess."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def part_memory(args, workdir: Path, worker_script: Path) -> dict:
     sampled_growth = 100.0 * (high["sampled_peak_rss_mb"] - low["sampled_peak_rss_mb"]) / low["sampled_peak_rss_mb"]
     return {
         "what": (
-            "Peak RSS (getrusage ru_maxrss of a fresh subprocess) of dreambat.albat.run.run_scoring: "
+            "Peak RSS (getrusage ru_maxrss of a fresh subprocess) of dreambat.scoring.run.run_scoring: "
             "load backbone + surrogate LoRA, reference gradients of 5 subject images, stream the "
             "candidates from webdataset shards (ShardReader, max_candidates), score with the fast "
             "path, write and merge the manifest, select (Z > 0)."
@@ -89,13 +89,13 @@ def memory_worker(args, subject_dir: Path, instance_prompt: str) -> None:
     """Fresh process: run_scoring over the first ``--_count`` candidates; print one JSON line."""
     import torch  # (imports counted in the baseline)
 
-    from dreambat.albat.config import ScoreConfig
-    from dreambat.albat.run import run_scoring
+    from dreambat.scoring.config import ScoreSettings
+    from dreambat.scoring.run import run_scoring
 
     if args.threads:
         torch.set_num_threads(args.threads)
     maxrss_before_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    config = ScoreConfig(
+    config = ScoreSettings.from_flags(
         pretrained_model_name_or_path=args._backbone, surrogate_lora=args._surrogate,
         instance_data_dir=str(subject_dir), instance_prompt=instance_prompt,
         backbone_shards=[args._shards], output_dir=args._outdir, num_score_timesteps=args.num_timesteps,

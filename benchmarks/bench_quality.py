@@ -40,9 +40,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from dreambat.albat.manifest import read_manifest, write_manifest  # noqa: E402
-from dreambat.bat.config import BatConfig  # noqa: E402
+from dreambat.bat.config import BatSettings  # noqa: E402
 from dreambat.bat.pipeline import run_bat  # noqa: E402
-from dreambat.config import TrainConfig  # noqa: E402
 from dreambat.constants import LORA_WEIGHTS_NAME  # noqa: E402
 from dreambat.data.shards import ShardReader  # noqa: E402
 from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_POOL_DIR, SUBJECTS_DIR  # noqa: E402
@@ -128,29 +127,32 @@ def train_method(method: str, args, subject: str, seed: int, work: Path, shards:
     if (out / LORA_WEIGHTS_NAME).is_file():
         return out
     word = subject_by_name(subject).class_word
-    train = TrainConfig(
+    flags = dict(
         pretrained_model_name_or_path=args.backbone, instance_data_dir=str(subject_dir(subject, args.num_subject_images, work)),
         instance_prompt=f"a photo of sks {word}", output_dir=str(out), seed=seed, resolution=32,
         random_flip=True, train_batch_size=4, max_train_steps=args.steps, learning_rate=1e-3, rank=8,
         checkpointing_steps=10 ** 9, report_to="none")
     selection = {"dreambooth": "none", "prior": "none", "random": "random"}.get(method, "albat")
     if method == "bottom":
-        run_bat(train, BatConfig(selection="albat", selection_manifest=str(negated_manifest(work)),
-                                 num_backbone_samples=args.keep, keep_nonpositive=True,
-                                 augmentation_ratio=args.gamma))
+        run_bat(BatSettings.from_flags(**flags, selection="albat", selection_manifest=str(negated_manifest(work)),
+                                       num_backbone_samples=args.keep, keep_nonpositive=True,
+                                       augmentation_ratio=args.gamma))
         return out
-    bat = BatConfig(selection="none") if selection == "none" else BatConfig(
-        selection=selection, backbone_shards=shards, max_candidates=args.max_candidates,
-        candidate_ratio=args.candidate_ratio, surrogate_steps=args.surrogate_steps,
-        num_score_timesteps=args.num_score_timesteps, score_batch_size=16,
-        curvature=method if method in ALBAT else "auto", num_backbone_samples=args.keep,
-        augmentation_ratio=args.gamma)
+    if selection != "none":
+        flags |= dict(
+            selection=selection, backbone_shards=shards, max_candidates=args.max_candidates,
+            candidate_ratio=args.candidate_ratio, surrogate_steps=args.surrogate_steps,
+            num_score_timesteps=args.num_score_timesteps, score_batch_size=16,
+            curvature=method if method in ALBAT else "auto", num_backbone_samples=args.keep,
+            augmentation_ratio=args.gamma)
+    else:
+        flags["selection"] = "none"
     if method in ALBAT and method != "exact" and (work / "exact" / "surrogate").is_dir():
-        bat = replace(bat, surrogate_lora=str(work / "exact" / "surrogate"))
+        flags["surrogate_lora"] = str(work / "exact" / "surrogate")
     if method == "prior":
-        train = replace(train, with_prior_preservation=True, class_prompt=f"a {word}",
-                        class_data_dir=str(work.parent.parent / "class_images" / word), num_class_images=50)
-    run_bat(train, bat)
+        flags |= dict(with_prior_preservation=True, class_prompt=f"a {word}",
+                      class_data_dir=str(work.parent.parent / "class_images" / word), num_class_images=50)
+    run_bat(BatSettings.from_flags(**flags))
     return out
 
 

@@ -11,7 +11,7 @@ Four parts (``--parts``; default the first three), the first two on the same can
 * ``cost``: seconds of fast-path scoring per candidate-timestep divided by seconds of one
   batched training step (``dreambat.training.loop.training_loss`` forward + ``backward()``, no
   optimiser) per sample.
-* ``memory``: peak RSS and time of the whole streaming path (``dreambat.albat.run.run_scoring``
+* ``memory``: peak RSS and time of the whole streaming path (``dreambat.scoring.run.run_scoring``
   over webdataset shards written to a temp dir) for several candidate counts, each in a fresh
   subprocess.
 * ``scaling``: for each LoRA rank of ``--ranks``, the fast path against a DataInf-style pipeline
@@ -72,7 +72,7 @@ class Setup:
         from dreambat.albat.blocks import LoraBlocks
         from dreambat.albat.gradients import reference_rows
         from dreambat.albat.curvature import get_strategy
-        from dreambat.albat.diffusion_task import DiffusionLossTask
+        from dreambat.scoring.diffusion_task import DiffusionLossTask
         from dreambat.albat.scorer import AlbatScorer
         from dreambat.backbone.load import load_backbone
         from dreambat.backbone.tiny import get_tiny_size, write_tiny_backbone
@@ -149,7 +149,7 @@ def vmap_scores(setup: Setup, batch: dict):
     import torch
     from torch.func import functional_call, grad, vmap
 
-    from dreambat.albat.diffusion_task import keyed_noise
+    from dreambat.scoring.diffusion_task import keyed_noise
     from dreambat.diffusion import diffusion_target, encode_images, encode_prompts, tokenize_prompts
 
     backbone, task, blocks = setup.backbone, setup.task, setup.blocks
@@ -273,7 +273,7 @@ def part_cost(args, setup: Setup) -> dict:
     import torch
 
     from dreambat.albat.gradients import contracted_scores
-    from dreambat.config import TrainConfig
+    from dreambat.training.config import TrainConfig
     from dreambat.training.loop import training_loss
 
     backbone, K = setup.backbone, args.num_timesteps

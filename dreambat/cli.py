@@ -9,23 +9,23 @@ from collections.abc import Sequence
 from .errors import DreambatError
 from .logs import setup_logging
 
-def parse_config(config_class, argv: Sequence[str] | None, prog: str | None, description: str, check=None):
-    """Parse flags once into validated config dataclass(es) (argparse-style exit 2 on bad input).
 
-    ``config_class`` is one dataclass or a tuple of them (a tuple of configs is returned);
-    ``check`` is called with the parsed configs to refuse contradicting combinations.
+def parse_config(groups: tuple[type, ...], argv: Sequence[str] | None, prog: str | None, description: str,
+                 bundle=None):
+    """Parse flags once into validated setting groups (argparse-style exit 2 on bad input).
+
+    ``groups`` are dataclasses parsed side by side by ``HfArgumentParser``; with ``bundle`` the
+    parsed groups are passed to it (e.g. :class:`~dreambat.bat.config.BatSettings`, which also
+    refuses contradicting combinations) and its result is returned, else the tuple of groups.
     """
     from transformers import HfArgumentParser
 
-    classes = config_class if isinstance(config_class, tuple) else (config_class,)
-    parser = HfArgumentParser(classes, prog=prog, description=description)
+    parser = HfArgumentParser(groups, prog=prog, description=description)
     try:
         configs = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-        if check is not None:
-            check(*configs)
+        return bundle(*configs) if bundle is not None else tuple(configs)
     except DreambatError as exc:
         parser.error(str(exc))
-    return tuple(configs) if isinstance(config_class, tuple) else configs[0]
 
 
 TRAIN_DESCRIPTION = """\
@@ -36,30 +36,45 @@ from --backbone_shards are scored by their influence on the subject loss, the he
 kept, and the final LoRA trains on the subject plus the kept images (share --augmentation_ratio).
 --selection none is plain DreamBooth-LoRA."""
 
+SCORE_DESCRIPTION = """\
+Score LAION-style backbone candidates by their influence on a surrogate LoRA's subject loss (ALBAT)
+and write selection.jsonl. Launch with accelerate/torchrun for several processes."""
+
 
 def parse_train_config(argv: Sequence[str] | None = None, prog: str | None = None):
     """DreamBooth flags alone -> :class:`TrainConfig` (for library users; the CLI takes BAT flags too)."""
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
-    return parse_config(TrainConfig, argv, prog, TRAIN_DESCRIPTION)
+    return parse_config((TrainConfig,), argv, prog, TRAIN_DESCRIPTION)[0]
 
 
 def parse_run_config(argv: Sequence[str] | None = None, prog: str | None = None):
-    """Training + BAT flags -> ``(TrainConfig, BatConfig)``, both validated, nothing loaded."""
-    from .bat.config import BatConfig, check_combination
-    from .config import TrainConfig
+    """Training + BAT flags -> :class:`~dreambat.bat.config.BatSettings`, validated, nothing loaded."""
+    from .bat.config import BatSettings
 
-    return parse_config((TrainConfig, BatConfig), argv, prog, TRAIN_DESCRIPTION, check=check_combination)
+    return parse_config(BatSettings.GROUPS, argv, prog, TRAIN_DESCRIPTION, bundle=BatSettings)
+
+
+def parse_score_config(argv: Sequence[str] | None = None, prog: str | None = None):
+    """``dreambat score`` flags -> :class:`~dreambat.scoring.config.ScoreSettings`, validated."""
+    from .scoring.config import ScoreSettings, check_score_command
+
+    def bundle(*groups):
+        settings = ScoreSettings(*groups)
+        check_score_command(settings)
+        return settings
+
+    return parse_config(ScoreSettings.GROUPS, argv, prog, SCORE_DESCRIPTION, bundle=bundle)
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``train_dreambooth_bat.py`` / ``dreambat train``: parse, then run the BAT stages."""
-    train, bat = parse_run_config(argv, prog=prog)
+    settings = parse_run_config(argv, prog=prog)
     setup_logging()
     from .bat.pipeline import run_bat
 
     try:
-        result = run_bat(train, bat)
+        result = run_bat(settings)
     except DreambatError as exc:
         print(f"{prog or 'dreambat train'}: error: {exc}", file=sys.stderr)
         return 2
@@ -76,18 +91,12 @@ def _outputs_summary(result) -> str:
 
 def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``dreambat score``: ALBAT scores of backbone candidates for a surrogate LoRA."""
-    from .albat.config import ScoreConfig
-
-    config = parse_config(
-        ScoreConfig, argv, prog,
-        "Score LAION-style backbone candidates by their influence on a surrogate LoRA's subject "
-        "loss (ALBAT) and write selection.jsonl. Launch with accelerate/torchrun for several processes.",
-    )
+    settings = parse_score_config(argv, prog)
     setup_logging()
-    from .albat.run import run_scoring
+    from .scoring.run import run_scoring
 
     try:
-        result = run_scoring(config)
+        result = run_scoring(settings)
     except DreambatError as exc:
         print(f"{prog or 'dreambat score'}: error: {exc}", file=sys.stderr)
         return 2
@@ -156,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--show", type=int, default=0, help="print the first N samples")
     shards.set_defaults(func=_shards)
 
-    from .eval.cli import DREAMBENCH_EXAMPLE, add_dreambench_arguments, add_grid_arguments
+    from .eval.cli import (
+        DREAMBENCH_EXAMPLE,
+        add_dreambench_arguments,
+        add_grid_arguments,
+    )
 
     evaluate = commands.add_parser(
         "eval", help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot",

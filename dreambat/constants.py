@@ -28,3 +28,7 @@ CLIP_MODEL_MAX_LENGTH = 77
 
 # ALBAT curvature "auto": the exact (Woodbury) inverse up to this many reference rows, DataInf above.
 AUTO_EXACT_MAX_REF = 1024
+
+# Files of a scoring run (``dreambat score``, or stage 3 of a BAT run).
+SCORE_REPORT_NAME = "score_report.json"
+SCORE_CONFIG_NAME = "score_config.json"

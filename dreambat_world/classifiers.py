@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 
 from dreambat.errors import ConfigError, ModelNotFoundError
+
 from .synthetic import COLORS, PATTERNS, SHAPES, Design, Subject
 
 CONFIG_FILE = "classifier_config.json"

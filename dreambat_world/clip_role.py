@@ -20,10 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .synthetic import VOCABULARY, backbone_record
-from .evaluator_training import HELDOUT_SEED, TRAIN_SEED, TrainBudget, degrade, info_nce, retrieval_scores, train_within_budget
+from .evaluator_training import (
+    HELDOUT_SEED,
+    TRAIN_SEED,
+    TrainBudget,
+    degrade,
+    info_nce,
+    retrieval_scores,
+    train_within_budget,
+)
 from .evaluators import CLIP_CHECKPOINT
 from .subjects import WORLD_SUBJECTS
+from .synthetic import VOCABULARY, backbone_record
 
 logger = logging.getLogger(__name__)
 

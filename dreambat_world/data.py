@@ -18,8 +18,9 @@ from typing import Any
 
 from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ConfigError
-from .synthetic import caption, random_scene, record_rng, render
+
 from .subjects import N_PHOTOS, PHOTO_SIZE, SPLITS, WORLD_SUBJECTS, subject_photos
+from .synthetic import caption, random_scene, record_rng, render
 
 POOL_URL_PREFIX = "synthetic://world"
 SHARD_PATTERN = "shard-{:05d}.tar"

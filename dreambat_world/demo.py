@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 from dreambat.albat.manifest import read_manifest
-from dreambat.bat.config import BatConfig
+from dreambat.bat.config import BatConfig, BatSettings
 from dreambat.bat.pipeline import run_bat
-from dreambat.config import TrainConfig
 from dreambat.data.shards import ShardReader
 from dreambat.errors import ModelNotFoundError
 from dreambat.grid import image_grid
+from dreambat.scoring.config import PoolConfig, ScoringConfig, SelectionConfig
+from dreambat.training.config import TrainConfig
+
 from .data import ASSETS_DIR as WORLD_DIR
 from .data import BACKBONE_DIR, BUNDLED_SHARD, SUBJECTS_DIR
 from .subjects import WORLD_DEMO_SUBJECT
@@ -124,13 +126,14 @@ def run_demo(
 
     started = time.perf_counter()
     bat_dir = output_dir / "bat"
-    bat = BatConfig(
-        selection="albat", backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates,
-        surrogate_steps=max(steps // 2, 1), num_score_timesteps=2, score_batch_size=16,
-        num_backbone_samples=DEMO_KEEP, augmentation_ratio=DEMO_GAMMA,
-    )
     train = demo_train_config(DEMO_BACKBONE, bat_dir, steps=steps, seed=seed, inference_steps=inference_steps)
-    result = run_bat(train, bat)
+    result = run_bat(BatSettings(
+        train,
+        PoolConfig(backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates),
+        ScoringConfig(num_score_timesteps=2, score_batch_size=16),
+        SelectionConfig(selection="albat", num_backbone_samples=DEMO_KEEP),
+        BatConfig(surrogate_steps=max(steps // 2, 1), augmentation_ratio=DEMO_GAMMA),
+    ))
     ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME)
     report = result.report
     logger.info(
@@ -141,8 +144,10 @@ def run_demo(
 
     started = time.perf_counter()
     baseline_dir = output_dir / "dreambooth"
-    run_bat(demo_train_config(DEMO_BACKBONE, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps),
-            BatConfig(selection="none"))
+    run_bat(BatSettings(
+        demo_train_config(DEMO_BACKBONE, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps),
+        selection=SelectionConfig(selection="none"),
+    ))
     logger.info("[4/5] DreamBooth-LoRA baseline, same steps (%.1fs)", time.perf_counter() - started)
 
     started = time.perf_counter()

@@ -21,10 +21,17 @@ import torch
 import torch.nn.functional as F
 
 from dreambat.eval.encoders import DINO_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
-from .synthetic import Subject, random_design, render, subject_in_scene
+
 from .classifiers import images_to_tensor
-from .evaluator_training import TRAIN_SEED, TrainBudget, degrade, info_nce, train_within_budget
+from .evaluator_training import (
+    TRAIN_SEED,
+    TrainBudget,
+    degrade,
+    info_nce,
+    train_within_budget,
+)
 from .subjects import WORLD_SUBJECTS, matches_any_subject, subject_photos
+from .synthetic import Subject, random_design, render, subject_in_scene
 
 logger = logging.getLogger(__name__)
 

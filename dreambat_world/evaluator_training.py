@@ -24,7 +24,7 @@ from PIL import Image
 
 from dreambat.data.shard_writer import encode_image
 from dreambat.errors import ConfigError
-from .synthetic import random_scene, record_rng, render
+
 from .classifiers import (
     HALF_AND_HALF_PATTERNS,
     AttributeClassifier,
@@ -33,6 +33,7 @@ from .classifiers import (
     images_to_tensor,
     main_object_labels,
 )
+from .synthetic import random_scene, record_rng, render
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .synthetic import SceneSpec, caption, random_scene, record_rng, render
 from .subjects import matches_any_subject
+from .synthetic import SceneSpec, caption, random_scene, record_rng, render
 
 HELDOUT_CAPTION_SEED = 424_242
 """Seed of the held-out captions' scenes; the pool uses small seeds (default 0)."""
@@ -64,6 +64,7 @@ def measure_fidelity(backbone: str | Path, classifier: Any, *, n_captions: int =
         "generated_by_value": {head: {value: {"n", "right", "read_as"}}}, "n_images", "seconds", ...}``.
     """
     from dreambat.eval.encoders import resolve_device
+
     from .sampling import generate, load_pipeline
 
     items = heldout_captions(n_captions)

@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreambat.albat.diffusion_task import DiffusionLossTask
 from dreambat.backbone.load import load_backbone
-from dreambat.constants import LORA_WEIGHTS_NAME
 from dreambat.data.transforms import ImageTransform, load_rgb
-from dreambat.errors import ConfigError, ModelNotFoundError
+from dreambat.errors import ConfigError
 from dreambat.eval.config import DreamBenchConfig
 from dreambat.eval.prompts import DreamBenchPrompts
 from dreambat.eval.runner import plan
+from dreambat.lora import load_lora, unload_lora
+from dreambat.scoring.diffusion_task import DiffusionLossTask
+
 from .data import ASSETS_DIR, SUBJECTS_DIR
 from .prompts import load_templates
 from .subjects import Subject, subject_by_name, subject_photos
@@ -40,8 +41,8 @@ SCORED_CHANGES = ("color", "pattern", "background")
 class HeldoutLoss:
     """The denoising loss of a backbone, with or without a LoRA, on a subject's held-out photos.
 
-    One backbone is loaded; LoRAs are swapped in and out through the pipeline's
-    ``load_lora_weights`` / ``unload_lora_weights``, the calls users make.
+    One backbone is loaded; LoRAs are swapped in and out with :func:`dreambat.lora.load_lora` /
+    :func:`~dreambat.lora.unload_lora`.
 
     Args:
         backbone: a diffusers folder or cached hub id (see :func:`~dreambat.backbone.load.load_backbone`).
@@ -50,10 +51,7 @@ class HeldoutLoss:
     """
 
     def __init__(self, backbone: str | Path, *, num_timesteps: int = 20, batch_size: int = 8):
-        from dreambat.training.validation import pipeline_from_backbone
-
         self.backbone = load_backbone(str(backbone))
-        self.pipeline = pipeline_from_backbone(self.backbone)
         self.task = DiffusionLossTask(self.backbone, num_timesteps)
         self.batch_size = batch_size
         self.transform = ImageTransform(self.backbone.native_resolution, center_crop=True)
@@ -73,10 +71,7 @@ class HeldoutLoss:
         if not images:
             raise ConfigError(f"No held-out photos for subject '{subject.name}'.")
         if lora is not None:
-            weights = Path(lora) / LORA_WEIGHTS_NAME
-            if not weights.is_file():
-                raise ModelNotFoundError(f"No LoRA weights at {weights}; pass the run's --output_dir.")
-            self.pipeline.load_lora_weights(str(lora), weight_name=LORA_WEIGHTS_NAME)
+            load_lora(lora, self.backbone.unet, self.backbone.text_encoder)
         try:
             losses = []
             with torch.no_grad():
@@ -90,7 +85,7 @@ class HeldoutLoss:
                     losses.append(self.task.loss_matrix(batch))
         finally:
             if lora is not None:
-                self.pipeline.unload_lora_weights()
+                unload_lora(self.backbone.unet, self.backbone.text_encoder)
         return float(torch.cat(losses).mean())
 
 
@@ -200,6 +195,7 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     from dreambat.eval.config import EncoderSettings, GenerationSettings, Method
     from dreambat.eval.config import Subject as EvalSubject
     from dreambat.eval.runner import run_dreambench
+
     from .classifiers import AttributeClassifier
     from .evaluators import EVALUATORS_DIR, world_evaluator_settings
     from .prompts import WORLD_PROMPTS_PATH

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from dreambat.backbone.tiny import TinySize, build_tiny_components
 from dreambat.data.shards import ShardReader
 from dreambat.errors import ConfigError, DataError
 from dreambat.eval.encoders import resolve_device
+
 from .synthetic import VOCABULARY
 
 WORLD_BACKBONE_SIZE = TinySize(

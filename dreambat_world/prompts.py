@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from dreambat.errors import ConfigError
-from .synthetic import BACKGROUND_TEXTURES, COLORS, PATTERNS, Subject
+
 from .data import ASSETS_DIR
+from .synthetic import BACKGROUND_TEXTURES, COLORS, PATTERNS, Subject
 
 WORLD_PROMPTS_PATH = ASSETS_DIR / "prompts.json"
 KINDS = ("recontextualization", "color_change", "pattern_change", "size_change", "position_change")

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dreambat.errors import ConfigError
+
 from .synthetic import (
     BACKGROUND_TEXTURES,
     COLORS,

@@ -26,3 +26,20 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def subject_dir(tmp_path) -> Path:
     """A private copy of the bundled subject photos (tests may add bad files to it)."""
     return Path(shutil.copytree(ASSETS / "subject", tmp_path / "subject"))
+
+
+@pytest.fixture(scope="module")
+def unet_task(tmp_path_factory):
+    """K=2 diffusion task over the 'test' tiny backbone with a random (non-zero) rank-2 LoRA."""
+    import torch
+
+    from dreambat.albat.blocks import LoraBlocks
+    from dreambat.backbone.load import load_backbone
+    from dreambat.lora import add_unet_lora
+    from dreambat.scoring.diffusion_task import DiffusionLossTask
+
+    folder = write_tiny_backbone(tmp_path_factory.mktemp("albat") / "sd", "test", seed=0)
+    backbone = load_backbone(str(folder))
+    torch.manual_seed(0)
+    add_unet_lora(backbone.unet, rank=2, init_lora_weights=False)
+    return DiffusionLossTask(backbone, num_timesteps=2), LoraBlocks.from_models(backbone.unet)

@@ -1,0 +1,63 @@
+"""ALBAT, the influence core: which training samples help a LoRA's adaptation loss.
+
+It knows nothing about diffusion. A model enters through one contract, :class:`ScoringTask`
+(per-sample, per-term losses of a batch); its trainable LoRA factors (found by peft's layer
+types) are the :class:`LoraBlocks`; an :class:`InverseStrategy` turns the adaptation gradients
+into the preconditioned direction ``h = G⁻¹ v``; :class:`AlbatScorer` fits ``h`` on the adaptation
+(reference) data and scores candidates with one forward and one backward per batch; selection
+rules and the crash-safe manifest turn scores into a kept set. The Stable Diffusion task and the
+scoring run over LAION-style shards live in :mod:`dreambat.scoring`, on top of this package.
+
+Example (a peft LoRA on a small regression MLP)::
+
+    task = RegressionTask(model)                      # loss_matrix(batch) -> [B] squared errors
+    scorer = AlbatScorer(task, LoraBlocks.from_models(model), get_strategy("exact"))
+    scorer.fit(adaptation_batches)                    # v, G and h from the adaptation data
+    scores = scorer.score_batch(candidate_batch)      # [B]; Z > 0 predicts that x helps
+
+The README's "ALBAT from Python" section has the complete, runnable version.
+"""
+
+from .blocks import LoraBlocks, lora_factors
+from .curvature import (
+    STRATEGIES,
+    DataInfInverse,
+    ExactInverse,
+    IdentityInverse,
+    InverseStrategy,
+    get_strategy,
+    precondition,
+)
+from .gradients import contracted_scores, reference_rows, reference_scores
+from .layers import register_layer
+from .manifest import (
+    ManifestMismatchError,
+    ManifestRecord,
+    ManifestWriter,
+    merge_manifests,
+    read_manifest,
+    write_manifest,
+)
+from .scorer import AlbatScorer, ScoreSummary, score_candidates
+from .selection import (
+    RULES,
+    AlbatSelection,
+    NoSelection,
+    RandomSelection,
+    SelectionResult,
+    SelectionRule,
+    apply_selection,
+    get_rule,
+    score_statistics,
+)
+from .task import ScoringTask
+
+__all__ = [
+    "STRATEGIES", "RULES", "AlbatScorer", "AlbatSelection", "DataInfInverse", "ExactInverse",
+    "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError", "ManifestRecord",
+    "ManifestWriter", "NoSelection", "RandomSelection", "ScoreSummary", "ScoringTask",
+    "SelectionResult", "SelectionRule", "apply_selection", "contracted_scores", "get_rule",
+    "get_strategy", "lora_factors", "merge_manifests", "precondition", "read_manifest",
+    "reference_rows", "reference_scores", "register_layer", "score_candidates", "score_statistics",
+    "write_manifest",
+]

@@ -1,4 +1,4 @@
-"""The parameters ALBAT differentiates: trainable LoRA matrices, one block per matrix."""
+"""The parameters ALBAT differentiates: the LoRA factors of peft adapters, one block per matrix."""
 
 from __future__ import annotations
 
@@ -6,11 +6,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..errors import ConfigError
 
-LORA_MARKERS = ("lora_A", "lora_B")
+# The low-rank factors of a peft LoRA layer. DoRA magnitudes and embedding factors are not blocks.
+LORA_FACTORS: tuple[str, ...] = ("lora_A", "lora_B")
+
+
+def lora_factors(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, factor)`` for every ``lora_A`` / ``lora_B`` module of every adapter, in module order.
+
+    Layers are found by peft's own type (:class:`peft.tuners.lora.LoraLayer`), never by parameter
+    names. ``name`` is the factor's module path (e.g. ``...to_k.lora_A.default``); within one
+    layer ``lora_A`` comes before ``lora_B``, as in ``named_parameters()``.
+    """
+    for layer_name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        for factor in LORA_FACTORS:
+            for adapter, module in getattr(layer, factor).items():
+                yield f"{layer_name}.{factor}.{adapter}", module
 
 
 @dataclass(frozen=True)
@@ -27,7 +44,7 @@ class LoraBlocks:
 
     @classmethod
     def from_models(cls, *models: nn.Module | None) -> LoraBlocks:
-        """Collect trainable LoRA weights of ``models`` (``None`` entries ignored).
+        """Collect the trainable LoRA factors of ``models`` (``None`` entries ignored).
 
         Raises:
             ConfigError: no trainable LoRA parameter was found.
@@ -36,20 +53,16 @@ class LoraBlocks:
         names, params, modules = [], [], []
         for index, model in enumerate(present):
             prefix = f"{index}." if len(present) > 1 else ""
-            for module_name, module in model.named_modules():
-                weight = getattr(module, "weight", None)
-                if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
-                    continue
-                if not any(marker in module_name.split(".") for marker in LORA_MARKERS):
-                    continue
-                names.append(f"{prefix}{module_name}.weight")
-                params.append(weight)
-                modules.append(module)
+            for name, module in lora_factors(model):
+                if module.weight.requires_grad:
+                    names.append(f"{prefix}{name}.weight")
+                    params.append(module.weight)
+                    modules.append(module)
         if not params:
             raise ConfigError(
-                "The model has no trainable LoRA parameters (no 'lora_A'/'lora_B' weight with "
-                "requires_grad=True). Add an adapter first (dreambat.lora.add_unet_lora, or peft) "
-                "and load the surrogate LoRA weights into it."
+                "The model has no trainable LoRA parameters (no peft LoRA layer whose lora_A/lora_B "
+                "weight has requires_grad=True). Add an adapter first (peft's get_peft_model or "
+                "inject_adapter_in_model, or diffusers' add_adapter) and load the surrogate weights into it."
             )
         return cls(tuple(names), tuple(params), tuple(modules))
 

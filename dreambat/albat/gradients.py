@@ -4,12 +4,13 @@ Two ways to get ``Z(x) = Σ_l ⟨h_l, ∇_{θ_l} ℓ(x)⟩`` for a batch:
 
 * :func:`reference_scores`: one ``backward()`` per sample, explicit gradients, explicit dot
   products. Slow and obviously correct; the yardstick for tests and benchmarks.
-* :func:`contracted_scores`: one forward and one backward for the whole batch. Every LoRA matrix
-  is a bias-free linear map ``y = x Wᵀ``, so sample i's gradient is ``Σ_t g_{i,t} x_{i,t}ᵀ``
-  (``g`` the gradient at the output, ``t`` over tokens/positions) and
+* :func:`contracted_scores`: one forward and one backward for the whole batch. Every LoRA factor
+  is linear in its weight, e.g. ``y = x Wᵀ`` for a Linear one, so sample i's gradient is
+  ``Σ_t g_{i,t} x_{i,t}ᵀ`` (``g`` the gradient at the output, ``t`` over tokens/positions) and
   ``⟨H, ∇_W ℓ_i⟩ = Σ_t g_{i,t} · (H x_{i,t})``. Hooks compute that inside the backward pass, so
   no per-sample gradient is ever materialised: the extra work per layer is one small matmul, and
-  memory is that of an ordinary training step.
+  memory is that of an ordinary training step. Layer types are dispatched by
+  :mod:`dreambat.albat.layers` (``nn.Linear`` and ``nn.Conv2d`` factors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import LoraBlocks
+from .layers import directional_output_for
 from .task import ScoringTask, as_matrix, split_batch
 
 
@@ -83,29 +85,24 @@ def reference_scores(
 
 
 class _Contraction:
-    """Forward/backward hooks contracting each LoRA matrix's per-row gradient with its direction."""
+    """Forward/backward hooks contracting each LoRA factor's per-row gradient with its direction."""
 
     def __init__(self, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor]):
         self.partials: list[torch.Tensor] = []
         self.handles = []
         for name, param, module in zip(blocks.names, blocks.params, blocks.modules):
-            if not isinstance(module, nn.Linear) or module.bias is not None:
-                raise ConfigError(
-                    f"LoRA block '{name}' is a {type(module).__name__}; the fast scoring path handles "
-                    "bias-free nn.Linear LoRA matrices (peft's default for Linear targets). Use the "
-                    "reference path (--scoring_path reference) for other layer types."
-                )
+            directional_output = directional_output_for(name, module)
             matrix = directions[name].reshape(param.shape).to(device=param.device, dtype=torch.float32)
-            self.handles.append(module.register_forward_hook(self._forward_hook(matrix)))
+            self.handles.append(module.register_forward_hook(self._forward_hook(directional_output, matrix)))
 
-    def _forward_hook(self, matrix: torch.Tensor):
+    def _forward_hook(self, directional_output, matrix: torch.Tensor):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if not output.requires_grad:
                 return
             x = inputs[0].detach()
 
             def on_grad(grad: torch.Tensor) -> None:
-                projected = x.float() @ matrix.T  # [rows, ..., out]: H x for every token
+                projected = directional_output(module, x.float(), matrix)  # f(x; H), shaped like the output
                 contribution = (grad.float() * projected).reshape(grad.shape[0], -1).sum(dim=1)
                 self.partials.append(contribution)
 
@@ -126,7 +123,7 @@ def contracted_scores(
     Args:
         task: gives the loss matrix; rows inside the model must be sample-major (see
             :mod:`dreambat.albat.task`).
-        blocks: the LoRA blocks; every module must be a bias-free ``nn.Linear``.
+        blocks: the LoRA blocks; every factor's type must be registered in :mod:`.layers`.
         directions: ``{block name: h_l [d_l]}``, the preconditioned direction.
         batch: whatever ``task.loss_matrix`` takes.
 

@@ -6,6 +6,7 @@ into a :class:`ModelNotFoundError` that says what was looked for and how to fix 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def resolve_backbone(name_or_path: str, revision: str | None = None) -> Path:
     if not _could_be_hub_id(name_or_path):
         raise ModelNotFoundError(
             f"Backbone folder '{name_or_path}' does not exist. Check the path, or write a tiny "
-            "offline backbone there with `dreambat make-backbone {name_or_path}`."
+            f"offline backbone there with `dreambat make-backbone {name_or_path}`."
         )
     from huggingface_hub import snapshot_download
 
@@ -95,6 +96,14 @@ def resolve_backbone(name_or_path: str, revision: str | None = None) -> Path:
             "or pass a local diffusers folder."
         ) from exc
     return _check_folder(Path(folder))
+
+
+def native_resolution(backbone_path: str | Path) -> int:
+    """The backbone's native image size (UNet sample_size x VAE factor) from its configs only."""
+    folder = Path(backbone_path)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def load_backbone(

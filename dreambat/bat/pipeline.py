@@ -1,4 +1,5 @@
-"""A complete BAT run (SPEC section 2): checks, surrogate, scoring, selection, final training, report.
+"""A complete BAT run: checks, then the five stages of the README (surrogate, score, select, train,
+save) and the report.
 
 Launched like diffusers' DreamBooth script (``accelerate launch train_dreambooth_bat.py ...``).
 Every process runs :func:`run_bat`; training and scoring split the work across them, and only
@@ -12,23 +13,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..albat.run import surrogate_weights_file
 from ..albat.selection import score_statistics
-from ..config import TrainConfig
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
 from ..data.shards import check_shards_exist
+from ..inputs import ResolvedInputs
 from ..launch import process_state
+from ..lora import lora_weights_file
+from ..timing import Timer
 from ..training.dreambooth import run_dreambooth
 from ..training.setup import check_inputs as check_training_inputs
-from ..training.setup import native_resolution
 from .backbone_data import SelectedBackboneDataset
-from .config import BatConfig, check_combination, run_config, save_run_config
+from .config import BatSettings
 from .report import bat_model_card_section, build_report
-from .stages import score_config, scoring_stage, selection_stage, surrogate_stage
+from .stages import scoring_stage, selection_stage, surrogate_stage
 
 logger = logging.getLogger(__name__)
 
@@ -45,82 +45,83 @@ class BatResult:
     report: dict = field(default_factory=dict)
 
 
-def check_inputs(train: TrainConfig, bat: BatConfig) -> Path:
-    """Everything that can be checked before a model loads; returns the backbone folder."""
-    check_combination(train, bat)
-    backbone = check_training_inputs(train)
-    if bat.backbone_shards and bat.selection != "none" and bat.selection_manifest is None:
-        check_shards_exist(bat.backbone_shards)
-    if bat.surrogate_lora is not None:
-        surrogate_weights_file(bat.surrogate_lora)
-    return Path(backbone)
+def check_inputs(settings: BatSettings) -> ResolvedInputs:
+    """Everything that can be checked before a model loads; returns the resolved inputs."""
+    resolved = check_training_inputs(settings.train)
+    if settings.selection.selection != "none" and settings.bat.selection_manifest is None:
+        check_shards_exist(settings.pool.backbone_shards)
+    if settings.scoring.surrogate_lora is not None:
+        lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
+    return resolved
 
 
-def run_bat(train: TrainConfig, bat: BatConfig) -> BatResult:
-    """Run the five BAT stages and write every output of SPEC section 5 to ``train.output_dir``."""
-    backbone_path = check_inputs(train, bat)
+def run_bat(settings: BatSettings) -> BatResult:
+    """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``."""
+    resolved = check_inputs(settings)
+    # The surrogate's saved config then compares equal on a rerun without --resolution.
+    settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, resolution=resolved.resolution))
+    train, selection_flags = settings.train, settings.selection
     state = process_state()
     output_dir = Path(train.output_dir)
-    resolution = train.resolution or native_resolution(backbone_path)
-    train = dataclasses.replace(train, resolution=resolution)  # the surrogate's saved config compares equal on rerun
-    seed = train.seed or 0
     if state.is_main_process:
-        save_run_config(output_dir / RESOLVED_CONFIG_NAME, train, bat)
-    timings: dict[str, float] = {}
+        settings.save(output_dir / RESOLVED_CONFIG_NAME)
+    timer = Timer()
     stages: dict[str, str] = {}
 
-    scored_manifest: Path | None = Path(bat.selection_manifest) if bat.selection_manifest else None
+    scored_manifest = Path(settings.bat.selection_manifest) if settings.bat.selection_manifest else None
     score_report: dict | None = None
-    if bat.needs_surrogate:
-        started = time.perf_counter()
-        surrogate = surrogate_stage(train, bat, output_dir)
-        timings["surrogate"], stages["surrogate"] = time.perf_counter() - started, surrogate.status
+    if settings.needs_surrogate:
+        with timer("surrogate"):
+            surrogate = surrogate_stage(settings, output_dir, resolved)
+        stages["surrogate"] = surrogate.status
         state.wait_for_everyone()
-        started = time.perf_counter()
-        scoring = scoring_stage(score_config(train, bat, surrogate.path, output_dir, resolution), resolution)
-        timings["score"], stages["score"] = time.perf_counter() - started, scoring.status
+        with timer("score"):
+            scoring = scoring_stage(settings, surrogate.path, resolved)
+        stages["score"] = scoring.status
         scored_manifest, score_report = scoring.path, scoring.report
     else:
         stages["surrogate"] = stages["score"] = "skipped"
 
     records, selection = [], None
-    if bat.selection != "none":
-        started = time.perf_counter()
-        records, selection = selection_stage(bat, seed, output_dir, scored_manifest)
-        timings["select"], stages["select"] = time.perf_counter() - started, "ran"
+    if selection_flags.selection != "none":
+        with timer("select"):
+            records, selection = selection_stage(settings, output_dir, scored_manifest)
+        stages["select"] = "ran"
         logger.info(
-            "Stage 4/5: kept %d of %d backbone candidates (%s, %d with Z > 0).",
-            selection.kept, len(records), bat.selection, selection.n_positive,
+            "Stage 3/5: kept %d of %d backbone candidates (%s, %d with Z > 0).",
+            selection.kept, len(records), selection_flags.selection, selection.n_positive,
         )
     else:
         stages["select"] = "skipped"
 
-    started = time.perf_counter()
-    backbone_data = SelectedBackboneDataset(records, resolution) if selection and selection.kept else None
-    gamma = bat.gamma if backbone_data is not None else 0.0
-    if bat.gamma and backbone_data is None:
+    with timer("load_backbone_samples"):
+        backbone_data = SelectedBackboneDataset(records, resolved.resolution) if selection and selection.kept else None
+    gamma = settings.gamma if backbone_data is not None else 0.0
+    if settings.gamma and backbone_data is None:
         logger.warning("No backbone candidate was selected: the final LoRA trains on the subject alone (γ = 0).")
-    timings["load_backbone_samples"] = time.perf_counter() - started
-    started = time.perf_counter()
-    logger.info("Stage 5/5: training the final LoRA (γ = %.2f).", gamma)
-    run = run_dreambooth(
-        train, backbone_data=backbone_data, gamma=gamma, description="train",
-        model_card_sections={"Backbone Augmented Training": bat_model_card_section(bat, selection, len(records), gamma)},
-        resolved_config=run_config(train, bat),
-    )
-    timings["train"], stages["train"] = time.perf_counter() - started, "resumed" if run.resumed_from else "ran"
+    logger.info("Stage 4/5: training the final LoRA (γ = %.2f).", gamma)
+    with timer("train"):
+        run = run_dreambooth(
+            train, resolved=resolved, backbone_data=backbone_data, gamma=gamma, description="train",
+            model_card_sections={
+                "Backbone Augmented Training": bat_model_card_section(settings, selection, len(records), gamma)
+            },
+            resolved_config=settings.to_dict(),
+        )
+    stages["train"] = "resumed" if run.resumed_from else "ran"
 
     result = BatResult(output_dir=output_dir, lora_path=run.lora_path, grid_path=run.grid_path)
-    if bat.selection != "none":
+    if selection_flags.selection != "none":
         result.manifest_path = output_dir / SELECTION_MANIFEST_NAME
     if state.is_main_process:
         result.report = build_report(
-            train, bat, num_processes=state.num_processes, resolution=resolution, gamma=gamma,
+            settings, num_processes=state.num_processes, resolution=resolved.resolution, gamma=gamma,
             score_report=score_report, statistics=score_statistics(records) if records else None,
             selection=selection, source_counts=run.source_counts, stages=stages,
-            timings=timings | {f"train/{k}": v for k, v in run.timings.items()},
+            timings=timer.seconds | {f"train/{k}": v for k, v in run.timings.items()},
         )
         result.report_path = output_dir / BAT_REPORT_NAME
         result.report_path.write_text(json.dumps(result.report, indent=2, default=str) + "\n")
+        logger.info("Stage 5/5: saved the LoRA, samples, model card and report in %s.", output_dir)
     state.wait_for_everyone()
     return result

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from ..albat.selection import SelectionResult
-from ..config import TrainConfig
-from .config import BatConfig
+from .config import BatSettings
 
 
 def build_report(
-    train: TrainConfig,
-    bat: BatConfig,
+    settings: BatSettings,
     *,
     num_processes: int,
     resolution: int,
@@ -45,11 +43,11 @@ def build_report(
         counts.update({"selected": selection.kept, "predicted_helpful": selection.n_positive})
     counts["training_samples"] = dict(source_counts)
     return {
-        "settings": {"train": train.to_dict(), "bat": bat.to_dict()},
+        "settings": settings.to_dict(),
         "num_processes": num_processes,
         "resolution": resolution,
         "gamma": {
-            "requested": bat.gamma,
+            "requested": settings.gamma,
             "used": gamma,
             "measured_backbone_share": (source_counts.get("backbone", 0) / drawn) if drawn else None,
         },
@@ -62,18 +60,21 @@ def build_report(
     }
 
 
-def bat_model_card_section(bat: BatConfig, selection: SelectionResult | None, pool: int, gamma: float) -> str:
+def bat_model_card_section(settings: BatSettings, selection: SelectionResult | None, pool: int, gamma: float) -> str:
     """Markdown for the model card: what was selected and how much of it was mixed in."""
-    if bat.selection == "none" or selection is None:
+    method = settings.selection.selection
+    if method == "none" or selection is None:
         return "No backbone data: plain DreamBooth-LoRA (`--selection none`).\n"
-    rule = {"albat": "ALBAT influence scores", "random": "uniform random choice"}[bat.selection]
+    rule = {"albat": "ALBAT influence scores", "random": "uniform random choice"}[method]
     lines = [
         f"Backbone candidates considered: {pool}; kept {selection.kept} by {rule}"
         + (f" (η = {selection.threshold:.4g})" if selection.threshold is not None else "") + ".",
         f"Backbone share of the training stream γ = {gamma:.2f}; backbone images train on their own captions.",
         "The kept candidates are listed in `selection.jsonl` (one line per candidate, with its score).",
     ]
-    if bat.selection == "albat" and bat.selection_manifest is None:
-        lines.insert(1, f"Scores: surrogate LoRA of {bat.surrogate_steps} steps, K = {bat.num_score_timesteps} "
-                        f"timesteps, curvature `{bat.curvature}`, damping c = {bat.damping}.")
+    if settings.needs_surrogate:
+        scoring = settings.scoring
+        lines.insert(1, f"Scores: surrogate LoRA of {settings.bat.surrogate_steps} steps, K = "
+                        f"{scoring.num_score_timesteps} timesteps, curvature `{scoring.curvature}`, damping "
+                        f"c = {scoring.damping}.")
     return "\n".join(f"- {line}" for line in lines) + "\n"

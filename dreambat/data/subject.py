@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ class SubjectDataset(Dataset):
     generator or torch's global seed is fixed).
 
     Args:
-        folder: folder of 3–10 subject photos (see `list_subject_images`).
+        folder: folder of 3–10 subject photos (see `list_subject_images`), or the photo files
+            already listed (``ResolvedInputs.subject_images``).
         instance_prompt: prompt naming the subject, e.g. ``"a photo of sks dog"``.
         resolution: side of the square training images.
         center_crop: crop the centre instead of a random window.
@@ -122,7 +124,7 @@ class SubjectDataset(Dataset):
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str | Path | Sequence[Path],
         instance_prompt: str,
         resolution: int,
         *,
@@ -135,7 +137,12 @@ class SubjectDataset(Dataset):
                 f"The instance prompt is empty ({instance_prompt!r}). Pass --instance_prompt "
                 "with a prompt naming the subject, e.g. --instance_prompt 'a photo of sks dog'."
             )
-        self.folder = Path(folder)
+        if isinstance(folder, (str, Path)):
+            self.folder = Path(folder)
+            paths = list_subject_images(self.folder)
+        else:
+            paths = [Path(p) for p in folder]
+            self.folder = paths[0].parent
         self.instance_prompt = instance_prompt
         self.transform = ImageTransform(
             resolution, center_crop=center_crop, random_flip=random_flip
@@ -145,7 +152,7 @@ class SubjectDataset(Dataset):
 
         self.images: list[SubjectExample] = []
         self.skipped: list[tuple[Path, str]] = []
-        for path in list_subject_images(self.folder):
+        for path in paths:
             try:
                 image = load_rgb(path)
             except _UNREADABLE_ERRORS as error:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from ..constants import LORA_WEIGHTS_NAME
 from ..errors import DreambatError
 from .constants import (
-    DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_DINO_MODEL, DTYPES, GRID_LAYOUTS, METRIC_NAMES,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DINO_MODEL,
+    DTYPES,
+    GRID_LAYOUTS,
+    METRIC_NAMES,
     SCHEDULER_NAMES,
 )
 
@@ -78,7 +83,12 @@ def add_dreambench_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
 def dreambench_config(args: argparse.Namespace) -> DreamBenchConfig:
     """Validated :class:`~dreambat.eval.config.DreamBenchConfig` from parsed flags (raises ``DreambatError``)."""
     from .config import (
-        DreamBenchConfig, EncoderSettings, GenerationSettings, build_methods, dreambench_subjects, parse_subject,
+        DreamBenchConfig,
+        EncoderSettings,
+        GenerationSettings,
+        build_methods,
+        dreambench_subjects,
+        parse_subject,
     )
     from .prompts import DreamBenchPrompts
 

@@ -16,10 +16,18 @@ from ..constants import LORA_WEIGHTS_NAME
 from ..data.subject import list_subject_images
 from ..errors import ConfigError, ModelNotFoundError, SubjectDataError
 from .constants import (
-    BASE_METHOD, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_DINO_MODEL, DTYPES, MAX_IMAGES_PER_PROMPT,
-    METRIC_NAMES, REAL_IMAGES, SCHEDULER_NAMES,
+    BASE_METHOD,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DINO_MODEL,
+    DTYPES,
+    MAX_IMAGES_PER_PROMPT,
+    METRIC_NAMES,
+    REAL_IMAGES,
+    SCHEDULER_NAMES,
 )
 from .prompts import DreamBenchPrompts
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 

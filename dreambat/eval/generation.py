@@ -1,7 +1,7 @@
 """Batched, seeded, resumable image generation for several methods (base model and LoRAs).
 
-One pipeline is loaded; LoRAs are swapped in with ``pipeline.load_lora_weights`` (the call users
-make) and out with ``unload_lora_weights``. Every image has its own CPU ``torch.Generator``, so an
+One pipeline is loaded; LoRAs are swapped in and out with :func:`dreambat.lora.load_lora` and
+:func:`~dreambat.lora.unload_lora`. Every image has its own CPU ``torch.Generator``, so an
 image depends on its seed only, not on the batch it was drawn in or on the device.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..constants import LORA_WEIGHTS_NAME
+from ..lora import load_lora, unload_lora
 from .config import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ class LoraSwitch:
         if lora == self.current:
             return
         if self.current is not None:
-            self.pipeline.unload_lora_weights()
+            unload_lora(self.pipeline.unet, self.pipeline.text_encoder)
         if lora is not None:
-            self.pipeline.load_lora_weights(str(lora), weight_name=LORA_WEIGHTS_NAME)
+            load_lora(lora, self.pipeline.unet, self.pipeline.text_encoder)
         self.current = lora
 
 

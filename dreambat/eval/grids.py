@@ -19,10 +19,10 @@ from ..backbone.load import resolve_backbone
 from ..errors import ConfigError
 from ..grid import image_grid
 from .config import GenerationSettings, Method
-from .constants import DTYPES, GRID_LAYOUTS as LAYOUTS
+from .constants import DTYPES
+from .constants import GRID_LAYOUTS as LAYOUTS
 from .encoders import resolve_device
 from .generation import LoraSwitch, generate_images, load_pipeline, torch_dtype
-
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .constants import METRIC_LABELS, METRIC_NAMES, REAL_IMAGES
+
 CSV_COLUMNS = ("method", "subject", "class_noun", "prompt_set", "num_generated", "num_real", *METRIC_NAMES)
 
 

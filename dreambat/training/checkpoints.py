@@ -18,13 +18,10 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
-from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
-from peft.utils import set_peft_model_state_dict
-from safetensors.torch import load_file
 
 from ..constants import CHECKPOINT_PREFIX, LORA_WEIGHTS_NAME
 from ..errors import ConfigError
-from ..lora import save_lora
+from ..lora import load_lora, save_lora
 
 logger = logging.getLogger(__name__)
 
@@ -162,44 +159,12 @@ def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None)
 
     def load_hook(models, input_dir):
         models.clear()  # accelerate must not look for full model weights
-        load_lora_checkpoint(Path(input_dir), unet, text_encoder)
+        folder = Path(input_dir)
+        if not (folder / LORA_WEIGHTS_NAME).is_file():
+            raise ConfigError(f"Checkpoint '{folder}' has no {LORA_WEIGHTS_NAME}; it is incomplete, resume from another.")
+        load_lora(folder, unet, text_encoder)
 
     return [
         accelerator.register_save_state_pre_hook(save_hook),
         accelerator.register_load_state_pre_hook(load_hook),
     ]
-
-
-def load_lora_checkpoint(folder: Path, unet, text_encoder=None) -> None:
-    """Load a checkpoint's diffusers-format LoRA weights into the adapters of the given modules.
-
-    Raises:
-        ConfigError: the file is missing, or its adapters do not fit (other rank, text encoder
-            trained in one run and not in the other).
-    """
-    file = folder / LORA_WEIGHTS_NAME
-    if not file.is_file():
-        raise ConfigError(f"Checkpoint '{folder}' has no {LORA_WEIGHTS_NAME}; it is incomplete, resume from another.")
-    state = load_file(file)
-    parts = {
-        "unet": (unet, convert_unet_state_dict_to_peft),
-        "text_encoder": (text_encoder, convert_state_dict_to_peft),
-    }
-    for prefix, (model, convert) in parts.items():
-        own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        if (model is None) != (not own):
-            trained = "was" if own else "was not"
-            raise ConfigError(
-                f"Checkpoint '{folder}' {trained} trained with a {prefix} LoRA, this run differs; "
-                "resume with the same --train_text_encoder setting."
-            )
-        if model is None:
-            continue
-        result = set_peft_model_state_dict(model, convert(own), adapter_name="default")
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        missing = [k for k in (getattr(result, "missing_keys", None) or []) if "lora_" in k]
-        if unexpected or missing:
-            raise ConfigError(
-                f"Checkpoint '{folder}' does not fit this run's {prefix} LoRA ({len(missing)} missing, "
-                f"{len(unexpected)} unexpected tensors); resume with the same --rank."
-            )

@@ -23,23 +23,27 @@ from diffusers.training_utils import cast_training_params
 from torch.utils.data import Dataset
 
 from ..backbone.load import Backbone, load_backbone
-from ..config import TrainConfig
 from ..constants import RESOLVED_CONFIG_NAME, VALIDATION_GRID_NAME
 from ..data.class_images import ClassImageDataset
 from ..data.stream import TrainingStream
 from ..data.subject import SubjectDataset
+from ..inputs import ResolvedInputs
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
 from .checkpoints import check_stream_state, resolve_resume, save_checkpoint
-from .loop import TrainState, micro_batches_per_epoch, steps_per_epoch, total_train_steps, train_lora
+from .config import TrainConfig
+from .loop import (
+    TrainState,
+    micro_batches_per_epoch,
+    steps_per_epoch,
+    total_train_steps,
+    train_lora,
+)
 from .model_card import write_model_card
 from .prior import ClassImageCounts, ensure_class_images
-from .setup import check_inputs, check_mixture, make_accelerator, native_resolution, training_resolution, weight_dtype
+from .setup import check_inputs, check_mixture, make_accelerator, weight_dtype
 from .validation import log_images, render_comparison, sample_during_training
 
-__all__ = [
-    "RunResult", "check_inputs", "make_accelerator", "native_resolution", "prepare_backbone",
-    "run_dreambooth", "training_resolution",
-]
+__all__ = ["RunResult", "prepare_backbone", "run_dreambooth"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +67,12 @@ class RunResult:
     class_images: ClassImageCounts | None = None
 
 
-def prepare_backbone(config: TrainConfig, accelerator: Accelerator) -> Backbone:
+def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_path: Path | None = None) -> Backbone:
     """Load the frozen backbone on the accelerator's device and attach fresh LoRA adapters."""
     dtype = weight_dtype(accelerator)
     backbone = load_backbone(
-        config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant, dtype=dtype
+        str(backbone_path or config.pretrained_model_name_or_path), revision=config.revision,
+        variant=config.variant, dtype=dtype,
     )
     for model in (backbone.unet, backbone.vae, backbone.text_encoder):
         model.to(accelerator.device)
@@ -96,6 +101,7 @@ def _stream_state(config: TrainConfig, accelerator: Accelerator, gamma: float) -
 def run_dreambooth(
     config: TrainConfig,
     *,
+    resolved: ResolvedInputs | None = None,
     backbone_data: Dataset | None = None,
     gamma: float = 0.0,
     description: str = "train",
@@ -106,8 +112,9 @@ def run_dreambooth(
 
     Args:
         config: the run; ``resolution=None`` means the backbone's native size.
+        resolved: :func:`~dreambat.inputs.resolve_inputs` of ``config``, when the caller has it.
         backbone_data: selected backbone samples, items ``{"pixel_values": [3,R,R] in [-1,1],
-            "prompt": str, "key": str}`` at the training resolution (:func:`training_resolution`).
+            "prompt": str, "key": str}`` at the training resolution (``resolved.resolution``).
         gamma: expected share of backbone rows in the instance part of each batch, in ``[0, 1)``.
         description: progress-bar label and TensorBoard tag prefix (e.g. ``"surrogate"``).
         model_card_sections: extra model-card sections, heading -> markdown.
@@ -124,11 +131,12 @@ def run_dreambooth(
     target) runs before anything is loaded.
     """
     started = time.perf_counter()
-    backbone_path = check_inputs(config)
-    config = dataclasses.replace(config, resolution=training_resolution(config))
+    resolved = check_inputs(config, resolved)
+    backbone_path = resolved.backbone_path
+    config = dataclasses.replace(config, resolution=resolved.resolution)
     check_mixture(backbone_data, gamma, config.resolution)
     subject = SubjectDataset(
-        config.instance_data_dir, config.instance_prompt, config.resolution,
+        resolved.subject_images, config.instance_prompt, config.resolution,
         center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
     )
     result = RunResult(output_dir=Path(config.output_dir))
@@ -152,7 +160,7 @@ def run_dreambooth(
 
     if config.seed is not None:
         set_seed(config.seed, device_specific=True)
-    backbone = prepare_backbone(config, accelerator)
+    backbone = prepare_backbone(config, accelerator, backbone_path)
     stream = TrainingStream(
         subject, batch_size=config.train_batch_size, seed=config.seed or 0,
         process_index=accelerator.process_index, num_processes=accelerator.num_processes,

@@ -23,7 +23,6 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
-from ..config import TrainConfig
 from ..data.stream import CLASS
 from ..diffusion import (
     denoising_loss,
@@ -36,6 +35,7 @@ from ..diffusion import (
 from ..errors import ConfigError
 from ..lora import lora_parameters
 from .checkpoints import checkpoint_step, register_lora_state_hooks
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..config import TrainConfig
 from ..constants import LORA_WEIGHTS_NAME, MODEL_CARD_NAME
+from .config import TrainConfig
 
 
 def write_model_card(

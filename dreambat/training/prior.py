@@ -18,9 +18,9 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
 from ..data.class_images import list_class_images
 from ..data.stream import mix_seed
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

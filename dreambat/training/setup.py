@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,34 +10,32 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from torch.utils.data import Dataset
 
-from ..backbone.load import resolve_backbone
-from ..config import TrainConfig
 from ..data.class_images import list_class_images
 from ..data.stream import check_gamma
-from ..data.subject import list_subject_images
 from ..errors import DataError
+from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import cpu_only
 from .checkpoints import resolve_resume
+from .config import TrainConfig
 from .loop import require_bitsandbytes
 
 logger = logging.getLogger(__name__)
 
 
-def check_inputs(config: TrainConfig) -> Path:
-    """Fail fast, before any model loads; returns the backbone's local folder.
+def check_inputs(config: TrainConfig, resolved: ResolvedInputs | None = None) -> ResolvedInputs:
+    """Fail fast, before any model loads; returns the resolved inputs (given or computed here).
 
     Checks that the backbone resolves, the subject folder has images, ``--use_8bit_adam`` can be
     honoured, ``--class_data_dir`` is not a file and a named ``--resume_from_checkpoint`` exists.
     """
-    backbone_path = resolve_backbone(config.pretrained_model_name_or_path, config.revision)
-    list_subject_images(config.instance_data_dir)
+    resolved = resolved or resolve_inputs(config)
     if config.use_8bit_adam:
         require_bitsandbytes()
     if config.with_prior_preservation:
         list_class_images(config.class_data_dir)
     if config.resume_from_checkpoint not in (None, "latest"):
         resolve_resume(config.output_dir, config.resume_from_checkpoint)
-    return backbone_path
+    return resolved
 
 
 def check_mixture(backbone_data: Dataset | None, gamma: float, resolution: int) -> None:
@@ -53,23 +50,8 @@ def check_mixture(backbone_data: Dataset | None, gamma: float, resolution: int) 
     if shape != (3, resolution, resolution):
         raise DataError(
             f"Backbone samples are {shape}, the training resolution is {resolution}: build the "
-            f"backbone dataset at {resolution} px (see dreambat.training.setup.native_resolution)."
+            f"backbone dataset at {resolution} px (see dreambat.inputs.resolve_inputs)."
         )
-
-
-def native_resolution(backbone_path: str | Path) -> int:
-    """The backbone's native image size (UNet sample_size x VAE factor) from its configs only."""
-    folder = Path(backbone_path)
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def training_resolution(config: TrainConfig) -> int:
-    """``--resolution``, or the backbone's native size when it is not set (no weights loaded)."""
-    if config.resolution is not None:
-        return config.resolution
-    return native_resolution(resolve_backbone(config.pretrained_model_name_or_path, config.revision))
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:

@@ -12,7 +12,14 @@ from PIL import Image
 from .captions import COUNT_WORDS, caption
 from .drawing import render
 from .specs import Design, ObjectSpec, SceneSpec, Subject
-from .tables import BACKGROUND_TEXTURES, COLORS, PATTERN_WEIGHTS, PATTERNS, SHAPES, TEXTURE_WEIGHTS
+from .tables import (
+    BACKGROUND_TEXTURES,
+    COLORS,
+    PATTERN_WEIGHTS,
+    PATTERNS,
+    SHAPES,
+    TEXTURE_WEIGHTS,
+)
 
 DEMO_SUBJECT = Subject(
     name="dotted_purple_star",

@@ -1,4 +1,4 @@
-"""Tiny models for ALBAT tests: a peft MLP and the tiny UNet with a non-zero LoRA."""
+"""Tiny models for ALBAT tests: a peft MLP (the tiny UNet task is in tests/conftest.py)."""
 
 import pytest
 import torch
@@ -6,9 +6,6 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from dreambat.albat.blocks import LoraBlocks
-from dreambat.albat.diffusion_task import DiffusionLossTask
-from dreambat.backbone.load import load_backbone
-from dreambat.lora import add_unet_lora
 
 
 class MLP(nn.Module):
@@ -40,18 +37,6 @@ def mlp_task():
     torch.manual_seed(0)
     model = get_peft_model(MLP(), LoraConfig(r=3, target_modules=["fc1", "fc2"], init_lora_weights=False))
     return RegressionTask(model), LoraBlocks.from_models(model)
-
-
-@pytest.fixture(scope="module")
-def unet_task(tmp_path_factory):
-    """K=2 diffusion task over the 'test' tiny backbone with a random (non-zero) rank-2 LoRA."""
-    from dreambat.backbone.tiny import write_tiny_backbone
-
-    folder = write_tiny_backbone(tmp_path_factory.mktemp("albat") / "sd", "test", seed=0)
-    backbone = load_backbone(str(folder))
-    torch.manual_seed(0)
-    add_unet_lora(backbone.unet, rank=2, init_lora_weights=False)
-    return DiffusionLossTask(backbone, num_timesteps=2), LoraBlocks.from_models(backbone.unet)
 
 
 def image_batch(n, offset=0, seed=0, size=32):

@@ -95,3 +95,48 @@ def test_nonfinite_loss_gives_nan_for_that_sample_only(mlp_task):
         assert torch.isnan(scores[2])
         keep = [0, 1, 3, 4]
         torch.testing.assert_close(scores[keep], clean[keep], rtol=1e-5, atol=1e-9)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, stride=2, padding=1, bias=False)
+        self.head = nn.Linear(4 * 4 * 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.conv2(torch.tanh(self.conv1(x)))).flatten(1)).squeeze(-1)
+
+
+class _ConvTask:
+    def __init__(self, model):
+        self.model = model
+
+    def loss_matrix(self, batch):
+        x, y = batch
+        return (self.model(x) - y) ** 2
+
+    def batch_size(self, batch):
+        return len(batch[0])
+
+
+def test_fast_path_dispatches_conv2d_lora_factors_by_type():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(ConvNet(), LoraConfig(r=2, target_modules=["conv1", "conv2", "head"], init_lora_weights=False))
+    task, blocks = _ConvTask(model), LoraBlocks.from_models(model)
+    assert {type(m) for m in blocks.modules} == {nn.Conv2d, nn.Linear}
+    x, y = torch.randn(3, 3, 8, 8), torch.randn(3)
+    h = _directions(reference_rows(task, blocks, [(x, y)]))
+    cx, cy = torch.randn(10, 3, 8, 8), torch.randn(10)
+    fast = contracted_scores(task, blocks, h, (cx, cy))
+    slow = reference_scores(task, blocks, h, (cx, cy))
+    assert (fast - slow).abs().max() / slow.abs().max() < 1e-5
+
+
+def test_unregistered_factor_type_names_the_way_out(mlp_task):
+    from dreambat.albat.layers import directional_output_for
+
+    with pytest.raises(ConfigError, match="reference path.*register_layer"):
+        directional_output_for("x.lora_A.default.weight", nn.Embedding(3, 2))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dreambat.bat.config import DEFAULT_GAMMA, BatConfig
+from dreambat.bat.config import DEFAULT_GAMMA, BatSettings
 from dreambat.cli import parse_run_config
 
 REQUIRED = [
@@ -13,21 +13,25 @@ SHARDS = ["--backbone_shards", "laion/{00000..00003}.tar"]
 
 
 def test_bat_flags_parse_next_to_diffusers_flags():
-    train, bat = parse_run_config(REQUIRED + SHARDS + [
+    settings = parse_run_config(REQUIRED + SHARDS + [
         "--max_train_steps", "400", "--rank", "8", "--selection", "albat", "--surrogate_steps", "100",
         "--num_score_timesteps", "4", "--curvature", "datainf", "--damping", "0.5",
         "--num_backbone_samples", "200", "--augmentation_ratio", "0.9", "--candidate_ratio", "0.5",
     ])
-    assert train.max_train_steps == 400 and train.rank == 8
-    assert bat.backbone_shards == ["laion/{00000..00003}.tar"]
-    assert (bat.surrogate_steps, bat.num_score_timesteps, bat.curvature) == (100, 4, "datainf")
-    assert bat.gamma == 0.9 and bat.candidate_ratio == 0.5
-    assert bat.keep_rule(seed=0) == {"threshold": None, "num_samples": 200, "fraction": None, "force": False}
+    assert settings.train.max_train_steps == 400 and settings.train.rank == 8
+    assert settings.pool.backbone_shards == ["laion/{00000..00003}.tar"]
+    scoring = settings.scoring
+    assert (settings.bat.surrogate_steps, scoring.num_score_timesteps, scoring.curvature) == (100, 4, "datainf")
+    assert settings.gamma == 0.9 and settings.pool.candidate_ratio == 0.5
+    assert settings.selection.keep_rule(seed=0) == {
+        "threshold": None, "num_samples": 200, "fraction": None, "force": False,
+    }
 
 
 def test_gamma_defaults():
-    assert BatConfig(backbone_shards=["x.tar"]).gamma == DEFAULT_GAMMA
-    assert BatConfig(selection="none").gamma == 0.0
+    required = {"pretrained_model_name_or_path": "sd", "instance_data_dir": "d", "instance_prompt": "a sks dog"}
+    assert BatSettings.from_flags(**required, backbone_shards=["x.tar"]).gamma == DEFAULT_GAMMA
+    assert BatSettings.from_flags(**required, selection="none").gamma == 0.0
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def _check_outputs(out, *, selection):
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
     assert list((out / "logs").rglob("events.out.tfevents*"))
     report = json.loads((out / "bat_report.json").read_text())
-    assert report["settings"]["bat"]["selection"] == selection
+    assert report["settings"]["selection"]["selection"] == selection
     assert json.loads((out / "dreambat_config.json").read_text()) == report["settings"]
     assert set(report["timings"]) >= {"train"}
     counts = report["counts"]["training_samples"]
@@ -134,14 +134,14 @@ def test_rerun_reuses_surrogate_and_manifest(albat_run, tmp_path, shard, monkeyp
     out = tmp_path / "out"
     shutil.copytree(albat_run["out"], out)
     before = (out / "selection.jsonl").read_text()
-    train, bat = parse_run_config(_flags(albat_run["backbone"], albat_run["subject"], out, shard,
+    settings = parse_run_config(_flags(albat_run["backbone"], albat_run["subject"], out, shard,
                                          "--augmentation_ratio", "0.5", "--report_to", "none"))
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("the finished manifest was scored again")
 
-    monkeypatch.setattr("dreambat.bat.stages.run_scoring", no_scoring)
-    result = run_bat(train, bat)
+    monkeypatch.setattr("dreambat.scoring.run._score", no_scoring)
+    result = run_bat(settings)
     assert result.report["stages"]["surrogate"] == "reused"
     assert result.report["stages"]["score"] == "reused"
     assert (out / "selection.jsonl").read_text() == before
@@ -152,11 +152,11 @@ def test_changed_selection_rule_reselects_without_rescoring(albat_run, tmp_path,
 
     out = tmp_path / "out"
     shutil.copytree(albat_run["out"], out)
-    monkeypatch.setattr("dreambat.bat.stages.run_scoring", lambda *a, **k: pytest.fail("rescored"))
-    train, bat = parse_run_config(_flags(albat_run["backbone"], albat_run["subject"], out, shard,
+    monkeypatch.setattr("dreambat.scoring.run._score", lambda *a, **k: pytest.fail("rescored"))
+    settings = parse_run_config(_flags(albat_run["backbone"], albat_run["subject"], out, shard,
                                          "--num_backbone_samples", "2", "--report_to", "none",
                                          "--max_train_steps", "2"))
-    result = run_bat(train, bat)
+    result = run_bat(settings)
     records = read_manifest(out / "selection.jsonl")
     top = sorted((r for r in records if r.score is not None), key=lambda r: -r.score)[:2]
     assert {r.index for r in records if r.selected} == {r.index for r in top if r.score > 0}
@@ -165,10 +165,10 @@ def test_changed_selection_rule_reselects_without_rescoring(albat_run, tmp_path,
 
 def test_missing_shard_is_reported_before_any_model_loads(tmp_path, tiny_backbone, monkeypatch):
     monkeypatch.setattr("dreambat.backbone.load.load_backbone", lambda *a, **k: pytest.fail("model loaded"))
-    train, bat = parse_run_config(_flags(tiny_backbone, REPO / "assets" / "subject", tmp_path / "out",
+    settings = parse_run_config(_flags(tiny_backbone, REPO / "assets" / "subject", tmp_path / "out",
                                          str(tmp_path / "missing-{00000..00001}.tar")))
     with pytest.raises(ShardNotFoundError):
-        run_bat(train, bat)
+        run_bat(settings)
 
 
 def test_two_processes_give_the_single_process_manifest(albat_run, tmp_path, shard):
@@ -187,13 +187,13 @@ def test_two_processes_give_the_single_process_manifest(albat_run, tmp_path, sha
 
 def test_prior_preservation_and_text_encoder_lora(tmp_path, tiny_backbone, shard):
     out = tmp_path / "out"
-    train, bat = parse_run_config(_flags(
+    settings = parse_run_config(_flags(
         tiny_backbone, REPO / "assets" / "subject", out, shard, "--selection", "random",
         "--num_backbone_samples", "3", "--with_prior_preservation", "--class_data_dir", str(tmp_path / "class"),
         "--class_prompt", "a photo of a star", "--num_class_images", "2", "--train_text_encoder",
         "--report_to", "none",
     ))
-    run_bat(train, bat)
+    run_bat(settings)
     assert len(list((tmp_path / "class").iterdir())) == 2
     keys = load_file(out / "pytorch_lora_weights.safetensors").keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from dreambat.config import TrainConfig
+from dreambat.training.config import TrainConfig
 from dreambat.errors import ModelNotFoundError, SubjectDataError
 from dreambat.training import dreambooth
 from dreambat.training.dreambooth import run_dreambooth

@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 
 from dreambat.errors import ConfigError, DataError
 from dreambat.training import dreambooth
-from dreambat.training.dreambooth import native_resolution, run_dreambooth, training_resolution
+from dreambat.backbone.load import native_resolution
+from dreambat.inputs import resolve_inputs
+from dreambat.training.dreambooth import run_dreambooth
 from tests.training.test_dreambooth import _config
 
 
@@ -129,5 +131,5 @@ def test_class_data_dir_that_is_a_file_fails_before_any_model_loads(tiny_backbon
 
 def test_resolution_without_loading_weights(tiny_backbone, subject_dir, tmp_path):
     assert native_resolution(tiny_backbone) == 32
-    assert training_resolution(_config(tiny_backbone, subject_dir, tmp_path)) == 32
-    assert training_resolution(_config(tiny_backbone, subject_dir, tmp_path, resolution=48)) == 48
+    assert resolve_inputs(_config(tiny_backbone, subject_dir, tmp_path)).resolution == 32
+    assert resolve_inputs(_config(tiny_backbone, subject_dir, tmp_path, resolution=48)).resolution == 48

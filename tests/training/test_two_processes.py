@@ -20,7 +20,7 @@ from tests.conftest import REPO
 SCRIPT = textwrap.dedent('''
     import dataclasses, json, sys
     import torch
-    from dreambat.config import TrainConfig
+    from dreambat.training.config import TrainConfig
     from dreambat.training.dreambooth import run_dreambooth
 
     class Backbone(torch.utils.data.Dataset):

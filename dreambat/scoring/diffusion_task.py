@@ -14,7 +14,12 @@ from collections.abc import Sequence
 import torch
 
 from ..backbone.load import Backbone
-from ..diffusion import diffusion_target, encode_images, encode_prompts, tokenize_prompts
+from ..diffusion import (
+    diffusion_target,
+    encode_images,
+    encode_prompts,
+    tokenize_prompts,
+)
 from ..errors import ConfigError
 
 

@@ -13,116 +13,100 @@ import dataclasses
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..fields import flag
+from ..inputs import RunInputs
 
 LrScheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
-
 
 @dataclass
-class TrainConfig:
-    """A DreamBooth-LoRA run: model, subject data, optimisation, outputs, validation."""
+class TrainConfig(RunInputs):
+    """A DreamBooth-LoRA run: :class:`~dreambat.inputs.RunInputs` plus optimisation, LoRA, validation,
+    prior preservation and checkpoints."""
 
-    pretrained_model_name_or_path: str = _help(
-        "Backbone: a local diffusers Stable Diffusion folder, or a hub id already in your "
-        "Hugging Face cache (nothing is downloaded)."
-    )
-    instance_data_dir: str = _help("Folder with the 3-10 subject photos (jpg/jpeg/png/webp/bmp).")
-    instance_prompt: str = _help("Prompt naming the subject, e.g. 'a photo of sks dog'.")
-    revision: str | None = _help("Revision (branch, tag or commit) of the backbone.", default=None)
-    variant: str | None = _help("Weight variant of the backbone files, e.g. 'fp16'.", default=None)
-    output_dir: str = _help("Where LoRA weights, samples and logs are written.", default="dreambat-lora")
-    seed: int | None = _help("Seed for reproducible training and validation.", default=None)
-    resolution: int | None = _help(
-        "Training resolution; images are resized and cropped to it. Default: the backbone's "
-        "native resolution (UNet sample_size x VAE scale factor).",
-        default=None,
-    )
-    center_crop: bool = _help("Center-crop instead of random-crop after resizing.", default=False)
-    random_flip: bool = _help("Randomly flip training images horizontally.", default=False)
-    train_text_encoder: bool = _help("Also train a LoRA on the text encoder.", default=False)
-    train_batch_size: int = _help("Batch size per process.", default=1)
-    num_train_epochs: int = _help("Epochs, used when --max_train_steps is not set.", default=1)
-    max_train_steps: int | None = _help("Total optimisation steps; overrides epochs.", default=None)
-    gradient_accumulation_steps: int = _help("Micro-batches per optimiser step.", default=1)
-    gradient_checkpointing: bool = _help("Trade compute for memory in the UNet.", default=False)
-    learning_rate: float = _help("Initial learning rate (after warmup).", default=1e-4)
-    scale_lr: bool = _help(
+    center_crop: bool = flag("Center-crop instead of random-crop after resizing.", default=False)
+    random_flip: bool = flag("Randomly flip training images horizontally.", default=False)
+    train_text_encoder: bool = flag("Also train a LoRA on the text encoder.", default=False)
+    train_batch_size: int = flag("Batch size per process.", default=1)
+    num_train_epochs: int = flag("Epochs, used when --max_train_steps is not set.", default=1)
+    max_train_steps: int | None = flag("Total optimisation steps; overrides epochs.", default=None)
+    gradient_accumulation_steps: int = flag("Micro-batches per optimiser step.", default=1)
+    gradient_checkpointing: bool = flag("Trade compute for memory in the UNet.", default=False)
+    learning_rate: float = flag("Initial learning rate (after warmup).", default=1e-4)
+    scale_lr: bool = flag(
         "Multiply the learning rate by processes x batch size x accumulation steps.", default=False
     )
-    lr_scheduler: LrScheduler = _help("Learning-rate schedule.", default="constant")
-    lr_warmup_steps: int = _help("Warmup steps of the schedule.", default=0)
-    lr_num_cycles: int = _help("Hard restarts for cosine_with_restarts.", default=1)
-    lr_power: float = _help("Power of the polynomial schedule.", default=1.0)
-    adam_beta1: float = _help("Adam beta1.", default=0.9)
-    adam_beta2: float = _help("Adam beta2.", default=0.999)
-    adam_weight_decay: float = _help("AdamW weight decay.", default=1e-2)
-    adam_epsilon: float = _help("Adam epsilon.", default=1e-8)
-    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = _help(
+    lr_scheduler: LrScheduler = flag("Learning-rate schedule.", default="constant")
+    lr_warmup_steps: int = flag("Warmup steps of the schedule.", default=0)
+    lr_num_cycles: int = flag("Hard restarts for cosine_with_restarts.", default=1)
+    lr_power: float = flag("Power of the polynomial schedule.", default=1.0)
+    adam_beta1: float = flag("Adam beta1.", default=0.9)
+    adam_beta2: float = flag("Adam beta2.", default=0.999)
+    adam_weight_decay: float = flag("AdamW weight decay.", default=1e-2)
+    adam_epsilon: float = flag("Adam epsilon.", default=1e-8)
+    max_grad_norm: float = flag("Gradient clipping norm.", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
         "Mixed precision; default: accelerate's config.", default=None
     )
-    rank: int = _help("LoRA rank.", default=4)
-    lora_dropout: float = _help("Dropout inside the LoRA layers.", default=0.0)
-    snr_gamma: float | None = _help(
+    rank: int = flag("LoRA rank.", default=4)
+    lora_dropout: float = flag("Dropout inside the LoRA layers.", default=0.0)
+    snr_gamma: float | None = flag(
         "Min-SNR weighting gamma (5.0 is the paper's value); off by default.", default=None
     )
-    noise_offset: float = _help("Scale of offset noise (0.1 is common); 0 disables.", default=0.0)
-    dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
-    validation_prompt: str | None = _help(
+    noise_offset: float = flag("Scale of offset noise (0.1 is common); 0 disables.", default=0.0)
+    dataloader_num_workers: int = flag("DataLoader worker processes.", default=0)
+    validation_prompt: str | None = flag(
         "Prompt rendered at the end of training (and every --validation_steps).", default=None
     )
-    num_validation_images: int = _help("Images per validation prompt.", default=4)
-    validation_steps: int | None = _help("Also validate every N optimiser steps.", default=None)
-    num_inference_steps: int = _help("Sampler steps for validation images.", default=25)
-    validation_epochs: int | None = _help(
+    num_validation_images: int = flag("Images per validation prompt.", default=4)
+    validation_steps: int | None = flag("Also validate every N optimiser steps.", default=None)
+    num_inference_steps: int = flag("Sampler steps for validation images.", default=25)
+    validation_epochs: int | None = flag(
         "Also validate every N epochs (an epoch = ceil(subject images / batch size) micro-batches).",
         default=None,
     )
-    report_to: Literal["tensorboard", "none"] = _help("Where to log metrics.", default="tensorboard")
-    logging_dir: str = _help("TensorBoard folder, relative to output_dir.", default="logs")
-    with_prior_preservation: bool = _help(
+    report_to: Literal["tensorboard", "none"] = flag("Where to log metrics.", default="tensorboard")
+    logging_dir: str = flag("TensorBoard folder, relative to output_dir.", default="logs")
+    with_prior_preservation: bool = flag(
         "DreamBooth prior preservation: also train on backbone-generated class images.", default=False
     )
-    class_data_dir: str | None = _help(
+    class_data_dir: str | None = flag(
         "Folder of class images; missing ones are generated there by the backbone.", default=None
     )
-    class_prompt: str | None = _help("Prompt of the class images, e.g. 'a photo of a dog'.", default=None)
-    num_class_images: int = _help(
+    class_prompt: str | None = flag("Prompt of the class images, e.g. 'a photo of a dog'.", default=None)
+    num_class_images: int = flag(
         "Class images used for prior preservation (generated when the folder has fewer).", default=100
     )
-    prior_loss_weight: float = _help("Weight of the prior-preservation loss.", default=1.0)
-    sample_batch_size: int = _help("Batch size when generating class images.", default=4)
-    checkpointing_steps: int = _help(
+    prior_loss_weight: float = flag("Weight of the prior-preservation loss.", default=1.0)
+    sample_batch_size: int = flag("Batch size when generating class images.", default=4)
+    checkpointing_steps: int = flag(
         "Save the training state (checkpoint-N/, for --resume_from_checkpoint) every N optimiser steps.",
         default=500,
     )
-    checkpoints_total_limit: int | None = _help(
+    checkpoints_total_limit: int | None = flag(
         "Keep only the newest N checkpoint folders.", default=None
     )
-    resume_from_checkpoint: str | None = _help(
+    resume_from_checkpoint: str | None = flag(
         "Resume from a checkpoint folder (a path, or a checkpoint-N name inside output_dir), or "
         "'latest' (starts fresh when output_dir has none).",
         default=None,
     )
-    use_8bit_adam: bool = _help("Use bitsandbytes' 8-bit AdamW (pip install bitsandbytes).", default=False)
-    allow_tf32: bool = _help("Allow TF32 matmuls on Ampere+ GPUs (no effect on CPU).", default=False)
-    local_rank: int = _help(
+    use_8bit_adam: bool = flag("Use bitsandbytes' 8-bit AdamW (pip install bitsandbytes).", default=False)
+    allow_tf32: bool = flag("Allow TF32 matmuls on Ampere+ GPUs (no effect on CPU).", default=False)
+    local_rank: int = flag(
         "Set by torch.distributed.launch; ignored (accelerate reads LOCAL_RANK itself).", default=-1
     )
 
     def __post_init__(self) -> None:
-        if not self.instance_prompt or not self.instance_prompt.strip():
-            raise ConfigError("--instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'.")
+        super().__post_init__()
         positive = {
             "train_batch_size": self.train_batch_size,
             "num_train_epochs": self.num_train_epochs,
@@ -137,16 +121,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {value}.")
-        for name in (
-            "max_train_steps", "validation_steps", "validation_epochs", "resolution", "checkpoints_total_limit"
-        ):
+        for name in ("max_train_steps", "validation_steps", "validation_epochs", "checkpoints_total_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be >= 1 when given, got {value}.")
-        if self.resolution is not None and self.resolution % 8:
-            raise ConfigError(
-                f"--resolution {self.resolution} is not a multiple of 8; the VAE needs it to be."
-            )
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ConfigError(f"--learning_rate must be a positive number, got {self.learning_rate}.")
         if self.lr_warmup_steps < 0:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dreambat.albat.diffusion_task import fixed_timesteps, keyed_noise, noise_seed
+from dreambat.scoring.diffusion_task import fixed_timesteps, keyed_noise, noise_seed
 from dreambat.errors import ConfigError
 from tests.albat.conftest import image_batch
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from dreambat.cli import parse_train_config
-from dreambat.config import TrainConfig
+from dreambat.training.config import TrainConfig
 from dreambat.errors import ConfigError
 from tests.conftest import REPO
 

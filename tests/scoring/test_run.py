@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from dreambat.albat.config import ScoreConfig
+from dreambat.scoring.config import ScoreSettings
 from dreambat.albat.manifest import read_manifest
-from dreambat.albat.run import run_scoring
+from dreambat.scoring.run import run_scoring
 from dreambat.backbone.tiny import build_tiny_components
 from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ConfigError, DataError, ModelNotFoundError, ShardNotFoundError
@@ -43,7 +43,7 @@ def _config(world, subject_dir, out, **overrides):
         instance_data_dir=str(subject_dir), instance_prompt="a photo of sks star",
         backbone_shards=[world["shard"]], output_dir=str(out), num_score_timesteps=2, score_batch_size=4,
     )
-    return ScoreConfig(**{**settings, **overrides})
+    return ScoreSettings.from_flags(**{**settings, **overrides})
 
 
 def test_manifest_and_report(world, subject_dir, tmp_path):
@@ -93,7 +93,7 @@ def test_random_and_top_n_rules(world, subject_dir, tmp_path):
 
 
 def test_bad_inputs_fail_before_loading(world, subject_dir, tmp_path, monkeypatch):
-    from dreambat.albat import run
+    from dreambat.scoring import run
 
     monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before checks"))
     with pytest.raises(ShardNotFoundError, match="missing-00000.tar"):

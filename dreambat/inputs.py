@@ -1,0 +1,93 @@
+"""What every dreambat run starts from: a backbone, the subject photos, their prompt, an output folder.
+
+:class:`RunInputs` holds those flags once; the training config and ``dreambat score`` both build
+on it. :func:`resolve_inputs` turns them into local facts (backbone folder, photo files, image
+size, photo digests) once, before any model loads, and the stages receive that object instead of
+listing folders and hashing files again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+from .backbone.load import native_resolution, resolve_backbone
+from .data.subject import list_subject_images
+from .errors import ConfigError
+from .fields import flag
+
+
+@dataclass
+class RunInputs:
+    """The backbone, the subject and where outputs go (shared by training and scoring)."""
+
+    DEFAULT_OUTPUT_DIR: ClassVar[str] = "dreambat-lora"
+
+    pretrained_model_name_or_path: str = flag(
+        "Backbone: a local diffusers Stable Diffusion folder, or a hub id already in your "
+        "Hugging Face cache (nothing is downloaded)."
+    )
+    instance_data_dir: str = flag("Folder with the 3-10 subject photos (jpg/jpeg/png/webp/bmp).")
+    instance_prompt: str = flag("Prompt naming the subject, e.g. 'a photo of sks dog'.")
+    revision: str | None = flag("Revision (branch, tag or commit) of the backbone.", default=None)
+    variant: str | None = flag("Weight variant of the backbone files, e.g. 'fp16'.", default=None)
+    output_dir: str | None = flag(
+        "Where the run's outputs are written (default: ./dreambat-lora for training, ./dreambat-scores "
+        "for `dreambat score`).",
+        default=None,
+    )
+    seed: int | None = flag("Seed for reproducible training, validation and random selection.", default=None)
+    resolution: int | None = flag(
+        "Image size; images are resized and cropped to it. Default: the backbone's native "
+        "resolution (UNet sample_size x VAE scale factor).",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = self.DEFAULT_OUTPUT_DIR
+        if not self.instance_prompt or not self.instance_prompt.strip():
+            raise ConfigError("--instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'.")
+        if self.resolution is not None:
+            if self.resolution < 1:
+                raise ConfigError(f"--resolution must be >= 1 when given, got {self.resolution}.")
+            if self.resolution % 8:
+                raise ConfigError(f"--resolution {self.resolution} is not a multiple of 8; the VAE needs it to be.")
+
+
+def file_digest(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """:class:`RunInputs` made concrete: the local backbone folder, the photo files, the image size."""
+
+    backbone_path: Path
+    subject_images: tuple[Path, ...]
+    resolution: int
+
+    @cached_property
+    def subject_digests(self) -> list[str]:
+        """SHA-256 prefixes of the subject photos, in file order (computed once)."""
+        return [file_digest(p) for p in self.subject_images]
+
+
+def resolve_inputs(inputs: RunInputs) -> ResolvedInputs:
+    """Resolve the backbone and list the subject photos; no model is loaded.
+
+    Raises:
+        ModelNotFoundError: the backbone cannot be found offline.
+        SubjectDataError: the subject folder is missing or holds no image.
+    """
+    backbone_path = resolve_backbone(inputs.pretrained_model_name_or_path, inputs.revision)
+    images = tuple(list_subject_images(inputs.instance_data_dir))
+    return ResolvedInputs(backbone_path, images, inputs.resolution or native_resolution(backbone_path))

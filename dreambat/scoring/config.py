@@ -1,0 +1,187 @@
+"""Setting groups shared by ``dreambat score`` and ``train_dreambooth_bat.py``: the candidate pool,
+the ALBAT estimator, and the selection rule. Each is defined and validated once, here; both entry
+points parse them next to their own group (``HfArgumentParser`` takes several dataclasses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from ..albat.selection import SelectionRule, get_rule
+from ..errors import ConfigError
+from ..fields import build_groups, flag
+from ..inputs import RunInputs
+
+
+@dataclass
+class PoolConfig:
+    """Which backbone (pre-training) samples are candidates."""
+
+    backbone_shards: list[str] = flag(
+        "LAION-style webdataset shards of the backbone's pre-training data: paths, brace patterns "
+        "('laion/{00000..00009}.tar') or pipe: URLs.",
+        default_factory=list,
+    )
+    backbone_filter: list[str] = flag(
+        "Metadata filters on the shards' json, e.g. 'width>=512' (repeatable).", default_factory=list
+    )
+    max_candidates: int | None = flag("Consider at most this many backbone candidates (stream order).", default=None)
+    candidate_ratio: float = flag(
+        "Fraction of the backbone pool to consider at all, drawn by a hash of each sample's key "
+        "(the paper's sample ratio).",
+        default=1.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ConfigError(f"--max_candidates must be >= 1 when given, got {self.max_candidates}.")
+        if not 0.0 < self.candidate_ratio <= 1.0:
+            raise ConfigError(f"--candidate_ratio must be in (0, 1], got {self.candidate_ratio}.")
+
+
+@dataclass
+class ScoringConfig:
+    """How ALBAT estimates each candidate's influence on the subject loss."""
+
+    surrogate_lora: str | None = flag(
+        "A trained LoRA (folder or .safetensors) to score with. Required by `dreambat score`; in "
+        "a BAT run it replaces the surrogate the run would train.",
+        default=None,
+    )
+    num_score_timesteps: int = flag("K: fixed timesteps the per-sample ALBAT loss averages over.", default=8)
+    curvature: Literal["auto", "exact", "datainf", "identity"] = flag(
+        "Inverse-curvature strategy: exact (Woodbury), datainf (Sherman-Morrison after swapping "
+        "inverse and average), identity (gradient similarity); auto = exact up to 1024 reference rows.",
+        default="auto",
+    )
+    damping: float = flag("c in the per-block damping λ_l = c · mean‖g‖² / d_l.", default=0.1)
+    score_batch_size: int = flag("Candidates per scoring forward/backward.", default=8)
+    scoring_path: Literal["fast", "reference"] = flag(
+        "fast: hook-contracted scores; reference: plain per-sample backward loop (slow, for checks).",
+        default="fast",
+    )
+    overwrite_manifest: bool = flag(
+        "Discard a selection.jsonl in the output folder that was scored with other settings.", default=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("num_score_timesteps", "score_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.damping > 0:
+            raise ConfigError(f"--damping must be > 0, got {self.damping}.")
+
+
+@dataclass
+class SelectionConfig:
+    """Which scored candidates join the training mixture."""
+
+    KEEP_FLAGS: ClassVar[tuple[str, ...]] = ("num_backbone_samples", "score_threshold", "backbone_fraction")
+
+    selection: Literal["albat", "random", "none"] = flag(
+        "Backbone selection: albat (influence scores of a surrogate LoRA, Z ≥ η), random (the same "
+        "count, seeded; no scores needed), none (plain DreamBooth-LoRA).",
+        default="albat",
+    )
+    num_backbone_samples: int | None = flag("Keep the top N candidates (random: N at random).", default=None)
+    score_threshold: float | None = flag("ALBAT: keep candidates with Z ≥ η.", default=None)
+    backbone_fraction: float | None = flag("Keep this fraction of the scored pool.", default=None)
+    keep_nonpositive: bool = flag(
+        "Allow keeping candidates with Z ≤ 0, which are predicted not to help.", default=False
+    )
+
+    def __post_init__(self) -> None:
+        keep = self.keep_flags_given
+        if self.selection != "none" and len(keep) > 1:
+            raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
+        if self.selection == "random" and self.score_threshold is not None:
+            raise ConfigError(
+                "--selection random keeps a count, not a threshold: use --num_backbone_samples or --backbone_fraction."
+            )
+        if self.backbone_fraction is not None and not 0 < self.backbone_fraction <= 1:
+            raise ConfigError(f"--backbone_fraction must be in (0, 1], got {self.backbone_fraction}.")
+        if self.num_backbone_samples is not None and self.num_backbone_samples < 1:
+            raise ConfigError(f"--num_backbone_samples must be >= 1, got {self.num_backbone_samples}.")
+
+    @property
+    def keep_flags_given(self) -> list[str]:
+        return [name for name in self.KEEP_FLAGS if getattr(self, name) is not None]
+
+    def keep_rule(self, seed: int) -> dict[str, Any]:
+        """Keyword arguments of the selection rule; ALBAT without a count keeps every Z > 0."""
+        if self.selection == "none":
+            return {}
+        if self.selection == "random":
+            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction, "seed": seed}
+        rule = {
+            "threshold": self.score_threshold, "num_samples": self.num_backbone_samples,
+            "fraction": self.backbone_fraction, "force": self.keep_nonpositive,
+        }
+        if all(rule[k] is None for k in ("threshold", "num_samples", "fraction")):
+            rule["threshold"] = 0.0  # keep every candidate predicted to help; Z = 0 itself is dropped
+        return rule
+
+    def rule(self, seed: int) -> SelectionRule:
+        """The selection rule object (see :func:`dreambat.albat.selection.get_rule`)."""
+        return get_rule(self.selection, **self.keep_rule(seed))
+
+
+@dataclass
+class ScoreInputs(RunInputs):
+    """:class:`~dreambat.inputs.RunInputs` of ``dreambat score`` (outputs default to ./dreambat-scores)."""
+
+    DEFAULT_OUTPUT_DIR: ClassVar[str] = "dreambat-scores"
+
+
+@dataclass
+class ScoreSettings:
+    """Every setting of a scoring run, grouped as on the command line of ``dreambat score``."""
+
+    inputs: RunInputs
+    pool: PoolConfig
+    scoring: ScoringConfig
+    selection: SelectionConfig
+
+    GROUPS: ClassVar[tuple[type, ...]] = (ScoreInputs, PoolConfig, ScoringConfig, SelectionConfig)
+
+    def __post_init__(self) -> None:
+        if self.selection.selection != "none" and not self.pool.backbone_shards:
+            raise ConfigError(
+                f"--selection {self.selection.selection} needs candidates: pass --backbone_shards "
+                "(e.g. 'laion/{00000..00009}.tar')."
+            )
+
+    @property
+    def seed(self) -> int:
+        """Seed of the random selection baseline."""
+        return self.inputs.seed or 0
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> ScoreSettings:
+        """Build every group from flat flag names, as the command line would (``from_flags(rank=8, ...)``)."""
+        return cls(*build_groups(cls.GROUPS, values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": dataclasses.asdict(self.inputs), "pool": dataclasses.asdict(self.pool),
+            "scoring": dataclasses.asdict(self.scoring), "selection": dataclasses.asdict(self.selection),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def check_score_command(settings: ScoreSettings) -> None:
+    """What ``dreambat score`` needs beyond the groups' own checks."""
+    if settings.scoring.surrogate_lora is None:
+        raise ConfigError(
+            "dreambat score needs --surrogate_lora: the folder of a short DreamBooth-LoRA run on the "
+            "subject (e.g. `train_dreambooth_bat.py --selection none --max_train_steps 200`)."
+        )

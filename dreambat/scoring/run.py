@@ -1,0 +1,269 @@
+"""A complete scoring run on a Stable Diffusion backbone: checks, surrogate, reference set, streamed
+scores, merge, selection, report.
+
+Launch with several processes (``accelerate launch --multi_gpu --num_processes 2`` or
+``torchrun --nproc_per_node 2``) and candidates are split by
+:class:`~dreambat.data.shards.ShardReader` (``split_by="sample"``): each process writes its own part
+manifest, the main process merges them in candidate order. Scores do not depend on the split,
+so the merged manifest equals a single-process one.
+
+Whether the manifest in the output folder is new, an interrupted run to resume, a finished run to
+reuse, or a run of other settings to refuse is decided in one place, :func:`manifest_status`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate.utils import gather_object
+
+from ..albat.blocks import LoraBlocks
+from ..albat.curvature import get_strategy
+from ..albat.manifest import (
+    ManifestWriter,
+    check_fingerprint,
+    merge_manifests,
+    meta_path,
+    read_manifest,
+    write_manifest,
+)
+from ..albat.scorer import AlbatScorer, score_candidates
+from ..albat.selection import apply_selection, score_statistics
+from ..backbone.load import load_backbone
+from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
+from ..data.shards import BackboneSample, ShardReader, check_shards_exist
+from ..data.subject import SubjectDataset, collate_subject
+from ..data.transforms import ImageTransform
+from ..errors import DataError
+from ..inputs import ResolvedInputs, file_digest, resolve_inputs
+from ..launch import process_state
+from ..lora import load_lora, lora_weights_file
+from ..timing import Timer
+from .config import ScoreSettings
+from .diffusion_task import DiffusionLossTask
+
+logger = logging.getLogger(__name__)
+
+SURROGATE_ADAPTER = "surrogate"
+PART_GLOB = "selection.rank*.jsonl"
+
+ManifestStatus = Literal["new", "partial", "finished"]
+
+
+@dataclass
+class ScoringResult:
+    """Where the run wrote its manifest and report; ``status`` is ``ran``, ``resumed`` or ``reused``."""
+
+    manifest_path: Path
+    report_path: Path
+    report: dict
+    status: str = "ran"
+
+
+def fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path) -> dict:
+    """Everything a score depends on; a manifest is resumed or reused only under the same fingerprint."""
+    pool, scoring = settings.pool, settings.scoring
+    return {
+        "backbone": str(settings.inputs.pretrained_model_name_or_path),
+        "surrogate_sha256": file_digest(surrogate),
+        "subject_sha256": resolved.subject_digests,
+        "instance_prompt": settings.inputs.instance_prompt,
+        "shards": list(pool.backbone_shards),
+        "filters": list(pool.backbone_filter),
+        "max_candidates": pool.max_candidates,
+        "candidate_ratio": pool.candidate_ratio,
+        "resolution": resolved.resolution,
+        "num_score_timesteps": scoring.num_score_timesteps,
+        "curvature": scoring.curvature,
+        "damping": scoring.damping,
+    }
+
+
+def manifest_status(output_dir: Path, fp: dict) -> ManifestStatus:
+    """``new`` (nothing to resume), ``partial`` (resume it) or ``finished`` (reuse it, nothing to score).
+
+    Raises:
+        ManifestMismatchError: the folder holds a manifest, or part manifests, of other settings.
+    """
+    manifest = output_dir / SELECTION_MANIFEST_NAME
+    parts = sorted(output_dir.glob(PART_GLOB))
+    for path in [manifest, *parts]:
+        check_fingerprint(path, fp)
+    if parts:
+        return "partial"
+    if not (manifest.is_file() and manifest.stat().st_size):
+        return "new"
+    return "finished" if _finished_report(output_dir, fp, len(read_manifest(manifest))) is not None else "partial"
+
+
+def _finished_report(output_dir: Path, fp: dict, num_records: int) -> dict | None:
+    """The report of a run that finished with this fingerprint and wrote ``num_records`` records, else None."""
+    try:
+        report = json.loads((output_dir / SCORE_REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("fingerprint") != json.loads(json.dumps(fp)) or report.get("manifest_records") != num_records:
+        return None
+    return report
+
+
+def collate_candidates(samples: Sequence[BackboneSample], transform: ImageTransform) -> dict:
+    """Backbone candidates as a task batch: centre-cropped pixels, their own captions, keys."""
+    return {
+        "pixel_values": torch.stack([transform(s.image) for s in samples]),
+        "prompts": [s.caption for s in samples],
+        "keys": [s.key for s in samples],
+    }
+
+
+def run_scoring(
+    settings: ScoreSettings, *, resolved: ResolvedInputs | None = None, show_progress: bool = True
+) -> ScoringResult:
+    """Score every candidate of the pool and write the selection manifest and report.
+
+    Writes ``selection.jsonl`` (one line per candidate, ``selected`` set by the rule),
+    ``score_report.json`` (settings, counts, score statistics, curvature, timings) and
+    ``score_config.json`` to ``settings.inputs.output_dir``. An interrupted run resumes without
+    rescoring finished candidates; a finished run with the same fingerprint is reused (only the
+    selection rule is applied again).
+
+    Args:
+        settings: the run's setting groups; ``settings.scoring.surrogate_lora`` names the surrogate.
+        resolved: :func:`~dreambat.inputs.resolve_inputs` of ``settings.inputs``, if the caller has it.
+    """
+    resolved = resolved or resolve_inputs(settings.inputs)
+    surrogate = lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
+    check_shards_exist(settings.pool.backbone_shards)
+    state = process_state()
+    output_dir = Path(settings.inputs.output_dir)
+    manifest_path = output_dir / SELECTION_MANIFEST_NAME
+    fp = fingerprint(settings, resolved, surrogate)
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if settings.scoring.overwrite_manifest:
+            for stale in [manifest_path, *output_dir.glob(PART_GLOB)]:
+                stale.unlink(missing_ok=True)
+                meta_path(stale).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    status = manifest_status(output_dir, fp)  # every process checks, so all stop together on a mismatch
+    timer = Timer()
+    if status == "finished":
+        logger.info("Reusing the finished manifest in %s (same settings; nothing rescored).", output_dir)
+        earlier = json.loads((output_dir / SCORE_REPORT_NAME).read_text())
+        gathered, curvature = None, earlier.get("curvature")
+    else:
+        if state.is_main_process:
+            settings.save(output_dir / SCORE_CONFIG_NAME)
+        gathered, curvature = _score(settings, resolved, surrogate, fp, timer, show_progress)
+
+    report: dict = {}
+    if state.is_main_process:
+        with timer("select"):
+            if gathered is None:
+                records = read_manifest(manifest_path)
+            else:
+                parts = sorted(output_dir.glob(PART_GLOB))
+                records = merge_manifests(parts + ([manifest_path] if manifest_path.exists() else []),
+                                          manifest_path, fingerprint=fp)
+                if not records:
+                    raise DataError(
+                        f"No backbone candidate could be scored from {settings.pool.backbone_shards}: "
+                        f"{_sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
+                    )
+                for stale in parts:
+                    stale.unlink()
+                    meta_path(stale).unlink(missing_ok=True)
+            result = settings.selection.rule(settings.seed).select(records)
+            write_manifest(apply_selection(records, result), manifest_path, fingerprint=fp)
+            if result.message:
+                logger.warning(result.message)
+        counts = earlier["counts"] if gathered is None else {
+            **_sum_counts(g["reader"] for g in gathered),
+            "scored_this_run": sum(g["summary"]["scored"] for g in gathered),
+            "resumed": sum(g["summary"]["resumed"] for g in gathered),
+            "skipped_nonfinite_loss": sum(g["summary"]["skipped_nonfinite"] for g in gathered),
+        }
+        report = {
+            "settings": settings.to_dict(),
+            "fingerprint": fp,
+            "manifest_records": len(records),
+            "status": "reused" if gathered is None else ("resumed" if counts["resumed"] else "ran"),
+            "resolution": resolved.resolution,
+            "num_processes": state.num_processes if gathered is not None else earlier.get("num_processes"),
+            "counts": {**counts, "selected": result.kept},
+            "selection": dataclasses.asdict(result) | {"selected_indices": None},
+            "score_statistics": score_statistics(records),
+            "curvature": curvature,
+            "timings": (earlier["timings"] if gathered is None else {}) | timer.seconds,
+        }
+        (output_dir / SCORE_REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        logger.info(
+            "Scored %d candidates (%d resumed), kept %d; manifest: %s",
+            len(records), counts.get("resumed", 0), result.kept, manifest_path,
+        )
+    state.wait_for_everyone()
+    run_status = "reused" if status == "finished" else ("resumed" if status == "partial" else "ran")
+    return ScoringResult(manifest_path, output_dir / SCORE_REPORT_NAME, report, run_status)
+
+
+def _score(
+    settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path, fp: dict, timer: Timer, show_progress: bool
+) -> tuple[list[dict], dict]:
+    """Load the backbone with the surrogate, fit the direction, score this process's candidates."""
+    state = process_state()
+    inputs, scoring = settings.inputs, settings.scoring
+    output_dir = Path(inputs.output_dir)
+    with timer("load"):
+        backbone = load_backbone(str(resolved.backbone_path), revision=inputs.revision, variant=inputs.variant)
+        for model in (backbone.unet, backbone.vae, backbone.text_encoder):
+            model.to(state.device)
+        load_lora(surrogate, backbone.unet, backbone.text_encoder, adapter_name=SURROGATE_ADAPTER)
+        blocks = LoraBlocks.from_models(backbone.unet, backbone.text_encoder)
+        task = DiffusionLossTask(backbone, scoring.num_score_timesteps)
+        subject = SubjectDataset(resolved.subject_images, inputs.instance_prompt, resolved.resolution, center_crop=True)
+        n_ref = len(subject) * scoring.num_score_timesteps
+        scorer = AlbatScorer(task, blocks, get_strategy(scoring.curvature, scoring.damping, n_ref=n_ref))
+
+    with timer("reference_gradients"):
+        curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])
+
+    with timer("score"):
+        pool = settings.pool
+        reader = ShardReader(
+            pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
+            rank=state.process_index, world_size=state.num_processes, sample_ratio=pool.candidate_ratio,
+        )
+        part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
+        transform = ImageTransform(resolved.resolution, center_crop=True)
+        manifest_path = output_dir / SELECTION_MANIFEST_NAME
+        with ManifestWriter(part, fingerprint=fp) as writer:
+            if manifest_path.exists():
+                writer.done_indices.update(r.index for r in read_manifest(manifest_path))
+            summary = score_candidates(
+                scorer, reader, lambda batch: collate_candidates(batch, transform), writer,
+                batch_size=scoring.score_batch_size, path=scoring.scoring_path,
+                show_progress=show_progress and state.is_local_main_process,
+            )
+    mine = {"reader": reader.stats.as_dict(), "summary": dataclasses.asdict(summary) | {"scores": None}}
+    return (gather_object([mine]) if state.num_processes > 1 else [mine]), curvature
+
+
+# With split_by="sample" every process reads every shard: shard counts are per process, not summed.
+_PER_PROCESS_SHARD_COUNTS = frozenset({"shards_read", "truncated_shards", "unreadable_shards"})
+
+
+def _sum_counts(stats) -> dict[str, int]:
+    """Candidate counts summed over processes; shard counts as one process saw them (the maximum)."""
+    total: dict[str, int] = {}
+    for entry in stats:
+        for key, value in entry.items():
+            combine = max if key in _PER_PROCESS_SHARD_COUNTS else int.__add__
+            total[key] = combine(total.get(key, 0), int(value))
+    return total
