@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.bench_scoring import Setup
 
 
 def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 0.1):

@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import RssSampler, log, measured
+from benchmarks._measure import RssSampler, log, measured
 
 
-def part_memory(args, workdir: Path, worker_script: Path) -> dict:
+def part_memory(args, workdir: Path) -> dict:
     """Peak RSS of the streaming scoring path per candidate count, each count in a fresh
-    ``worker_script --_memory_worker`` subprocess (see :func:`memory_worker`)."""
+    ``python -m benchmarks.bench_scoring --_memory_worker`` subprocess (see :func:`memory_worker`)."""
     import torch
 
     from dreambat.backbone.tiny import build_tiny_components, get_tiny_size, write_tiny_backbone
@@ -42,7 +42,7 @@ def part_memory(args, workdir: Path, worker_script: Path) -> dict:
     runs = {}
     for count in counts:
         command = [
-            sys.executable, str(worker_script), "--_memory_worker",
+            sys.executable, "-m", "benchmarks.bench_scoring", "--_memory_worker",
             "--size", size, "--num_timesteps", str(K), "--batch_size", str(args.batch_size),
             "--_backbone", str(folder), "--_surrogate", str(surrogate), "--_shards", pattern,
             "--_count", str(count), "--_outdir", str(workdir / f"scores-{count}"),

@@ -44,11 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
 
-import bench_quality  # noqa: E402
+from benchmarks import bench_quality  # noqa: E402
 from dreambat.albat.manifest import read_manifest  # noqa: E402
 
 
@@ -76,7 +73,7 @@ METRICS = bench_quality.WORLD_METRICS
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", type=Path, default=bench_quality.REPO_ROOT / "outputs/bench_quality")
+    p.add_argument("--output_dir", type=Path, default=bench_quality.REPO / "outputs/bench_quality")
     p.add_argument("--reference_tag", default="main",
                    help="the bench_quality.py tag holding the main comparison (the reference values)")
     p.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))

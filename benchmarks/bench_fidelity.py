@@ -32,10 +32,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._measure import REPO  # noqa: E402
 from dreambat.albat.blocks import LoraBlocks  # noqa: E402
 from dreambat.albat.curvature import damping_lambda, get_strategy, precondition  # noqa: E402
 from dreambat.albat.gradients import contracted_scores, reference_rows  # noqa: E402
@@ -165,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--n_adapt", type=int, default=40)
     p.add_argument("--n_cand", type=int, default=200)
     p.add_argument("--lora_steps", type=int, default=300)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks/results/fidelity.json")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/fidelity.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     started, rows = time.time(), []

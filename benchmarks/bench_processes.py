@@ -32,10 +32,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _measure import REPO, git_head, log, machine_info, measured  # noqa: E402
+from benchmarks._measure import REPO, git_head, log, machine_info, measured  # noqa: E402
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 CONFIGS = {  # name -> (processes, threads per process)
     "1 process x 1 thread": (1, 1),

@@ -35,10 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._measure import REPO  # noqa: E402
 from dreambat.albat.manifest import read_manifest, write_manifest  # noqa: E402
 from dreambat.bat.config import BatSettings  # noqa: E402
 from dreambat.bat.pipeline import run_bat  # noqa: E402
@@ -80,8 +78,8 @@ def diff_text(diff: tuple[float, float, int], metric: str, star: bool = True) ->
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=str(ASSETS_DIR / BACKBONE_DIR))
-    p.add_argument("--pool_dir", type=Path, default=REPO_ROOT / DEFAULT_POOL_DIR)
-    p.add_argument("--output_dir", type=Path, default=REPO_ROOT / "outputs/bench_quality")
+    p.add_argument("--pool_dir", type=Path, default=REPO / DEFAULT_POOL_DIR)
+    p.add_argument("--output_dir", type=Path, default=REPO / "outputs/bench_quality")
     p.add_argument("--tag", default="main", help="results go to OUTPUT/TAG (one tag per setting)")
     p.add_argument("--subjects", nargs="+", default=["all"],
                    help="world subject names, 'all', or a number N (the first N subjects)")

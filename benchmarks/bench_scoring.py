@@ -47,12 +47,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from _datainf import datainf_pipeline_scores  # noqa: E402
-from _measure import REPO, RssSampler, git_head, log, machine_info, measured  # noqa: E402
-from _scoring_memory import memory_worker, part_memory  # noqa: E402
+from benchmarks._datainf import datainf_pipeline_scores  # noqa: E402
+from benchmarks._measure import REPO, RssSampler, git_head, log, machine_info, measured  # noqa: E402
+from benchmarks._scoring_memory import memory_worker, part_memory  # noqa: E402
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 SUBJECT_DIR = REPO / "assets" / "subject"
 INSTANCE_PROMPT = "a photo of sks star"
@@ -517,7 +515,7 @@ def main(argv=None) -> None:
         if "scaling" in args.parts:
             results["scaling"] = part_scaling(args, workdir)
         if "memory" in args.parts:
-            results["memory"] = part_memory(args, workdir, Path(__file__).resolve())
+            results["memory"] = part_memory(args, workdir)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ SHARD_IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 SHARD_CAPTION_KEY = "txt"
 SHARD_METADATA_KEY = "json"
 
-# Files of a run's output_dir (SPEC section 5).
+# Files of a run's output_dir (the README's "Outputs of a run" table).
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 SELECTION_MANIFEST_NAME = "selection.jsonl"
 BAT_REPORT_NAME = "bat_report.json"

@@ -72,6 +72,16 @@ def offset_noise(
     return noise
 
 
+def min_snr_weight(scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights ``[B]`` (Hang et al., 2023): ``min(SNR(t), γ) / SNR(t)`` for
+    ε-prediction, ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction."""
+    snr = compute_snr(scheduler, timesteps)
+    weight = torch.clamp(snr, max=snr_gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return weight / (snr + 1)
+    return weight / snr
+
+
 def denoising_loss(
     prediction: torch.Tensor,
     target: torch.Tensor,
@@ -80,19 +90,10 @@ def denoising_loss(
     timesteps: torch.Tensor | None = None,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Per-sample denoising loss ``[B]``: mean squared error, optionally Min-SNR-γ weighted.
-
-    With ``snr_gamma`` the MSE of each sample is weighted by ``min(SNR(t), γ) / SNR(t)`` for
-    ε-prediction and ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction (Hang et al., 2023).
-    """
+    """Per-sample denoising loss ``[B]``: mean squared error, optionally Min-SNR-γ weighted
+    (:func:`min_snr_weight`)."""
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
     per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
     if snr_gamma is None:
         return per_sample
-    snr = compute_snr(scheduler, timesteps).to(per_sample.device)
-    weight = torch.clamp(snr, max=snr_gamma)
-    if scheduler.config.prediction_type == "v_prediction":
-        weight = weight / (snr + 1)
-    else:
-        weight = weight / snr
-    return per_sample * weight
+    return per_sample * min_snr_weight(scheduler, timesteps, snr_gamma).to(per_sample.device)

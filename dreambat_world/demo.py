@@ -19,7 +19,7 @@ from dreambat.bat.config import BatConfig, BatSettings
 from dreambat.bat.pipeline import run_bat
 from dreambat.data.shards import ShardReader
 from dreambat.errors import ModelNotFoundError
-from dreambat.grid import image_grid
+from dreambat.image_grid import image_grid
 from dreambat.scoring.config import PoolConfig, ScoringConfig, SelectionConfig
 from dreambat.training.config import TrainConfig
 

@@ -193,7 +193,7 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     from dataclasses import asdict
 
     from dreambat.eval.config import EncoderSettings, GenerationSettings, Method
-    from dreambat.eval.config import Subject as EvalSubject
+    from dreambat.eval.config import DreamBenchSubject
     from dreambat.eval.runner import run_dreambench
 
     from .classifiers import AttributeClassifier
@@ -208,7 +208,7 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     config = DreamBenchConfig(
         pretrained_model_name_or_path=str(backbone),
         methods=[Method(name, None if lora is None else Path(lora)) for name, lora in methods.items()],
-        subjects=[EvalSubject(s.name, subject_heldout_dir(s), s.class_word) for s in world],
+        subjects=[DreamBenchSubject(s.name, subject_heldout_dir(s), s.class_word) for s in world],
         output_dir=output_dir / "dreambench",
         generation=GenerationSettings(num_images=num_images, seed=seed, num_inference_steps=num_inference_steps,
                                       guidance_scale=guidance_scale, num_prompts=num_prompts,

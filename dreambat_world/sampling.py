@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from dreambat.grid import image_grid
+from dreambat.image_grid import image_grid
 
 GRID_CAPTIONS: tuple[str, ...] = (
     "a red circle on a white background",

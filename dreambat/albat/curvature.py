@@ -8,7 +8,7 @@ Pure tensor code; it knows nothing about models. Block l contributes the referen
 * ``G_l = U_lᵀU_l / n + λ_l I``                the damped empirical Fisher, ``d_l × d_l``
 
 ``G_l`` is never formed. Strategies are small classes behind :class:`InverseStrategy`, chosen by
-name through :func:`get_strategy` (SPEC section 3):
+name through :func:`get_strategy`:
 
 * ``exact``: Woodbury on the ``n × n`` system; O(n²d + n³) time, O(nd + n²) memory.
 * ``datainf``: DataInf's swap of inverse and average; O(nd) time and memory.

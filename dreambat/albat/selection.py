@@ -1,4 +1,4 @@
-"""Selection rules: which scored backbone candidates join the training mixture (SPEC section 4).
+"""Selection rules: which scored backbone candidates join the training mixture.
 
 Each rule is a small object with one method, ``select(records) -> SelectionResult``, chosen by
 name through :func:`get_rule`:

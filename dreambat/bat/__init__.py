@@ -1,2 +1,2 @@
-"""Backbone Augmented Training: the five stages of a BAT run (SPEC section 2) on top of the
+"""Backbone Augmented Training: the five stages of a BAT run (the README's "Stages") on top of the
 DreamBooth-LoRA trainer (:mod:`dreambat.training`) and the ALBAT engine (:mod:`dreambat.albat`)."""

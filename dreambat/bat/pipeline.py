@@ -24,7 +24,7 @@ from ..launch import process_state
 from ..lora import lora_weights_file
 from ..timing import Timer
 from ..training.dreambooth import run_dreambooth
-from ..training.setup import check_inputs as check_training_inputs
+from ..training.setup import check_training_inputs
 from .backbone_data import SelectedBackboneDataset
 from .config import BatSettings
 from .report import bat_model_card_section, build_report
@@ -45,7 +45,7 @@ class BatResult:
     report: dict = field(default_factory=dict)
 
 
-def check_inputs(settings: BatSettings) -> ResolvedInputs:
+def check_bat_inputs(settings: BatSettings) -> ResolvedInputs:
     """Everything that can be checked before a model loads; returns the resolved inputs."""
     resolved = check_training_inputs(settings.train)
     if settings.selection.selection != "none" and settings.bat.selection_manifest is None:
@@ -57,7 +57,7 @@ def check_inputs(settings: BatSettings) -> ResolvedInputs:
 
 def run_bat(settings: BatSettings) -> BatResult:
     """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``."""
-    resolved = check_inputs(settings)
+    resolved = check_bat_inputs(settings)
     # The surrogate's saved config then compares equal on a rerun without --resolution.
     settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, resolution=resolved.resolution))
     train, selection_flags = settings.train, settings.selection

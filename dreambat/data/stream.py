@@ -124,11 +124,6 @@ class TrainingStream:
         self.drawn: Counter[str] = Counter()
         self._permutations: dict[tuple[str, int], torch.Tensor] = {}
 
-    @property
-    def rows_per_batch(self) -> int:
-        """``B``, or ``2B`` with class images."""
-        return self.batch_size * (2 if self.class_images is not None else 1)
-
     def _datasets(self) -> dict[str, Dataset | None]:
         return {SUBJECT: self.subject, BACKBONE: self.backbone, CLASS: self.class_images}
 

@@ -1,4 +1,4 @@
-"""DreamBench evaluation (SPEC section 6): DINO, CLIP-I, CLIP-T, the runner, sample grids, plots.
+"""DreamBench evaluation: DINO, CLIP-I, CLIP-T, the runner, sample grids, plots.
 
 Modules, one role each:
 
@@ -26,7 +26,7 @@ _EXPORTS = {
     "mean_pairwise_cosine": "metrics", "mean_paired_cosine": "metrics",
     "DreamBenchPrompts": "prompts", "clip_t_prompt": "prompts", "generation_prompt": "prompts",
     "DreamBenchConfig": "config", "EncoderSettings": "config", "GenerationSettings": "config",
-    "Method": "config", "Subject": "config", "build_methods": "config",
+    "Method": "config", "DreamBenchSubject": "config", "build_methods": "config",
     "run_dreambench": "runner", "DreamBenchResult": "runner",
     "GridConfig": "grids", "render_grid": "grids",
     "write_tables": "tables", "plot_scores": "plots",

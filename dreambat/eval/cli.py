@@ -160,7 +160,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
         ),
         layout=args.layout, cell_size=args.cell_size, device=args.device, dtype=args.dtype,
     )
-    config.check_inputs()
+    config.check_files()
     setup_logging()
     grid, images = render_grid(config)
     output = Path(args.output)

@@ -1,7 +1,7 @@
 """Typed, validated settings of a DreamBench evaluation and of a sample grid.
 
 Dataclasses validate their own values in ``__post_init__`` (no file system access); the file
-system is checked by :meth:`DreamBenchConfig.check_inputs`, which the runner calls before it loads
+system is checked by :meth:`DreamBenchConfig.check_files`, which the runner calls before it loads
 any model, so a typo costs seconds, not an hour of generation.
 """
 
@@ -118,7 +118,7 @@ def build_methods(lora_dirs: Sequence[str | Path], names: Sequence[str] | None =
 
 
 @dataclass(frozen=True)
-class Subject:
+class DreamBenchSubject:
     """A subject: its real photos, its class noun, and whether it gets the live-subject prompts."""
 
     name: str
@@ -136,7 +136,7 @@ class Subject:
         return list_subject_images(self.folder)
 
 
-def parse_subject(spec: str, prompts: DreamBenchPrompts) -> Subject:
+def parse_subject(spec: str, prompts: DreamBenchPrompts) -> DreamBenchSubject:
     """``FOLDER=CLASS``, optionally ``FOLDER=CLASS:live`` or ``:object`` (default: by class noun)."""
     folder, sep, rest = spec.rpartition("=")
     if not sep or not folder or not rest:
@@ -146,11 +146,11 @@ def parse_subject(spec: str, prompts: DreamBenchPrompts) -> Subject:
         raise ConfigError(f"--subject {spec!r}: the suffix after ':' must be 'live' or 'object'.")
     live = prompts.is_live(noun) if not kind else kind == "live"
     path = Path(folder).expanduser()
-    return Subject(path.resolve().name, path, noun.strip(), live)
+    return DreamBenchSubject(path.resolve().name, path, noun.strip(), live)
 
 
 def dreambench_subjects(root: str | Path, prompts: DreamBenchPrompts,
-                        names: Sequence[str] | None = None) -> list[Subject]:
+                        names: Sequence[str] | None = None) -> list[DreamBenchSubject]:
     """The subjects of a DreamBench ``dataset/`` folder, classes and live flags from the prompt file."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -162,7 +162,7 @@ def dreambench_subjects(root: str | Path, prompts: DreamBenchPrompts,
     chosen = list(names) if names else [name for name in table if (root / name).is_dir()]
     if not chosen:
         raise SubjectDataError(f"'{root}' holds none of the DreamBench subject folders ({', '.join(sorted(table))}).")
-    return [Subject(name, root / name, *table[name]) for name in chosen]
+    return [DreamBenchSubject(name, root / name, *table[name]) for name in chosen]
 
 
 @dataclass
@@ -233,7 +233,7 @@ class DreamBenchConfig:
 
     pretrained_model_name_or_path: str
     methods: list[Method]
-    subjects: list[Subject]
+    subjects: list[DreamBenchSubject]
     output_dir: Path
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     encoders: EncoderSettings = field(default_factory=EncoderSettings)
@@ -257,7 +257,7 @@ class DreamBenchConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}.")
 
-    def check_inputs(self) -> dict[str, list[Path]]:
+    def check_files(self) -> dict[str, list[Path]]:
         """Check the file system before any model loads: backbone, subject photos, every LoRA.
 
         Returns:

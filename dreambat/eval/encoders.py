@@ -20,7 +20,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from PIL import Image
@@ -36,15 +35,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # DINO's evaluation preprocessing: resize the short side to 256, centre-crop 224 (ratio kept for
 # other input sizes).
 DINO_RESIZE_RATIO = 256 / 224
-
-
-class ImageEncoder(Protocol):
-    """What the runner needs from an evaluator."""
-
-    name: str
-
-    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[N, D]`` float32 CPU embeddings of ``N`` images."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

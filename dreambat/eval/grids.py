@@ -1,6 +1,6 @@
 """Sample grids: several LoRAs side by side with the base model, same prompts and seeds.
 
-Two layouts, both one captioned PNG (:func:`dreambat.grid.image_grid`):
+Two layouts, both one captioned PNG (:func:`dreambat.image_grid.image_grid`):
 
 - ``prompts_x_seeds``: one row per (prompt, method), grouped by prompt; column ``i`` is seed
   ``seed + i`` in every row, so cells in a column differ only by the method.
@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..backbone.load import resolve_backbone
 from ..errors import ConfigError
-from ..grid import image_grid
+from ..image_grid import image_grid
 from .config import GenerationSettings, Method
 from .constants import DTYPES
 from .constants import GRID_LAYOUTS as LAYOUTS
@@ -50,7 +50,7 @@ class GridConfig:
         if self.cell_size is not None and self.cell_size < 8:
             raise ConfigError(f"--cell_size must be at least 8 pixels, got {self.cell_size}.")
 
-    def check_inputs(self) -> Path:
+    def check_files(self) -> Path:
         """The backbone folder, after checking it and every LoRA (before any model loads)."""
         folder = resolve_backbone(self.pretrained_model_name_or_path)
         for method in self.methods:
@@ -64,7 +64,7 @@ def render_grid(config: GridConfig) -> tuple[Image.Image, dict[str, list[list[Im
     Returns:
         ``(grid, images)`` where ``images[method][p][i]`` is prompt ``p`` with seed ``seed + i``.
     """
-    folder = config.check_inputs()
+    folder = config.check_files()
     settings = config.generation
     pipeline = load_pipeline(folder, device=resolve_device(config.device), dtype=torch_dtype(config.dtype),
                              scheduler=settings.scheduler)

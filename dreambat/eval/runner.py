@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from PIL import Image
 from ..backbone.load import resolve_backbone
 from ..data.transforms import load_rgb
 from ..errors import ConfigError, SubjectDataError
-from .config import DreamBenchConfig, Subject
+from ..timing import Timer
+from .config import DreamBenchConfig, DreamBenchSubject
 from .constants import REAL_IMAGES
 from .encoders import ClipEncoder, DinoEncoder, resolve_device
 from .generation import ImageJob, image_path, load_pipeline, run_jobs, torch_dtype
@@ -106,7 +106,7 @@ def _load_images(paths: list[Path]) -> list[Image.Image]:
     return [load_rgb(path) for path in paths]
 
 
-def load_photos(subject: Subject, paths: list[Path]) -> list[Image.Image]:
+def load_photos(subject: DreamBenchSubject, paths: list[Path]) -> list[Image.Image]:
     """The subject's real photos, decoded; unreadable files are skipped with a warning."""
     images, skipped = [], []
     for path in paths:
@@ -166,40 +166,45 @@ class _Scorer:
         return values
 
 
+def _generate(config: DreamBenchConfig, todo: list, progress: bool) -> int:
+    """Generate the images of ``todo`` (one pipeline, loaded only when there is work); returns the count."""
+    if not todo:
+        return 0
+    from tqdm.auto import tqdm
+
+    device = resolve_device(config.device)
+    pipeline = load_pipeline(resolve_backbone(config.pretrained_model_name_or_path, config.revision),
+                             device=device, dtype=torch_dtype(config.dtype), scheduler=config.generation.scheduler)
+    with tqdm(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
+        generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
+    del pipeline
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return generated
+
+
 def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamBenchResult:
     """Run the DreamBench protocol for ``config`` (see the module docstring for the layout)."""
-    start = time.perf_counter()
-    prompts = DreamBenchPrompts.load(config.prompts_file)
-    photo_files = config.check_inputs()
-    photos = {s.name: load_photos(s, photo_files[s.name]) for s in config.subjects}
-    planned = plan(config, prompts)
-    recorded = check_settings(config, prompts)
-    scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
-    seconds = {"checks_and_loading": time.perf_counter() - start}
+    timer = Timer()
+    with timer("checks_and_loading"):
+        prompts = DreamBenchPrompts.load(config.prompts_file)
+        photo_files = config.check_files()
+        photos = {s.name: load_photos(s, photo_files[s.name]) for s in config.subjects}
+        planned = plan(config, prompts)
+        recorded = check_settings(config, prompts)
+        scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
 
     jobs = [item.job for items in planned.values() for item in items]
     todo = [job for job in jobs if not job.path.is_file()]
-    t0 = time.perf_counter()
-    generated = 0
-    if todo:
-        from tqdm.auto import tqdm
-
-        device = resolve_device(config.device)
-        pipeline = load_pipeline(resolve_backbone(config.pretrained_model_name_or_path, config.revision),
-                                 device=device, dtype=torch_dtype(config.dtype), scheduler=config.generation.scheduler)
-        with tqdm(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
-            generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
-        del pipeline
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    with timer("generation"):
+        generated = _generate(config, todo, progress)
     logger.info("Generated %d image(s); %d were already on disk.", generated, len(jobs) - len(todo))
-    seconds["generation"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    scores = score_all(config, scorer, planned, photos)
-    seconds["scoring"] = time.perf_counter() - t0
+    with timer("scoring"):
+        scores = score_all(config, scorer, planned, photos)
+    seconds = timer.seconds
     settings = {
         "pretrained_model_name_or_path": config.pretrained_model_name_or_path,
         "methods": {m.name: None if m.lora is None else str(m.lora) for m in config.methods},
@@ -236,6 +241,6 @@ def score_all(config: DreamBenchConfig, scorer: _Scorer, planned: dict[tuple[str
     return scores + real_rows
 
 
-def _common(subject: Subject, num_real: int) -> dict:
+def _common(subject: DreamBenchSubject, num_real: int) -> dict:
     return {"subject": subject.name, "class_noun": subject.class_noun,
             "prompt_set": "live" if subject.live else "object", "num_real": num_real}

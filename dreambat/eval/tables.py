@@ -47,7 +47,7 @@ class Reference:
     source: str
 
 
-# SPEC section 6: DreamBooth paper (Ruiz et al. 2023), Table 1, DreamBench, 30 subjects.
+# Published reference rows: DreamBooth paper (Ruiz et al. 2023), Table 1, DreamBench, 30 subjects.
 PUBLISHED_REFERENCES: tuple[Reference, ...] = (
     Reference("Real images (published)", 0.774, 0.885, None, "DreamBooth paper, Table 1"),
     Reference("DreamBooth, Stable Diffusion (published)", 0.668, 0.803, 0.305, "DreamBooth paper, Table 1"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..data.class_images import ClassImageDataset
 from ..data.stream import TrainingStream
 from ..data.subject import SubjectDataset
 from ..inputs import ResolvedInputs
+from ..timing import Timer
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
 from .checkpoints import check_stream_state, resolve_resume, save_checkpoint
 from .config import TrainConfig
@@ -40,7 +40,7 @@ from .loop import (
 )
 from .model_card import write_model_card
 from .prior import ClassImageCounts, ensure_class_images
-from .setup import check_inputs, check_mixture, make_accelerator, weight_dtype
+from .setup import check_training_inputs, check_mixture, make_accelerator, weight_dtype
 from .validation import log_images, render_comparison, sample_during_training
 
 __all__ = ["RunResult", "prepare_backbone", "run_dreambooth"]
@@ -130,55 +130,55 @@ def run_dreambooth(
     Every check that needs no model (paths, flags, backbone share, backbone image size, resume
     target) runs before anything is loaded.
     """
-    started = time.perf_counter()
-    resolved = check_inputs(config, resolved)
-    backbone_path = resolved.backbone_path
-    config = dataclasses.replace(config, resolution=resolved.resolution)
-    check_mixture(backbone_data, gamma, config.resolution)
-    subject = SubjectDataset(
-        resolved.subject_images, config.instance_prompt, config.resolution,
-        center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
-    )
     result = RunResult(output_dir=Path(config.output_dir))
-    accelerator = make_accelerator(config)
-    resume = resolve_resume(result.output_dir, config.resume_from_checkpoint)
-    result.resumed_from = str(resume) if resume is not None else None
-    micro_per_epoch = micro_batches_per_epoch(len(subject), config.train_batch_size)
-    num_steps = total_train_steps(config, micro_per_epoch)
+    timer = Timer()
+    with timer("load"):
+        resolved = check_training_inputs(config, resolved)
+        backbone_path = resolved.backbone_path
+        config = dataclasses.replace(config, resolution=resolved.resolution)
+        check_mixture(backbone_data, gamma, config.resolution)
+        subject = SubjectDataset(
+            resolved.subject_images, config.instance_prompt, config.resolution,
+            center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
+        )
+        accelerator = make_accelerator(config)
+        resume = resolve_resume(result.output_dir, config.resume_from_checkpoint)
+        result.resumed_from = str(resume) if resume is not None else None
+        micro_per_epoch = micro_batches_per_epoch(len(subject), config.train_batch_size)
+        num_steps = total_train_steps(config, micro_per_epoch)
 
     class_images = None
     if config.with_prior_preservation:
-        class_started = time.perf_counter()
-        result.class_images = ensure_class_images(
-            config, accelerator, backbone_path, resolution=config.resolution, dtype=weight_dtype(accelerator)
-        )
-        class_images = ClassImageDataset(
-            config.class_data_dir, config.class_prompt, config.resolution, limit=config.num_class_images,
-            center_crop=config.center_crop, random_flip=config.random_flip,
-        )
-        result.timings["class_images"] = time.perf_counter() - class_started
-
-    if config.seed is not None:
-        set_seed(config.seed, device_specific=True)
-    backbone = prepare_backbone(config, accelerator, backbone_path)
-    stream = TrainingStream(
-        subject, batch_size=config.train_batch_size, seed=config.seed or 0,
-        process_index=accelerator.process_index, num_processes=accelerator.num_processes,
-        backbone=backbone_data, gamma=gamma, class_images=class_images,
-    )
-    stream_state = _stream_state(config, accelerator, gamma)
-    if resume is not None:
-        check_stream_state(resume, stream_state)
-    if accelerator.is_main_process:
-        result.output_dir.mkdir(parents=True, exist_ok=True)
-        if resolved_config is None:
-            config.save(result.output_dir / RESOLVED_CONFIG_NAME)
-        else:
-            (result.output_dir / RESOLVED_CONFIG_NAME).write_text(
-                json.dumps(resolved_config, indent=2, sort_keys=True) + "\n"
+        with timer("class_images"):
+            result.class_images = ensure_class_images(
+                config, accelerator, backbone_path, resolution=config.resolution, dtype=weight_dtype(accelerator)
             )
-        accelerator.init_trackers("dreambat", config=_tracker_config(config))
-    result.timings["load"] = time.perf_counter() - started - result.timings.get("class_images", 0.0)
+            class_images = ClassImageDataset(
+                config.class_data_dir, config.class_prompt, config.resolution, limit=config.num_class_images,
+                center_crop=config.center_crop, random_flip=config.random_flip,
+            )
+
+    with timer("load"):
+        if config.seed is not None:
+            set_seed(config.seed, device_specific=True)
+        backbone = prepare_backbone(config, accelerator, backbone_path)
+        stream = TrainingStream(
+            subject, batch_size=config.train_batch_size, seed=config.seed or 0,
+            process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+            backbone=backbone_data, gamma=gamma, class_images=class_images,
+        )
+        stream_state = _stream_state(config, accelerator, gamma)
+        if resume is not None:
+            check_stream_state(resume, stream_state)
+        if accelerator.is_main_process:
+            result.output_dir.mkdir(parents=True, exist_ok=True)
+            if resolved_config is None:
+                config.save(result.output_dir / RESOLVED_CONFIG_NAME)
+            else:
+                (result.output_dir / RESOLVED_CONFIG_NAME).write_text(
+                    json.dumps(resolved_config, indent=2, sort_keys=True) + "\n"
+                )
+            accelerator.init_trackers("dreambat", config=_tracker_config(config))
     logger.info(
         "Training a rank-%d LoRA on %d subject image(s)%s%s for %d steps at %d px%s.",
         config.rank, len(subject),
@@ -203,12 +203,11 @@ def run_dreambooth(
             save_checkpoint(accelerator, result.output_dir, step, total_limit=config.checkpoints_total_limit,
                             stream_state={**stream_state, "global_step": step})
 
-    train_started = time.perf_counter()
-    result.state = train_lora(
-        config, backbone, lambda start: stream.iterate(start, num_workers=config.dataloader_num_workers),
-        accelerator, num_steps=num_steps, description=description, on_step=on_step, resume_from=resume,
-    )
-    result.timings["train"] = time.perf_counter() - train_started
+    with timer("train"):
+        result.state = train_lora(
+            config, backbone, lambda start: stream.iterate(start, num_workers=config.dataloader_num_workers),
+            accelerator, num_steps=num_steps, description=description, on_step=on_step, resume_from=resume,
+        )
     accelerator.wait_for_everyone()
     counts = stream.count_sources(num_steps * config.gradient_accumulation_steps, all_processes=True)
     result.source_counts = {name: int(n) for name, n in sorted(counts.items())}
@@ -217,13 +216,15 @@ def run_dreambooth(
         tail = losses[-10:]
         logger.info(
             "%s: %d steps in %.1fs, loss %.4f -> %.4f (mean of the last %d); samples drawn: %s.",
-            description, len(losses), result.timings["train"], losses[0], sum(tail) / len(tail), len(tail),
+            description, len(losses), timer.seconds["train"], losses[0], sum(tail) / len(tail), len(tail),
             ", ".join(f"{n} {name}" for name, n in result.source_counts.items() if n),
         )
 
     if accelerator.is_main_process:
-        _save_outputs(config, accelerator, backbone, backbone_path, result, len(subject), num_steps,
-                      description, model_card_sections)
+        with timer("save_and_validate"):
+            _save_outputs(config, accelerator, backbone, backbone_path, result, len(subject), num_steps,
+                          description, model_card_sections)
+    result.timings = timer.seconds
     accelerator.wait_for_everyone()
     # Not accelerator.end_training(): it destroys the process group, and a BAT run trains twice
     # (surrogate, final LoRA) and scores in between within the same launch.
@@ -253,7 +254,6 @@ def _save_outputs(
     model_card_sections: Mapping[str, str] | None,
 ) -> None:
     """Main process: LoRA weights, base-vs-LoRA grid read back from the saved file, model card."""
-    started = time.perf_counter()
     unet = accelerator.unwrap_model(backbone.unet)
     text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
     result.lora_path = save_lora(result.output_dir, unet, text_encoder)
@@ -275,4 +275,3 @@ def _save_outputs(
         num_class_images=result.class_images.used if result.class_images else None,
         resumed_from=result.resumed_from, extra_sections=model_card_sections,
     )
-    result.timings["save_and_validate"] = time.perf_counter() - started

@@ -22,7 +22,7 @@ from .loop import require_bitsandbytes
 logger = logging.getLogger(__name__)
 
 
-def check_inputs(config: TrainConfig, resolved: ResolvedInputs | None = None) -> ResolvedInputs:
+def check_training_inputs(config: TrainConfig, resolved: ResolvedInputs | None = None) -> ResolvedInputs:
     """Fail fast, before any model loads; returns the resolved inputs (given or computed here).
 
     Checks that the backbone resolves, the subject folder has images, ``--use_8bit_adam`` can be

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from ..backbone.load import Backbone
-from ..grid import image_grid
+from ..image_grid import image_grid
 
 
 def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None) -> StableDiffusionPipeline:

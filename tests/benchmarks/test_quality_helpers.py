@@ -1,20 +1,13 @@
 """The statistics behind BENCHMARKS.md's quality tables, checked against hand-computed values."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_ablations  # noqa: E402
-import bench_quality  # noqa: E402
-
-from dreambat.albat.manifest import ManifestRecord, read_manifest, write_manifest  # noqa: E402
-from dreambat.albat.selection import apply_selection, get_rule  # noqa: E402
+from benchmarks import bench_ablations, bench_quality
+from dreambat.albat.manifest import ManifestRecord, read_manifest, write_manifest
+from dreambat.albat.selection import apply_selection, get_rule
 
 
 def _row(method, subject, seed, loss, **metrics):

@@ -9,7 +9,7 @@ from dreambat.errors import ConfigError, ModelNotFoundError
 from dreambat.eval.config import GenerationSettings, build_methods
 from dreambat.eval.grids import GridConfig, layout_grid, render_grid
 
-CELL, PAD, LABELS, HEADER = 96, 2, 160, 24  # dreambat.grid layout; 32 px images upscaled to 96
+CELL, PAD, LABELS, HEADER = 96, 2, 160, 24  # dreambat.image_grid layout; 32 px images upscaled to 96
 
 
 def _config(backbone, loras, names, **kwargs):
@@ -36,7 +36,7 @@ def test_prompts_x_seeds_and_methods_x_prompts(tiny_backbone, lora_dirs):
 
 def test_grid_refuses_bad_input(tiny_backbone, lora_dirs, tmp_path):
     with pytest.raises(ModelNotFoundError, match="pytorch_lora_weights.safetensors"):
-        _config(tiny_backbone, [tmp_path], ["x"]).check_inputs()
+        _config(tiny_backbone, [tmp_path], ["x"]).check_files()
     with pytest.raises(ConfigError, match="one name per LoRA"):
         _config(tiny_backbone, list(lora_dirs), ["x"])
     with pytest.raises(ConfigError, match="--layout"):

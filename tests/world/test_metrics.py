@@ -8,7 +8,7 @@ import torch
 from dreambat.backbone.load import load_backbone
 from dreambat.errors import ModelNotFoundError
 from dreambat.eval.config import DreamBenchConfig, EncoderSettings, GenerationSettings, Method
-from dreambat.eval.config import Subject as EvalSubject
+from dreambat.eval.config import DreamBenchSubject
 from dreambat.eval.runner import plan
 from dreambat.eval.prompts import DreamBenchPrompts
 from dreambat.lora import add_unet_lora, save_lora
@@ -70,7 +70,7 @@ class _Constant(AttributeClassifier):
 def test_attribute_scores_count_unchanged_subject_attributes_and_asked_changes(tmp_path):
     config = DreamBenchConfig(
         pretrained_model_name_or_path=str(BACKBONE), methods=[Method("base")],
-        subjects=[EvalSubject(SUBJECT.name, subject_heldout_dir(SUBJECT), SUBJECT.class_word)],
+        subjects=[DreamBenchSubject(SUBJECT.name, subject_heldout_dir(SUBJECT), SUBJECT.class_word)],
         output_dir=tmp_path, generation=GenerationSettings(num_images=1, num_prompts=None),
         encoders=EncoderSettings(), prompts_file=WORLD_PROMPTS_PATH)
     for item in plan(config, DreamBenchPrompts.load(WORLD_PROMPTS_PATH))[("base", SUBJECT.name)]:

@@ -56,7 +56,7 @@ def test_a_resumed_run_tokenizes_as_the_run_it_continues(tmp_path, monkeypatch):
 
     from dreambat.backbone.tokenizer import BASE_WORDS, BOS_TOKEN, EOS_TOKEN, build_vocab_and_merges
     from dreambat_world.synthetic import VOCABULARY
-    from dreambat_world import pretrain as module
+    from dreambat_world.pretrain import run as module
 
     torch.set_num_threads(1)
     pretrain(_config(tmp_path, max_steps=1), tmp_path / "first")
