@@ -147,15 +147,14 @@ def vmap_scores(setup: Setup, batch: dict):
     import torch
     from torch.func import functional_call, grad, vmap
 
-    from dreambat.scoring.diffusion_task import keyed_noise
     from dreambat.diffusion import diffusion_target, encode_images, encode_prompts, tokenize_prompts
 
     backbone, task, blocks = setup.backbone, setup.task, setup.blocks
-    unet, scheduler, K = backbone.unet, backbone.noise_scheduler, task.num_timesteps
+    unet, scheduler, K = backbone.unet, backbone.noise_scheduler, task.num_terms
     with torch.no_grad():
         latents = encode_images(backbone.vae, batch["pixel_values"])
         B, shape = latents.shape[0], latents.shape[1:]
-        noise = keyed_noise(batch["keys"], K, shape).to(latents.dtype).reshape(B * K, *shape)
+        noise = task.design.noise(batch["keys"], shape).to(latents.dtype).reshape(B * K, *shape)
         flat_latents = latents.repeat_interleave(K, dim=0)
         timesteps = task.timesteps.repeat(B)
         noisy = scheduler.add_noise(flat_latents, noise, timesteps).reshape(B, K, *shape)

@@ -150,7 +150,7 @@ def load_lora(source: str | Path, unet, text_encoder=None, *, adapter_name: str 
         return file
     state, alphas = StableDiffusionPipeline.lora_state_dict(str(file.parent), weight_name=file.name)
     StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=unet, adapter_name=adapter_name)
-    if text_encoder is not None:
+    if text_encoder is not None and any(key.startswith("text_encoder.") for key in state):
         StableDiffusionPipeline.load_lora_into_text_encoder(
             state, alphas, text_encoder=text_encoder, adapter_name=adapter_name
         )

@@ -42,4 +42,4 @@ def unet_task(tmp_path_factory):
     backbone = load_backbone(str(folder))
     torch.manual_seed(0)
     add_unet_lora(backbone.unet, rank=2, init_lora_weights=False)
-    return DiffusionLossTask(backbone, num_timesteps=2), LoraBlocks.from_models(backbone.unet)
+    return DiffusionLossTask(backbone, 2), LoraBlocks.from_models(backbone.unet)

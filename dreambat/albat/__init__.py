@@ -28,7 +28,7 @@ from .curvature import (
     get_strategy,
     precondition,
 )
-from .gradients import contracted_scores, reference_rows, reference_scores
+from .gradients import contracted_scores, contracted_terms, reference_rows, reference_scores, reference_term_scores
 from .layers import register_layer
 from .manifest import (
     ManifestMismatchError,
@@ -38,7 +38,8 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .scorer import AlbatScorer, ScoreSummary, score_candidates
+from .reliability import Reliability, split_half_reliability, spearman
+from .scorer import AlbatScorer, ScoredBatch, ScoreSummary, score_candidates
 from .selection import (
     RULES,
     AlbatSelection,
@@ -59,5 +60,6 @@ __all__ = [
     "SelectionResult", "SelectionRule", "apply_selection", "contracted_scores", "get_rule",
     "get_strategy", "lora_factors", "merge_manifests", "precondition", "read_manifest",
     "reference_rows", "reference_scores", "register_layer", "score_candidates", "score_statistics",
-    "write_manifest",
+    "write_manifest", "Reliability", "ScoredBatch", "contracted_terms", "reference_term_scores", "spearman",
+    "split_half_reliability",
 ]

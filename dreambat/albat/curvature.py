@@ -10,7 +10,9 @@ Pure tensor code; it knows nothing about models. Block l contributes the referen
 ``G_l`` is never formed. Strategies are small classes behind :class:`InverseStrategy`, chosen by
 name through :func:`get_strategy`:
 
-* ``exact``: Woodbury on the ``n × n`` system; O(n²d + n³) time, O(nd + n²) memory.
+* ``exact``: the damped inverse itself, solved on the smaller side: Woodbury on the ``n × n``
+  system when n < d (O(n²d + n³)), the ``d × d`` system itself when d ≤ n (O(nd² + d³)), so
+  thousands of reference rows cost no more than the block's own size.
 * ``datainf``: DataInf's swap of inverse and average; O(nd) time and memory.
 * ``identity``: ``h = v`` (plain gradient similarity); O(nd).
 
@@ -108,27 +110,31 @@ class InverseStrategy(ABC):
 
 
 class ExactInverse(InverseStrategy):
-    """The exact damped inverse via Woodbury, never forming ``d × d``.
+    """The exact damped inverse ``h = (UᵀU/n + λI)⁻¹ v``, never forming more than ``min(n, d)²``.
 
-    ``h = (1/λ)(v − Uᵀ (nλI + UUᵀ)⁻¹ U v)``, with ``UUᵀ`` the ``n × n`` Gram matrix (O(n²d))
-    and one Cholesky solve (O(n³)). Memory
-    O(nd + n²). Cheap while n (subject images × K) is small; the default up to
-    ``AUTO_EXACT_MAX_REF`` rows.
+    With fewer rows than parameters (n < d), Woodbury: ``h = (1/λ)(v − Uᵀ (nλI + UUᵀ)⁻¹ U v)``,
+    the ``n × n`` Gram matrix (O(n²d)) and one Cholesky solve (O(n³)). With at least as many rows
+    as parameters (d ≤ n), the ``d × d`` system itself (O(nd² + d³)). Both are the same matrix
+    identity; the switch only keeps the solve on the smaller side.
     """
 
     name = "exact"
 
     def _solve(self, u: Tensor, v: Tensor, lam: float) -> Tensor:
-        n = u.shape[0]
-        gram = u @ u.T
-        system = gram + (n * lam) * torch.eye(n, dtype=u.dtype, device=u.device)
-        uv = (u @ v).unsqueeze(1)
-        factor, info = torch.linalg.cholesky_ex(system)
-        if int(info) == 0:
-            coeffs = torch.cholesky_solve(uv, factor)
-        else:  # SPD in exact arithmetic; fall back to LU if rounding says otherwise
-            coeffs = torch.linalg.solve(system, uv)
+        n, d = u.shape
+        if d <= n:
+            system = u.T @ u / n + lam * torch.eye(d, dtype=u.dtype, device=u.device)
+            return _spd_solve(system, v[:, None]).squeeze(1)
+        system = u @ u.T + (n * lam) * torch.eye(n, dtype=u.dtype, device=u.device)
+        coeffs = _spd_solve(system, (u @ v)[:, None])
         return (v - u.T @ coeffs.squeeze(1)) / lam
+
+
+def _spd_solve(system: Tensor, rhs: Tensor) -> Tensor:
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor)
+    return torch.linalg.solve(system, rhs)  # SPD in exact arithmetic; LU if rounding says otherwise
 
 
 class DataInfInverse(InverseStrategy):
@@ -164,9 +170,12 @@ STRATEGIES: dict[str, type[InverseStrategy]] = {
 
 
 def get_strategy(
-    name: str, damping: float = DEFAULT_DAMPING, *, n_ref: int | None = None
+    name: str, damping: float = DEFAULT_DAMPING, *, n_ref: int | None = None, max_dim: int | None = None
 ) -> InverseStrategy:
-    """The strategy called ``name``; ``"auto"``: ``exact`` if ``n_ref ≤ AUTO_EXACT_MAX_REF``, else ``datainf``.
+    """The strategy called ``name``.
+
+    ``"auto"`` is ``exact`` when its solve is small, ``min(n_ref, max_dim) ≤ AUTO_EXACT_MAX_REF``
+    (``max_dim``: the largest block; the exact solve is ``min(n, d)``-sized), else ``datainf``.
 
     Raises:
         ConfigError: unknown name, ``"auto"`` without ``n_ref``, or a bad ``damping``.
@@ -176,7 +185,8 @@ def get_strategy(
             raise ConfigError(
                 "curvature 'auto' needs n_ref (the number of reference rows) to choose a strategy."
             )
-        name = ExactInverse.name if n_ref <= AUTO_EXACT_MAX_REF else DataInfInverse.name
+        size = n_ref if max_dim is None else min(n_ref, max_dim)
+        name = ExactInverse.name if size <= AUTO_EXACT_MAX_REF else DataInfInverse.name
     if name not in STRATEGIES:
         raise ConfigError(
             f"Unknown curvature strategy {name!r}; choose one of: auto, {', '.join(STRATEGIES)}."

@@ -1,16 +1,22 @@
 """Gradients of per-sample losses w.r.t. LoRA blocks: explicit rows, and contracted scores.
 
-Two ways to get ``Z(x) = Σ_l ⟨h_l, ∇_{θ_l} ℓ(x)⟩`` for a batch:
+A task's losses are a matrix ``[B, K]``: K terms per sample (for diffusion, K Monte Carlo draws of
+timestep and noise), the per-sample loss being their (optionally weighted) mean. The model inside
+runs on one *row* per (sample, term), sample-major, and every LoRA factor is linear in its weight,
+e.g. ``y = x Wᵀ`` for a Linear one. A row's weight gradient is then ``Σ_t g_t x_tᵀ`` (``g`` the
+gradient at the factor's output, ``t`` over its tokens/positions), and its directional derivative
+along ``H`` is ``Σ_t g_t · (H x_t)``. Hooks on the factors read ``x`` in the forward pass and ``g``
+in the backward pass, so one forward and one backward of a batch give:
 
-* :func:`reference_scores`: one ``backward()`` per sample, explicit gradients, explicit dot
-  products. Slow and obviously correct; the yardstick for tests and benchmarks.
-* :func:`contracted_scores`: one forward and one backward for the whole batch. Every LoRA factor
-  is linear in its weight, e.g. ``y = x Wᵀ`` for a Linear one, so sample i's gradient is
-  ``Σ_t g_{i,t} x_{i,t}ᵀ`` (``g`` the gradient at the output, ``t`` over tokens/positions) and
-  ``⟨H, ∇_W ℓ_i⟩ = Σ_t g_{i,t} · (H x_{i,t})``. Hooks compute that inside the backward pass, so
-  no per-sample gradient is ever materialised: the extra work per layer is one small matmul, and
-  memory is that of an ordinary training step. Layer types are dispatched by
-  :mod:`dreambat.albat.layers` (``nn.Linear`` and ``nn.Conv2d`` factors).
+* :func:`reference_rows`: the explicit per-row gradients of the adaptation (reference) data;
+* :func:`contracted_terms`: every row's directional derivative along one or more directions,
+  without materialising any per-sample gradient (the extra work per layer is one small matmul
+  per direction; memory is that of a training step). :func:`contracted_scores` sums them into
+  the scores ``Z(x) = Σ_l ⟨h_l, ∇_{θ_l} ℓ(x)⟩``.
+
+:func:`reference_scores` and :func:`reference_term_scores` compute the same numbers with plain
+``backward()`` calls and explicit dot products: slow and obviously correct, the yardstick of the
+tests. Layer types are dispatched by :mod:`dreambat.albat.layers`.
 """
 
 from __future__ import annotations
@@ -23,45 +29,207 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import LoraBlocks
-from .layers import directional_output_for
+from .layers import directional_output_for, per_row_gradient_for
 from .task import ScoringTask, as_matrix, split_batch
 
 
-def reference_rows(task: ScoringTask, blocks: LoraBlocks, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
-    """Explicit per-term gradients of the adaptation (subject) data: the reference set R.
+class _Hooks:
+    """Forward/backward hooks on every LoRA factor; ``on_backward(index, module, x, g)`` per call."""
 
-    Each (sample, term) pair is one row: one forward per batch, one ``backward`` per row.
+    def __init__(self, blocks: LoraBlocks, on_backward):
+        self.handles = []
+        for index, module in enumerate(blocks.modules):
+            self.handles.append(module.register_forward_hook(self._forward_hook(index, on_backward)))
+
+    @staticmethod
+    def _forward_hook(index: int, on_backward):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if not output.requires_grad:
+                return
+            x = inputs[0].detach()
+            output.register_hook(lambda grad: on_backward(index, module, x, grad.detach()))
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _compute_dtype(module: nn.Module) -> torch.dtype:
+    """float64 for float64 weights, else float32 (half-precision models are contracted in float32)."""
+    return torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+
+
+def _weighted_terms(task: ScoringTask, batch: Any, weights: torch.Tensor | None) -> torch.Tensor:
+    """The task's ``[B, K]`` losses, each term multiplied by its weight (``None``: all 1)."""
+    losses = as_matrix(task.loss_matrix(batch))
+    return losses if weights is None else losses * weights.to(losses)[None, :]
+
+
+def _rows_per_term(rows: int, n: int, k: int, name: str) -> None:
+    if rows != n * k:
+        raise ConfigError(
+            f"LoRA block '{name}' saw {rows} rows for {n} samples x {k} terms; per-term gradients need "
+            "the task to run the model on one row per (sample, term), grouped sample-major."
+        )
+
+
+def reference_rows(
+    task: ScoringTask, blocks: LoraBlocks, batches: Iterable[Any], *, weights: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Explicit per-term gradients of the adaptation (reference) data: the reference set R.
+
+    One forward and one backward per batch; hooks turn each factor's inputs and output gradients
+    into the gradient of every row.
+
+    Args:
+        weights: ``[K]`` term weights (a row's gradient is that of ``weights[k] · ℓ_k``).
 
     Returns:
-        ``{block name: [n_ref, d_l]}`` with ``n_ref = Σ B·K`` over ``batches``, rows ordered
-        sample-major (sample i's K terms are consecutive).
+        ``{block name: [n_ref, d_l]}`` float32 with ``n_ref = Σ B·K`` over ``batches``, rows ordered
+        sample-major (sample i's K terms are consecutive), so row r is term ``r % K``.
     """
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in blocks.names}
     for batch in batches:
-        losses = as_matrix(task.loss_matrix(batch))
-        n_rows, n_terms = losses.shape
-        for i in range(n_rows):
-            for k in range(n_terms):
-                blocks.zero_grad()
-                last = i == n_rows - 1 and k == n_terms - 1
-                losses[i, k].backward(retain_graph=not last)
-                for name, grad in blocks.flat_grads().items():
-                    rows[name].append(grad)
-    blocks.zero_grad()
+        found: dict[int, torch.Tensor] = {}
+
+        def on_backward(index: int, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+            dtype = _compute_dtype(module)
+            per_row = per_row_gradient_for(blocks.names[index], module)(module, x.to(dtype), grad.to(dtype))
+            found[index] = found[index] + per_row if index in found else per_row
+
+        hooks = _Hooks(blocks, on_backward)
+        try:
+            losses = _weighted_terms(task, batch, weights)
+            n, k = losses.shape
+            torch.autograd.grad(losses.sum(), list(blocks.params), allow_unused=True)
+        finally:
+            hooks.remove()
+        for index, name in enumerate(blocks.names):
+            if index not in found:
+                rows[name].append(torch.zeros(n * k, blocks.params[index].numel(), dtype=_compute_dtype(blocks.modules[index])))
+                continue
+            _rows_per_term(found[index].shape[0], n, k, name)
+            rows[name].append(found[index].reshape(n * k, -1).cpu())
     if not rows[blocks.names[0]]:
         raise ConfigError(
             "No reference gradients: the subject data produced no loss terms. Check that the "
             "subject folder has images and that the number of timesteps K is at least 1."
         )
-    return {name: torch.stack(grads) for name, grads in rows.items()}
+    return {name: torch.cat(grads) for name, grads in rows.items()}
 
 
-def _sample_losses(task: ScoringTask, batch: Any) -> torch.Tensor:
-    return as_matrix(task.loss_matrix(batch)).mean(dim=1)
+def _stack_directions(blocks: LoraBlocks, directions: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per block, the directions as ``[n_dir, *weight.shape]`` float32 on the weight's device."""
+    stacked = []
+    for name, param in zip(blocks.names, blocks.params):
+        h = directions[name]
+        h = h.reshape(-1, param.numel()) if h.ndim == 2 else h.reshape(1, -1)
+        stacked.append(h.reshape(-1, *param.shape).to(device=param.device, dtype=torch.float32))
+    return stacked
+
+
+def contracted_terms(
+    task: ScoringTask,
+    blocks: LoraBlocks,
+    directions: Mapping[str, torch.Tensor],
+    batch: Any,
+    *,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each term's contribution to ``Z`` along each direction: ``[B, K, n_dir]`` float64.
+
+    Entry ``(i, k, j)`` is ``⟨h_j, ∇ (weights[k] · ℓ_k(x_i)) / K⟩``, so summing over k gives the
+    score of the (weighted) mean loss. One forward and one backward for the whole batch.
+
+    Args:
+        directions: ``{block name: [d_l]}`` (one direction) or ``[n_dir, d_l]``.
+        weights: ``[K]`` term weights (``None``: all 1).
+
+    Returns:
+        NaN rows for samples whose loss is not finite.
+    """
+    matrices = _stack_directions(blocks, directions)
+    partials: list[tuple[int, torch.Tensor]] = []
+
+    def on_backward(index: int, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+        directional_output = directional_output_for(blocks.names[index], module)
+        dtype = _compute_dtype(module)
+        grad, x = grad.to(dtype), x.to(dtype)
+        contributions = [
+            (grad * directional_output(module, x, h.to(dtype))).reshape(grad.shape[0], -1).sum(dim=1)
+            for h in matrices[index]
+        ]
+        partials.append((index, torch.stack(contributions, dim=1)))
+
+    hooks = _Hooks(blocks, on_backward)
+    try:
+        losses = _weighted_terms(task, batch, weights)
+        n, k = losses.shape
+        finite = torch.isfinite(losses).all(dim=1)
+        per_sample = torch.where(finite[:, None], losses, torch.zeros_like(losses)).mean(dim=1)
+        torch.autograd.grad(per_sample.sum(), list(blocks.params), allow_unused=True)
+    finally:
+        hooks.remove()
+    terms = torch.zeros(n, k, len(matrices[0]) if matrices else 1, dtype=torch.float64, device=losses.device)
+    for index, partial in partials:
+        _rows_per_term(partial.shape[0], n, k, blocks.names[index])
+        terms += partial.reshape(n, k, -1).double()
+    terms[~finite] = float("nan")
+    return terms.cpu()
+
+
+def contracted_scores(
+    task: ScoringTask, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor], batch: Any,
+    *, weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``Z`` of each sample of ``batch`` along ``directions`` (``{name: h_l [d_l]}``): ``[B]`` float64.
+
+    One forward and one backward, no per-sample gradients; NaN where the loss is not finite.
+    """
+    return contracted_terms(task, blocks, directions, batch, weights=weights)[:, :, 0].sum(dim=1)
+
+
+def _explicit_dot(blocks: LoraBlocks, directions: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Dot products of the blocks' current ``.grad`` with each direction, ``[n_dir]`` float64."""
+    grads = blocks.flat_grads()
+    total = None
+    for name in blocks.names:
+        h = directions[name].double()
+        h = h if h.ndim == 2 else h[None, :]
+        part = h @ grads[name].double()
+        total = part if total is None else total + part
+    return total
+
+
+def reference_term_scores(
+    task: ScoringTask, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor], batch: Any,
+    *, weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`contracted_terms` by the plain loop: per sample and term, ``backward()``, read every
+    block's ``.grad``, dot it with each direction in float64. ``[B, K, n_dir]``."""
+    out = []
+    for single in split_batch(batch):
+        losses = _weighted_terms(task, single, weights)[0]
+        k = losses.shape[0]
+        if not torch.isfinite(losses).all():
+            n_dir = next(iter(directions.values()))
+            out.append(torch.full((k, n_dir.shape[0] if n_dir.ndim == 2 else 1), float("nan"), dtype=torch.float64))
+            continue
+        per_term = []
+        for term in range(k):
+            blocks.zero_grad()
+            (losses[term] / k).backward(retain_graph=term < k - 1)
+            per_term.append(_explicit_dot(blocks, directions))
+        out.append(torch.stack(per_term))
+    blocks.zero_grad()
+    return torch.stack(out)
 
 
 def reference_scores(
-    task: ScoringTask, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor], batch: Any
+    task: ScoringTask, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor], batch: Any,
+    *, weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Z`` of each sample of ``batch`` by the plain per-sample loop. ``[B]`` float64.
 
@@ -71,82 +239,11 @@ def reference_scores(
     scores = []
     for single in split_batch(batch):
         blocks.zero_grad()
-        loss = _sample_losses(task, single)[0]
+        loss = _weighted_terms(task, single, weights).mean(dim=1)[0]
         if not torch.isfinite(loss):
             scores.append(float("nan"))
             continue
         loss.backward()
-        grads = blocks.flat_grads()
-        scores.append(
-            sum(torch.dot(directions[name].double(), grads[name].double()).item() for name in blocks.names)
-        )
+        scores.append(float(_explicit_dot(blocks, directions)[0]))
     blocks.zero_grad()
     return torch.tensor(scores, dtype=torch.float64)
-
-
-class _Contraction:
-    """Forward/backward hooks contracting each LoRA factor's per-row gradient with its direction."""
-
-    def __init__(self, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor]):
-        self.partials: list[torch.Tensor] = []
-        self.handles = []
-        for name, param, module in zip(blocks.names, blocks.params, blocks.modules):
-            directional_output = directional_output_for(name, module)
-            matrix = directions[name].reshape(param.shape).to(device=param.device, dtype=torch.float32)
-            self.handles.append(module.register_forward_hook(self._forward_hook(directional_output, matrix)))
-
-    def _forward_hook(self, directional_output, matrix: torch.Tensor):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if not output.requires_grad:
-                return
-            x = inputs[0].detach()
-
-            def on_grad(grad: torch.Tensor) -> None:
-                projected = directional_output(module, x.float(), matrix)  # f(x; H), shaped like the output
-                contribution = (grad.float() * projected).reshape(grad.shape[0], -1).sum(dim=1)
-                self.partials.append(contribution)
-
-            output.register_hook(on_grad)
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def contracted_scores(
-    task: ScoringTask, blocks: LoraBlocks, directions: Mapping[str, torch.Tensor], batch: Any
-) -> torch.Tensor:
-    """``Z`` of each sample of ``batch`` with one forward and one backward, no per-sample gradients.
-
-    Args:
-        task: gives the loss matrix; rows inside the model must be sample-major (see
-            :mod:`dreambat.albat.task`).
-        blocks: the LoRA blocks; every factor's type must be registered in :mod:`.layers`.
-        directions: ``{block name: h_l [d_l]}``, the preconditioned direction.
-        batch: whatever ``task.loss_matrix`` takes.
-
-    Returns:
-        ``[B]`` float64 scores; NaN for a sample whose loss is not finite.
-    """
-    contraction = _Contraction(blocks, directions)
-    try:
-        losses = _sample_losses(task, batch)
-        n = losses.shape[0]
-        finite = torch.isfinite(losses)
-        total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
-        torch.autograd.grad(total, list(blocks.params), allow_unused=True)
-    finally:
-        contraction.remove()
-    scores = torch.zeros(n, dtype=torch.float64, device=losses.device)
-    for partial in contraction.partials:
-        rows = partial.shape[0]
-        if rows % n:
-            raise ConfigError(
-                f"A LoRA layer saw {rows} rows for a batch of {n} samples; the task must run the "
-                "model on a whole multiple of the batch, grouped sample-major."
-            )
-        scores += partial.reshape(n, rows // n).sum(dim=1).double()
-    scores[~finite] = float("nan")
-    return scores.cpu()

@@ -48,6 +48,9 @@ class ManifestRecord:
         status: ``"scored"`` or ``"skipped"``.
         reason: why it was skipped, e.g. ``"nonfinite_loss"``, ``"corrupt_image"``.
         selected: whether the selection rule kept it; ``None`` until selection is decided.
+        split_scores: the four half-estimates ``Z_Aa, Z_Ab, Z_Ba, Z_Bb`` behind the run's
+            split-half reliability (:mod:`dreambat.albat.reliability`); ``None`` when not computed.
+            Written to the file only when present.
     """
 
     index: int
@@ -58,6 +61,7 @@ class ManifestRecord:
     status: str = "scored"
     reason: str | None = None
     selected: bool | None = None
+    split_scores: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -73,6 +77,10 @@ class ManifestRecord:
         data = asdict(self)
         if data["score"] is not None:
             data["score"] = float(data["score"]) if math.isfinite(data["score"]) else None
+        if data["split_scores"] is None:
+            del data["split_scores"]
+        else:
+            data["split_scores"] = [float(v) if math.isfinite(v) else None for v in data["split_scores"]]
         return json.dumps(data, ensure_ascii=False, allow_nan=False)
 
     @classmethod
@@ -85,9 +93,18 @@ class ManifestRecord:
                 caption=str(data["caption"]),
                 score=None if data.get("score") is None else float(data["score"]),
                 status=data.get("status", "scored"), reason=data.get("reason"), selected=data.get("selected"),
+                split_scores=_split_scores(data.get("split_scores")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise DataError(f"Not a manifest record: {line[:120]!r} ({error}).") from error
+
+
+def _split_scores(values: Any) -> tuple[float, float, float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 4:
+        raise ValueError(f"split_scores must hold 4 values, got {len(values)}")
+    return tuple(float("nan") if v is None else float(v) for v in values)
 
 
 def meta_path(path: str | Path) -> Path:

@@ -2,8 +2,9 @@
 
 The scorer is model-agnostic: it holds a :class:`ScoringTask` (per-sample losses), the
 :class:`LoraBlocks` it differentiates, and an :class:`InverseStrategy`. After :meth:`fit`, scoring
-a batch costs one forward and one backward (the fast path) and keeps nothing per candidate, so
-memory stays flat however many candidates stream through :func:`score_candidates`.
+a batch costs one forward and one backward (the fast path) and keeps nothing per candidate but
+its score and four half-estimates (for the split-half reliability), so memory stays flat
+however many candidates stream through :func:`score_candidates`.
 """
 
 from __future__ import annotations
@@ -20,41 +21,148 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .blocks import LoraBlocks
 from .curvature import InverseStrategy, describe, precondition
-from .gradients import contracted_scores, reference_rows, reference_scores
+from .gradients import contracted_terms, reference_rows, reference_scores, reference_term_scores
 from .manifest import ManifestRecord, ManifestWriter
 from .task import ScoringTask
 
 ScoringPath = Literal["fast", "reference"]
 
 
-class AlbatScorer:
-    """Z(x) = Σ_l ⟨h_l, ∇_{θ_l} ℓ(x; θ)⟩ with h_l = G_l⁻¹ v_l fitted on the reference set."""
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scores of one candidate batch.
 
-    def __init__(self, task: ScoringTask, blocks: LoraBlocks, strategy: InverseStrategy):
+    Attributes:
+        scores: ``[B]`` float64 ``Z`` (NaN where the loss was not finite).
+        split: ``[B, 4]`` float64 half-estimates ``Z_Aa, Z_Ab, Z_Ba, Z_Bb`` (reference half ×
+            candidate half, :mod:`.reliability`), or ``None`` when the tasks declare no halves.
+    """
+
+    scores: torch.Tensor
+    split: torch.Tensor | None = None
+
+
+def _halves(task: Any) -> tuple[list[int], list[int]] | None:
+    halves = getattr(task, "term_halves", None)
+    if halves is None:
+        return None
+    first, second = halves()
+    return (list(first), list(second)) if first and second else None
+
+
+class AlbatScorer:
+    """Z(x) = Σ_l ⟨h_l, ∇_{θ_l} ℓ(x; θ)⟩ with h_l = G_l⁻¹ v_l fitted on the reference set.
+
+    Args:
+        task: the candidates' per-sample losses.
+        blocks: the LoRA factors differentiated.
+        strategy: the inverse-curvature strategy.
+        reference_task: the adaptation data's losses when they use other terms than the
+            candidates' (e.g. many more noise draws); default ``task``.
+        normalize_terms: weight every term so that each group of terms (``task.term_groups()``,
+            e.g. one group per timestep) has the same RMS reference-gradient norm, instead of
+            letting the noisiest group dominate. The weights are fitted on the reference rows and
+            fixed before any candidate is scored, so the score stays one directional derivative.
+
+    When both tasks declare ``term_halves()`` (two disjoint halves of their terms), :meth:`fit`
+    also fits one direction on each reference half, and :meth:`score_batch_split` returns the
+    four half-estimates that :func:`~.reliability.split_half_reliability` needs, from the same
+    forward and backward pass.
+    """
+
+    def __init__(
+        self, task: ScoringTask, blocks: LoraBlocks, strategy: InverseStrategy, *,
+        reference_task: ScoringTask | None = None, normalize_terms: bool = False,
+    ):
         self.task = task
+        self.reference_task = reference_task if reference_task is not None else task
         self.blocks = blocks
         self.strategy = strategy
+        self.normalize_terms = normalize_terms
         self.directions: dict[str, torch.Tensor] | None = None
+        self.term_weights: torch.Tensor | None = None
+        self._candidate_halves = _halves(task)
 
     def fit(self, reference_batches: Iterable[Any]) -> dict[str, Any]:
-        """Compute reference gradient rows (subject data x K terms) and the directions h_l.
+        """Compute the reference gradient rows and the direction(s) h_l.
 
         Returns:
-            A description of the curvature (n_ref, λ and ‖h‖ per block) for reports.
+            A description of the curvature (n_ref, λ and ‖h‖ per block, term weights) for reports.
         """
-        rows = reference_rows(self.task, self.blocks, reference_batches)
-        self.directions = precondition(rows, self.strategy)
-        report = describe(rows, self.strategy, self.directions)
-        report["n_ref"] = int(next(iter(rows.values())).shape[0])
+        rows = reference_rows(self.reference_task, self.blocks, reference_batches)
+        n_ref = int(next(iter(rows.values())).shape[0])
+        num_terms = _num_terms(self.reference_task, n_ref)
+        term_of_row = torch.arange(n_ref) % num_terms
+        report: dict[str, Any] = {}
+        if self.normalize_terms:
+            rows, report["term_weights"] = self._normalize(rows, term_of_row)
+        directions = precondition(rows, self.strategy)
+        report = describe(rows, self.strategy, directions) | report
+        halves = _halves(self.reference_task)
+        if halves is not None and self._candidate_halves is not None:
+            half_directions = [
+                precondition({name: r[torch.isin(term_of_row, torch.tensor(half))] for name, r in rows.items()},
+                             self.strategy)
+                for half in halves
+            ]
+            directions = {name: torch.stack([directions[name], *(h[name] for h in half_directions)])
+                          for name in directions}
+        self.directions = directions
+        report["n_ref"] = n_ref
         report["num_params"] = self.blocks.num_params
+        report["split_half"] = halves is not None and self._candidate_halves is not None
         return report
+
+    def _normalize(self, rows: dict[str, torch.Tensor], term_of_row: torch.Tensor):
+        groups_of = getattr(self.reference_task, "term_groups", None)
+        candidate_groups = getattr(self.task, "term_groups", None)
+        if groups_of is None or candidate_groups is None:
+            raise DataError("normalize_terms needs tasks that declare term_groups() (e.g. one group per timestep).")
+        ref_groups = torch.tensor(groups_of())[term_of_row]
+        squared = sum(r.double().pow(2).sum(dim=1) for r in rows.values())
+        overall = squared.mean()
+        weights = {}
+        for group in sorted(set(ref_groups.tolist())):
+            mean = squared[ref_groups == group].mean()
+            weights[group] = float((overall / mean).sqrt()) if mean > 0 else 1.0
+        row_weights = torch.tensor([weights[g] for g in ref_groups.tolist()], dtype=torch.float32)
+        try:
+            self.term_weights = torch.tensor([weights[g] for g in candidate_groups()], dtype=torch.float32)
+        except KeyError as error:
+            raise DataError(f"Candidate term group {error} has no reference rows to normalise it by.") from None
+        return {name: r * row_weights[:, None] for name, r in rows.items()}, weights
+
+    def _check_fitted(self) -> None:
+        if self.directions is None:
+            raise RuntimeError("AlbatScorer.fit(...) must run before scoring.")
 
     def score_batch(self, batch: Any, *, path: ScoringPath = "fast") -> torch.Tensor:
         """Scores ``[B]`` (float64, NaN where the loss was not finite) of one candidate batch."""
-        if self.directions is None:
-            raise RuntimeError("AlbatScorer.fit(...) must run before scoring.")
-        score = contracted_scores if path == "fast" else reference_scores
-        return score(self.task, self.blocks, self.directions, batch)
+        return self.score_batch_split(batch, path=path).scores
+
+    def score_batch_split(self, batch: Any, *, path: ScoringPath = "fast") -> ScoredBatch:
+        """Scores and, when available, the four half-estimates of one candidate batch."""
+        self._check_fitted()
+        split = next(iter(self.directions.values())).ndim == 2
+        if path == "reference" and not split:
+            return ScoredBatch(reference_scores(self.task, self.blocks, self.directions, batch,
+                                                weights=self.term_weights))
+        terms_of = contracted_terms if path == "fast" else reference_term_scores
+        terms = terms_of(self.task, self.blocks, self.directions, batch, weights=self.term_weights)
+        scores = terms[:, :, 0].sum(dim=1)
+        if not split:
+            return ScoredBatch(scores)
+        num_terms = terms.shape[1]
+        halves = [(direction, half) for direction in (1, 2) for half in self._candidate_halves]
+        split_scores = torch.stack(
+            [terms[:, half, direction].sum(dim=1) * (num_terms / len(half)) for direction, half in halves], dim=1
+        )
+        return ScoredBatch(scores, split_scores)
+
+
+def _num_terms(task: Any, n_ref: int) -> int:
+    groups = getattr(task, "term_groups", None)
+    return len(groups()) if groups is not None else 1
 
 
 @dataclass
@@ -126,15 +234,17 @@ def score_candidates(
 
     started = time.perf_counter()
     for batch in _batches(candidates, batch_size, lambda c: c.index in done, count_resumed):
-        scores = scorer.score_batch(collate(batch), path=path)
+        scored = scorer.score_batch_split(collate(batch), path=path)
+        splits = scored.split.tolist() if scored.split is not None else [None] * len(batch)
         records = []
-        for candidate, score in zip(batch, scores.tolist()):
+        for candidate, score, split in zip(batch, scored.scores.tolist(), splits):
             finite = math.isfinite(score)
             records.append(
                 ManifestRecord(
                     index=candidate.index, key=candidate.key, url=candidate.url, caption=candidate.caption,
                     score=score if finite else None, status="scored" if finite else "skipped",
                     reason=None if finite else "nonfinite_loss",
+                    split_scores=tuple(split) if finite and split is not None else None,
                 )
             )
             if finite:

@@ -7,7 +7,16 @@ term per sample returns ``[B]``, read as ``[B, 1]``.
 
 When the model inside runs on more rows than samples (a diffusion task feeds ``B·K`` noised
 latents to the UNet), those rows must be grouped sample-major: rows ``i·m .. i·m+m-1`` belong to
-sample ``i``. The fast scoring path relies on it to attribute each row's contribution.
+sample ``i``. The fast scoring path relies on it to attribute each row's contribution; per-term
+results (reference rows, split-half estimates) need one row per (sample, term), ``m = K``.
+
+Two optional methods make a task's terms Monte Carlo draws that ALBAT can treat as such:
+
+* ``term_halves() -> (first, second)``: two disjoint lists of term indices whose means are
+  independent estimates of the same loss. With them every run reports the split-half
+  reliability of its ranking (:mod:`dreambat.albat.reliability`).
+* ``term_groups() -> [K]``: a group id per term (e.g. its timestep stratum), for
+  ``AlbatScorer(normalize_terms=True)``.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def run_bat(settings: BatSettings) -> BatResult:
         run = run_dreambooth(
             train, resolved=resolved, backbone_data=backbone_data, gamma=gamma, description="train",
             model_card_sections={
-                "Backbone Augmented Training": bat_model_card_section(settings, selection, len(records), gamma)
+                "Backbone Augmented Training": bat_model_card_section(
+                    settings, selection, len(records), gamma, (score_report or {}).get("reliability"))
             },
             resolved_config=settings.to_dict(),
         )

@@ -54,13 +54,17 @@ def build_report(
         "counts": counts,
         "selection": None if selection is None else dataclasses.asdict(selection) | {"selected_indices": None},
         "score_statistics": statistics,
+        "reliability": (score_report or {}).get("reliability"),
         "curvature": (score_report or {}).get("curvature"),
         "stages": stages,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
 
 
-def bat_model_card_section(settings: BatSettings, selection: SelectionResult | None, pool: int, gamma: float) -> str:
+def bat_model_card_section(
+    settings: BatSettings, selection: SelectionResult | None, pool: int, gamma: float,
+    reliability: dict | None = None,
+) -> str:
     """Markdown for the model card: what was selected and how much of it was mixed in."""
     method = settings.selection.selection
     if method == "none" or selection is None:
@@ -75,6 +79,11 @@ def bat_model_card_section(settings: BatSettings, selection: SelectionResult | N
     if settings.needs_surrogate:
         scoring = settings.scoring
         lines.insert(1, f"Scores: surrogate LoRA of {settings.bat.surrogate_steps} steps, K = "
-                        f"{scoring.num_score_timesteps} timesteps, curvature `{scoring.curvature}`, damping "
-                        f"c = {scoring.damping}.")
+                        f"{scoring.num_score_timesteps} timesteps, {scoring.reference_draws} reference draws per "
+                        f"timestep, curvature `{scoring.curvature}`, damping c = {scoring.damping}, score seed "
+                        f"{scoring.score_seed}.")
+        if reliability is not None:
+            lines.insert(2, f"Ranking reliability: estimated test-retest Spearman {reliability['full_run']:.2f} "
+                            f"between two score seeds (half-budget runs agree at {reliability['half_run']:.2f}; "
+                            f"noise mostly from the {reliability['limited_by']}).")
     return "\n".join(f"- {line}" for line in lines) + "\n"

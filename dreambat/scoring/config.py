@@ -15,6 +15,7 @@ from ..albat.selection import SelectionRule, get_rule
 from ..errors import ConfigError
 from ..fields import build_groups, flag
 from ..inputs import RunInputs
+from .draws import DrawDesign
 
 
 @dataclass
@@ -52,7 +53,45 @@ class ScoringConfig:
         "a BAT run it replaces the surrogate the run would train.",
         default=None,
     )
-    num_score_timesteps: int = flag("K: fixed timesteps the per-sample ALBAT loss averages over.", default=8)
+    num_score_timesteps: int = flag(
+        "K: timestep strata the per-sample ALBAT loss averages over; each candidate gets one (timestep, "
+        "noise) draw per stratum, i.e. K UNet rows (2K with --antithetic, the default).",
+        default=8,
+    )
+    reference_draws: int = flag(
+        "Noise draws per subject photo in each of the K strata (pairs with --antithetic): the reference "
+        "(subject) side, fitted once, gets photos x K x this rows (x 2 with --antithetic). Raise it "
+        "when a run says its reliability is limited by the reference.",
+        default=64,
+    )
+    score_seed: int = flag(
+        "Seed of the scoring draws (timesteps and noise); scores are a pure function of the settings "
+        "and this seed, and two seeds are two independent estimates.",
+        default=0,
+    )
+    common_noise: bool = flag(
+        "Common random numbers: every candidate gets the same noise in a given draw slot, so the noise "
+        "they share cancels out of their ranking. The subject photos keep their own noise (shared "
+        "noise there biases the direction; measured in BENCHMARKS.md). --no_common_noise turns it off.",
+        default=True,
+    )
+    antithetic: bool = flag(
+        "Antithetic draws: each noise draw ε is paired with −ε at the same timestep (the largest "
+        "variance reduction measured). --no_antithetic turns it off.",
+        default=True,
+    )
+    score_timesteps: Literal["centres", "stratified"] = flag(
+        "Timesteps of the draws: the centre of each stratum, or uniform within it (seeded).", default="centres"
+    )
+    normalize_timesteps: bool = flag(
+        "Weight each timestep so its reference gradients have the same RMS norm (the gradients of "
+        "some timesteps are orders of magnitude larger and otherwise dominate every score).",
+        default=False,
+    )
+    score_output: Literal["mse", "square"] = flag(
+        "What is differentiated: mse, the training loss ‖ε_θ − ε‖²; or square, D-TRAK's ‖ε_θ‖².",
+        default="mse",
+    )
     curvature: Literal["auto", "exact", "datainf", "identity"] = flag(
         "Inverse-curvature strategy: exact (Woodbury), datainf (Sherman-Morrison after swapping "
         "inverse and average), identity (gradient similarity); auto = exact up to 1024 reference rows.",
@@ -69,11 +108,29 @@ class ScoringConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("num_score_timesteps", "score_batch_size"):
+        for name in ("num_score_timesteps", "score_batch_size", "reference_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if not self.damping > 0:
             raise ConfigError(f"--damping must be > 0, got {self.damping}.")
+
+    def candidate_design(self) -> DrawDesign:
+        """The draws of each candidate's loss."""
+        return DrawDesign(
+            self.num_score_timesteps, 1, antithetic=self.antithetic, common_noise=self.common_noise,
+            timesteps=self.score_timesteps, seed=self.score_seed,
+        )
+
+    def reference_design(self) -> DrawDesign:
+        """The draws of each subject photo's loss (``reference_draws`` per stratum, noise of its own)."""
+        return dataclasses.replace(self.candidate_design(), draws_per_timestep=self.reference_draws,
+                                   common_noise=False)
+
+    def estimator(self) -> dict[str, Any]:
+        """The settings a score depends on (for fingerprints and reports)."""
+        names = ("num_score_timesteps", "reference_draws", "score_seed", "common_noise", "antithetic",
+                 "score_timesteps", "normalize_timesteps", "score_output", "curvature", "damping")
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass

@@ -48,6 +48,7 @@ from ..lora import load_lora, lora_weights_file
 from ..timing import Timer
 from .config import ScoreSettings
 from .diffusion_task import DiffusionLossTask
+from .reliability import describe_reliability, reliability_advice, reliability_report
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ def fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Pa
         "max_candidates": pool.max_candidates,
         "candidate_ratio": pool.candidate_ratio,
         "resolution": resolved.resolution,
-        "num_score_timesteps": scoring.num_score_timesteps,
-        "curvature": scoring.curvature,
-        "damping": scoring.damping,
+        **scoring.estimator(),
     }
 
 
@@ -200,14 +199,19 @@ def run_scoring(
             "counts": {**counts, "selected": result.kept},
             "selection": dataclasses.asdict(result) | {"selected_indices": None},
             "score_statistics": score_statistics(records),
+            "reliability": reliability_report(records, settings.scoring),
             "curvature": curvature,
             "timings": (earlier["timings"] if gathered is None else {}) | timer.seconds,
         }
         (output_dir / SCORE_REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
         logger.info(
-            "Scored %d candidates (%d resumed), kept %d; manifest: %s",
-            len(records), counts.get("resumed", 0), result.kept, manifest_path,
+            "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
+            len(records), counts.get("resumed", 0), result.kept, describe_reliability(report["reliability"]),
+            manifest_path,
         )
+        advice = reliability_advice(report["reliability"], settings.scoring)
+        if advice:
+            logger.warning(advice)
     state.wait_for_everyone()
     run_status = "reused" if status == "finished" else ("resumed" if status == "partial" else "ran")
     return ScoringResult(manifest_path, output_dir / SCORE_REPORT_NAME, report, run_status)
@@ -226,10 +230,13 @@ def _score(
             model.to(state.device)
         load_lora(surrogate, backbone.unet, backbone.text_encoder, adapter_name=SURROGATE_ADAPTER)
         blocks = LoraBlocks.from_models(backbone.unet, backbone.text_encoder)
-        task = DiffusionLossTask(backbone, scoring.num_score_timesteps)
+        task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output)
+        reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output)
         subject = SubjectDataset(resolved.subject_images, inputs.instance_prompt, resolved.resolution, center_crop=True)
-        n_ref = len(subject) * scoring.num_score_timesteps
-        scorer = AlbatScorer(task, blocks, get_strategy(scoring.curvature, scoring.damping, n_ref=n_ref))
+        n_ref = len(subject) * reference_task.num_terms
+        strategy = get_strategy(scoring.curvature, scoring.damping, n_ref=n_ref, max_dim=max(blocks.dims))
+        scorer = AlbatScorer(task, blocks, strategy, reference_task=reference_task,
+                             normalize_terms=scoring.normalize_timesteps)
 
     with timer("reference_gradients"):
         curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])

@@ -163,9 +163,12 @@ def test_registry_and_auto_switch():
     assert get_strategy("exact", 0.5).damping == 0.5
     assert isinstance(get_strategy("datainf"), DataInfInverse)
     assert isinstance(get_strategy("identity"), IdentityInverse)
-    assert AUTO_EXACT_MAX_REF == 1024
+    assert AUTO_EXACT_MAX_REF == 2048
     assert get_strategy("auto", n_ref=AUTO_EXACT_MAX_REF).name == "exact"
     assert get_strategy("auto", n_ref=AUTO_EXACT_MAX_REF + 1).name == "datainf"
+    # The exact solve is min(n, d)-sized: many rows of small blocks stay exact.
+    assert get_strategy("auto", n_ref=10 * AUTO_EXACT_MAX_REF, max_dim=512).name == "exact"
+    assert get_strategy("auto", n_ref=AUTO_EXACT_MAX_REF + 1, max_dim=AUTO_EXACT_MAX_REF + 1).name == "datainf"
     with pytest.raises(ConfigError, match="n_ref"):
         get_strategy("auto")
 
@@ -238,3 +241,10 @@ def test_exact_scales_without_forming_d_by_d():
     lam = 0.1 * float(ud.pow(2).sum()) / (n * d)
     g_h = ud.T @ (ud @ h.double()) / n + lam * h.double()
     assert _rel(g_h, ud.mean(0)) < 1e-5
+
+
+@pytest.mark.parametrize("n, d", [(3000, 64), (1200, 1500)])
+def test_exact_with_thousands_of_reference_rows_equals_a_dense_solve(n, d):
+    """Many reference rows (the reliable-estimator defaults): the d×d side and Woodbury's n×n side."""
+    u = _rows(n, d, seed=11)
+    assert _rel(ExactInverse().direction(u), _dense_exact(u)) < 1e-6

@@ -37,7 +37,7 @@ def _flags(backbone, subject, out, shard, *extra, validation=True):
         "--instance_prompt", PROMPT, "--output_dir", str(out), "--seed", "0",
         "--train_batch_size", "2", "--max_train_steps", "4", "--learning_rate", "1e-3",
         "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
-        "--backbone_shards", shard, "--surrogate_steps", "3", "--num_score_timesteps", "1",
+        "--backbone_shards", shard, "--surrogate_steps", "3", "--num_score_timesteps", "2",
         "--score_batch_size", "4", *extra,
     ]
     if validation:
@@ -100,6 +100,9 @@ def test_albat_run_writes_every_output(albat_run):
     assert report["gamma"]["requested"] == 0.5
     assert (albat_run["out"] / "surrogate" / "pytorch_lora_weights.safetensors").is_file()
     assert "pytorch_lora_weights.safetensors" in albat_run["stdout"]
+    # The ranking's split-half reliability reaches the report and the model card.
+    assert report["reliability"]["candidates"] == len(records) and "full_run" in report["reliability"]
+    assert "Ranking reliability: estimated test-retest Spearman" in (albat_run["out"] / "README.md").read_text()
 
 
 def test_lora_loads_into_pipeline_and_changes_output(albat_run):

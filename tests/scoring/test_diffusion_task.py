@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dreambat.scoring.diffusion_task import fixed_timesteps, keyed_noise, noise_seed
+from dreambat.scoring.diffusion_task import fixed_timesteps
+from dreambat.scoring.draws import DrawDesign, noise_seed
 from dreambat.errors import ConfigError
 from tests.albat.conftest import image_batch
 
@@ -18,8 +19,8 @@ def test_bad_number_of_timesteps(k):
 
 
 def test_noise_depends_only_on_key_and_timestep():
-    a = keyed_noise(["x", "y"], 3, (4, 2, 2))
-    b = keyed_noise(["y", "x"], 3, (4, 2, 2))
+    a = DrawDesign(3).noise(["x", "y"], (4, 2, 2))
+    b = DrawDesign(3).noise(["y", "x"], (4, 2, 2))
     torch.testing.assert_close(a[0], b[1])
     assert not torch.equal(a[0, 0], a[0, 1]) and not torch.equal(a[0], a[1])
     assert noise_seed("x", 0) == noise_seed("x", 0) != noise_seed("x", 1)

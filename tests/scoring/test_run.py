@@ -42,6 +42,7 @@ def _config(world, subject_dir, out, **overrides):
         pretrained_model_name_or_path=str(world["backbone"]), surrogate_lora=str(world["surrogate"]),
         instance_data_dir=str(subject_dir), instance_prompt="a photo of sks star",
         backbone_shards=[world["shard"]], output_dir=str(out), num_score_timesteps=2, score_batch_size=4,
+        reference_draws=2,
     )
     return ScoreSettings.from_flags(**{**settings, **overrides})
 
@@ -56,7 +57,7 @@ def test_manifest_and_report(world, subject_dir, tmp_path):
     assert report["counts"]["skipped_corrupt_image"] == 1
     assert report["counts"]["skipped_missing_caption"] == 1
     assert report["counts"]["selected"] == sum(r.selected for r in records)
-    assert report["curvature"]["n_ref"] == 5 * 2
+    assert report["curvature"]["n_ref"] == 5 * 2 * 2 * 2  # photos x K x reference draws x antithetic pair
     assert not list((tmp_path / "out").glob("selection.rank*"))
 
 
@@ -125,9 +126,11 @@ def test_no_scorable_candidates(world, subject_dir, tmp_path, records):
 
 
 def test_two_processes_equal_one(world, subject_dir, tmp_path):
-    single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one"), show_progress=False).manifest_path)
+    single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one", reference_draws=2, common_noise=True,
+                                               antithetic=True), show_progress=False).manifest_path)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     args = ["--pretrained_model_name_or_path", str(world["backbone"]), "--surrogate_lora", str(world["surrogate"]),
+            "--reference_draws", "2", "--common_noise", "--antithetic",
             "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
             "--backbone_shards", world["shard"], "--output_dir", str(tmp_path / "two"),
             "--num_score_timesteps", "2", "--score_batch_size", "4"]
@@ -142,3 +145,62 @@ def test_two_processes_equal_one(world, subject_dir, tmp_path):
     report = json.loads((tmp_path / "two" / "score_report.json").read_text())
     assert report["num_processes"] == 2 and report["counts"]["skipped_corrupt_image"] == 1
     assert report["counts"]["shards_read"] == 1  # each process read the one shard; not summed
+
+
+ESTIMATOR = {"num_score_timesteps": 2, "reference_draws": 4, "common_noise": True, "antithetic": True,
+             "normalize_timesteps": True}
+
+
+def test_score_seed_reproduces_bit_for_bit_and_other_seeds_redraw(world, subject_dir, tmp_path):
+    def scores(out, **overrides):
+        result = run_scoring(_config(world, subject_dir, tmp_path / out, **ESTIMATOR, **overrides), show_progress=False)
+        return [r.score for r in read_manifest(result.manifest_path)], result.report
+
+    first, report = scores("a")
+    assert first == scores("b")[0]  # same settings, same seed: the same floats
+    other = scores("c", score_seed=1)[0]
+    assert other != first
+    fingerprint = json.loads((tmp_path / "a" / "selection.jsonl.meta.json").read_text())
+    assert fingerprint["score_seed"] == 0 and fingerprint["reference_draws"] == 4
+    # Every run reports its split-half reliability, with the rows it cost.
+    reliability = report["reliability"]
+    assert reliability["candidates"] == N_GOOD and -1 <= reliability["half_run"] <= 1
+    assert reliability["candidate_rows"] == 4 and reliability["reference_rows_per_photo"] == 16
+    assert report["curvature"]["n_ref"] == 5 * 16 and report["curvature"]["split_half"]
+    assert all(r.split_scores is not None for r in read_manifest(tmp_path / "a" / "selection.jsonl"))
+
+
+@pytest.mark.parametrize("output", ["mse", "square"])
+def test_fast_path_equals_reference_path_for_every_output_function(world, subject_dir, tmp_path, output):
+    runs = {path: read_manifest(run_scoring(_config(world, subject_dir, tmp_path / path, **ESTIMATOR,
+                                                    score_output=output, scoring_path=path),
+                                            show_progress=False).manifest_path)
+            for path in ("fast", "reference")}
+    for fast, slow in zip(runs["fast"], runs["reference"]):
+        assert fast.score == pytest.approx(slow.score, rel=1e-4, abs=1e-9)
+        assert fast.split_scores == pytest.approx(slow.split_scores, rel=1e-4, abs=1e-9)
+
+
+def test_variance_reduced_scores_do_not_depend_on_batch_size(world, subject_dir, tmp_path):
+    one = run_scoring(_config(world, subject_dir, tmp_path / "one", **ESTIMATOR, score_batch_size=1),
+                      show_progress=False)
+    many = run_scoring(_config(world, subject_dir, tmp_path / "many", **ESTIMATOR, score_batch_size=7),
+                       show_progress=False)
+    for a, b in zip(read_manifest(one.manifest_path), read_manifest(many.manifest_path)):
+        assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-12)
+
+
+def test_an_unreliable_ranking_warns_with_the_flag_to_raise(world, subject_dir, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from dreambat.albat.reliability import Reliability
+    from dreambat.scoring import reliability
+
+    def low(split_scores):
+        return Reliability(len(split_scores), 0.2, 0.33, 0.4, 0.7, 0.2, 0.1, "reference")
+
+    monkeypatch.setattr(reliability, "split_half_reliability", low)
+    with caplog.at_level(logging.WARNING, logger="dreambat"):
+        result = run_scoring(_config(world, subject_dir, tmp_path / "out", num_score_timesteps=2), show_progress=False)
+    assert result.report["reliability"]["full_run"] == 0.4
+    assert "--reference_draws (now 2" in caplog.text and "Spearman 0.40" in caplog.text
