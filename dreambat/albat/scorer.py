@@ -214,7 +214,9 @@ def score_candidates(
             :class:`dreambat.data.shards.BackboneSample`), read lazily.
         collate: turns a list of candidates into a batch for ``scorer.task``.
         writer: the open manifest; candidates whose index it already holds are skipped (resume).
-        batch_size: candidates per forward/backward.
+        batch_size: candidates per forward/backward; a short last batch is padded to this size, so
+            that every candidate is scored in a batch of the same shape (bit-identical scores for
+            any split of the stream across processes).
         path: ``"fast"`` (hooks) or ``"reference"`` (per-sample loop).
         show_progress: draw a progress bar (candidates/s, non-finite skips, Z > 0 so far).
         total: expected number of candidates, for the bar.
@@ -234,10 +236,13 @@ def score_candidates(
 
     started = time.perf_counter()
     for batch in _batches(candidates, batch_size, lambda c: c.index in done, count_resumed):
-        scored = scorer.score_batch_split(collate(batch), path=path)
-        splits = scored.split.tolist() if scored.split is not None else [None] * len(batch)
+        # The last batch is padded to the full size: every forward then has the same shape, and a
+        # candidate's float32 score does not depend on how candidates were split across processes.
+        padded = batch + [batch[-1]] * (batch_size - len(batch))
+        scored = scorer.score_batch_split(collate(padded), path=path)
+        splits = scored.split[: len(batch)].tolist() if scored.split is not None else [None] * len(batch)
         records = []
-        for candidate, score, split in zip(batch, scored.scores.tolist(), splits):
+        for candidate, score, split in zip(batch, scored.scores[: len(batch)].tolist(), splits):
             finite = math.isfinite(score)
             records.append(
                 ManifestRecord(

@@ -182,8 +182,7 @@ def test_two_processes_give_the_single_process_manifest(albat_run, tmp_path, sha
     single = read_manifest(albat_run["out"] / "selection.jsonl")
     double = read_manifest(out / "selection.jsonl")
     assert [(r.index, r.key, r.selected) for r in double] == [(r.index, r.key, r.selected) for r in single]
-    for a, b in zip(single, double):
-        assert b.score == pytest.approx(a.score, rel=1e-5, abs=1e-9)
+    assert [r.score for r in double] == [r.score for r in single]  # bit for bit: fixed batch shapes
     report = json.loads((out / "bat_report.json").read_text())
     assert report["num_processes"] == 2 and report["stages"]["surrogate"] == "given"
 

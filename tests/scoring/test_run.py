@@ -125,13 +125,17 @@ def test_no_scorable_candidates(world, subject_dir, tmp_path, records):
                     show_progress=False)
 
 
-def test_two_processes_equal_one(world, subject_dir, tmp_path):
-    single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one", reference_draws=2, common_noise=True,
-                                               antithetic=True), show_progress=False).manifest_path)
+def test_two_processes_equal_one_bit_for_bit(world, subject_dir, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process below; thread count changes float rounding
+    try:
+        single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one"), show_progress=False)
+                               .manifest_path)
+    finally:
+        torch.set_num_threads(threads)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     args = ["--pretrained_model_name_or_path", str(world["backbone"]), "--surrogate_lora", str(world["surrogate"]),
-            "--reference_draws", "2", "--common_noise", "--antithetic",
-            "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
+            "--reference_draws", "2", "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
             "--backbone_shards", world["shard"], "--output_dir", str(tmp_path / "two"),
             "--num_score_timesteps", "2", "--score_batch_size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -140,8 +144,9 @@ def test_two_processes_equal_one(world, subject_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = read_manifest(tmp_path / "two" / "selection.jsonl")
     assert [(r.index, r.key, r.selected) for r in double] == [(r.index, r.key, r.selected) for r in single]
-    for a, b in zip(single, double):
-        assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-12)
+    # 10 candidates in batches of 4: one process scores 4 + 4 + 2, each of two 4 + 1; the padded
+    # last batch keeps every forward the same shape, so the floats are the same.
+    assert [(r.score, r.split_scores) for r in double] == [(r.score, r.split_scores) for r in single]
     report = json.loads((tmp_path / "two" / "score_report.json").read_text())
     assert report["num_processes"] == 2 and report["counts"]["skipped_corrupt_image"] == 1
     assert report["counts"]["shards_read"] == 1  # each process read the one shard; not summed
