@@ -62,6 +62,8 @@ class ShardStats:
     shards_read: int = 0
     truncated_shards: int = 0
     unreadable_shards: int = 0
+    lost_to_truncation: int = 0
+    """Samples dropped because their shard ended (truncated) or failed (unreadable) while they were read."""
 
     @property
     def skipped(self) -> int:
@@ -86,6 +88,8 @@ class ShardStats:
             text += f"; {self.not_sampled} left out by the candidate ratio"
         if self.truncated_shards:
             text += f"; {self.truncated_shards} truncated shard(s)"
+            if self.lost_to_truncation:
+                text += f" ({self.lost_to_truncation} sample(s) cut off)"
         if self.unreadable_shards:
             text += f"; {self.unreadable_shards} unreadable shard(s)"
         return text
@@ -151,11 +155,14 @@ def decode_image(data: bytes) -> Image.Image:
 def _iter_shard_samples(url: str, stats: ShardStats) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__", ext: bytes, ...}`` per sample of one shard, counting a bad shard in ``stats``.
 
-    On a truncated shard the sample being read when the data ended is dropped (its members may
-    be incomplete); the complete samples before it are yielded. A 0-byte file counts as
-    truncated (img2dataset never writes one; it is an interrupted copy). A valid tar with no
-    members is just empty. A shard that cannot be opened, an I/O error, or a ``pipe:`` command
-    exiting non-zero counts as unreadable (its pending sample dropped likewise).
+    On a truncated shard every sample whose members were all read in full is yielded; the one
+    sample whose member data was cut is dropped and counted in ``stats.lost_to_truncation``. When
+    the cut falls inside a member's header, the sample read last is yielded if it already has its
+    image and caption (it may lack a ``.json`` that would have followed, as if it never had one),
+    else dropped and counted. A 0-byte file
+    counts as truncated (img2dataset never writes one; it is an interrupted copy). A valid tar with
+    no members is just empty. A shard that cannot be opened, an I/O error, or a ``pipe:`` command
+    exiting non-zero counts as unreadable (its pending sample dropped and counted likewise).
     """
     try:
         stream = gopen(url, "rb")
@@ -163,14 +170,18 @@ def _iter_shard_samples(url: str, stats: ShardStats) -> Iterator[dict[str, Any]]
         stats.unreadable_shards += 1
         return
     stats.shards_read += 1
-    outcome, current = "complete", None
+    outcome, current, reading = "complete", None, None
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
                 prefix, suffix = base_plus_ext(info.name)
                 if not info.isreg() or prefix is None or _SKIP_META.match(info.name):
                     continue
+                reading = prefix
                 data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise EOFError(f"member {info.name} cut short")
+                reading = None
                 tar.members = []  # stream mode keeps every TarInfo otherwise
                 if current is None or prefix != current["__key__"]:
                     if current is not None:
@@ -193,8 +204,23 @@ def _iter_shard_samples(url: str, stats: ShardStats) -> Iterator[dict[str, Any]]
         stats.truncated_shards += 1
     elif outcome == "unreadable":
         stats.unreadable_shards += 1
-    elif current is not None:
+    if outcome == "unreadable":  # the pending sample cannot be trusted
+        stats.lost_to_truncation += current is not None or reading is not None
+        return
+    if reading is not None:  # a member's data was cut: its sample is lost
+        stats.lost_to_truncation += 1
+        if current is not None and current["__key__"] == reading:
+            return
+    if current is None:
+        return
+    if outcome == "complete" or _has_image_and_caption(current):
         yield current
+    else:  # cut between two of its members: what was read may be only a part of it
+        stats.lost_to_truncation += 1
+
+
+def _has_image_and_caption(sample: dict[str, Any]) -> bool:
+    return any(k in sample for k in SHARD_IMAGE_KEYS) and SHARD_CAPTION_KEY in sample
 
 
 class ShardReader:
