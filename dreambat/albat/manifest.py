@@ -201,8 +201,7 @@ def _parse(data: bytes, path: Path) -> tuple[list[ManifestRecord], int]:
             if number == len(complete) and not tail:
                 break
             raise DataError(
-                f"Manifest {path} line {number} is corrupt ({error}). Delete the file (or pass "
-                "--overwrite_manifest) to score again."
+                f"Manifest {path} line {number} is not a manifest record ({error})."
             ) from error
         good = end
     return records, good

@@ -38,6 +38,11 @@ class BatConfig:
         "rule is applied again to its scores.",
         default=None,
     )
+    overwrite_output_dir: bool = flag(
+        "Start over in an --output_dir that holds a run with other settings: that run is moved to "
+        "output_dir/archive/<time>/ first (nothing is deleted).",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         if self.augmentation_ratio is not None and not 0.0 <= self.augmentation_ratio < 1.0:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from ..albat.selection import score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
-from ..data.shards import check_shards_exist
+from ..albat.manifest import read_manifest
+from ..data.shards import probe_shards
+from ..errors import ConfigError, DataError
 from ..inputs import ResolvedInputs
 from ..launch import process_state
 from ..lora import lora_weights_file
@@ -28,6 +30,7 @@ from ..training.setup import check_training_inputs
 from .backbone_data import SelectedBackboneDataset
 from .config import BatSettings
 from .report import bat_model_card_section, build_report
+from .run_folder import apply_run_folder_plan, plan_run_folder
 from .stages import scoring_stage, selection_stage, surrogate_stage
 
 logger = logging.getLogger(__name__)
@@ -49,10 +52,28 @@ def check_bat_inputs(settings: BatSettings) -> ResolvedInputs:
     """Everything that can be checked before a model loads; returns the resolved inputs."""
     resolved = check_training_inputs(settings.train)
     if settings.selection.selection != "none" and settings.bat.selection_manifest is None:
-        check_shards_exist(settings.pool.backbone_shards)
+        probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+    if settings.bat.selection_manifest is not None:
+        check_selection_manifest(settings.bat.selection_manifest, settings.selection.selection)
     if settings.scoring.surrogate_lora is not None:
         lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
     return resolved
+
+
+def check_selection_manifest(path: str, selection: str) -> None:
+    """The user's ``--selection_manifest`` must be a manifest, with scores when ALBAT selects from it."""
+    try:
+        records = read_manifest(path)
+    except DataError as error:
+        raise ConfigError(
+            f"--selection_manifest {path} is not a selection manifest: {error} Pass the selection.jsonl "
+            "that `dreambat score` or an earlier train_dreambooth_bat.py run wrote."
+        ) from None
+    if selection == "albat" and not any(r.has_score for r in records):
+        raise ConfigError(
+            f"--selection_manifest {path} holds no ALBAT scores (it lists {len(records)} candidates without "
+            "them, as --selection random writes); pass a scored manifest, or use --selection random."
+        )
 
 
 def run_bat(settings: BatSettings) -> BatResult:
@@ -60,11 +81,14 @@ def run_bat(settings: BatSettings) -> BatResult:
     resolved = check_bat_inputs(settings)
     # The surrogate's saved config then compares equal on a rerun without --resolution.
     settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, resolution=resolved.resolution))
+    plan = plan_run_folder(settings, resolved, settings.bat.overwrite_output_dir)
     train, selection_flags = settings.train, settings.selection
     state = process_state()
     output_dir = Path(train.output_dir)
-    if state.is_main_process:
+    if state.is_main_process:  # every check passed: only now is anything written
+        apply_run_folder_plan(plan)
         settings.save(output_dir / RESOLVED_CONFIG_NAME)
+    state.wait_for_everyone()
     timer = Timer()
     stages: dict[str, str] = {}
 

@@ -32,15 +32,10 @@ from ..scoring.run import run_scoring
 from ..training.config import TrainConfig
 from ..training.dreambooth import run_dreambooth
 from .config import BatSettings
+from .run_folder import SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS, SURROGATE_DIR
 
 logger = logging.getLogger(__name__)
 
-SURROGATE_DIR = "surrogate"
-# A finished surrogate is reused when every other training setting is the same.
-SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS = frozenset({
-    "resume_from_checkpoint", "report_to", "logging_dir", "dataloader_num_workers", "local_rank",
-    "allow_tf32", "num_validation_images", "num_inference_steps", "output_dir",
-})
 
 
 @dataclass

@@ -27,6 +27,7 @@ from accelerate.utils import gather_object
 from ..albat.blocks import LoraBlocks
 from ..albat.curvature import get_strategy
 from ..albat.manifest import (
+    ManifestMismatchError,
     ManifestWriter,
     check_fingerprint,
     merge_manifests,
@@ -38,7 +39,7 @@ from ..albat.scorer import AlbatScorer, score_candidates
 from ..albat.selection import apply_selection, score_statistics
 from ..backbone.load import load_backbone
 from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
-from ..data.shards import BackboneSample, ShardReader, check_shards_exist
+from ..data.shards import BackboneSample, ShardReader, probe_shards
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
@@ -139,7 +140,7 @@ def run_scoring(
     """
     resolved = resolved or resolve_inputs(settings.inputs)
     surrogate = lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
-    check_shards_exist(settings.pool.backbone_shards)
+    probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
     state = process_state()
     output_dir = Path(settings.inputs.output_dir)
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
@@ -151,7 +152,13 @@ def run_scoring(
                 stale.unlink(missing_ok=True)
                 meta_path(stale).unlink(missing_ok=True)
     state.wait_for_everyone()
-    status = manifest_status(output_dir, fp)  # every process checks, so all stop together on a mismatch
+    try:  # every process checks, so all stop together on a mismatch
+        status = manifest_status(output_dir, fp)
+    except ManifestMismatchError:
+        raise
+    except DataError as error:
+        raise DataError(f"{error} The scoring output in {output_dir} is damaged: pass --overwrite_manifest to "
+                        "discard it and score again, or use a new --output_dir.") from error
     timer = Timer()
     if status == "finished":
         logger.info("Reusing the finished manifest in %s (same settings; nothing rescored).", output_dir)

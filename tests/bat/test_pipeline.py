@@ -38,7 +38,7 @@ def _flags(backbone, subject, out, shard, *extra, validation=True):
         "--train_batch_size", "2", "--max_train_steps", "4", "--learning_rate", "1e-3",
         "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
         "--backbone_shards", shard, "--surrogate_steps", "3", "--num_score_timesteps", "2",
-        "--score_batch_size", "4", *extra,
+        "--score_batch_size", "4", "--reference_draws", "2", *extra,
     ]
     if validation:
         flags += ["--validation_prompt", PROMPT, "--num_validation_images", "1", "--num_inference_steps", "2"]

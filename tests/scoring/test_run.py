@@ -118,11 +118,15 @@ def test_invalid_settings(world, subject_dir, tmp_path, overrides, message):
     [{"key": f"bad{i}", "image": b"junk", "caption": "x"} for i in range(3)],  # all corrupt
     [],  # an empty shard: no candidates at all
 ])
-def test_no_scorable_candidates(world, subject_dir, tmp_path, records):
+def test_no_scorable_candidates_are_found_before_any_model_loads(world, subject_dir, tmp_path, records, monkeypatch):
+    from dreambat.scoring import run
+
+    monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the shard probe"))
     write_shards(records, tmp_path / "bad.tar")
-    with pytest.raises(DataError, match="No backbone candidate could be scored"):
+    with pytest.raises(DataError, match="bad.tar: (no usable sample: 3 corrupt image|holds no samples)"):
         run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[str(tmp_path / "bad.tar")]),
                     show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_processes_equal_one_bit_for_bit(world, subject_dir, tmp_path):

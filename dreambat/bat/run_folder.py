@@ -1,0 +1,186 @@
+"""A BAT run folder is one run: no stage ever reuses or resumes what other settings produced.
+
+``output_dir/dreambat_run.json`` records, per stage, the fingerprint of everything that shapes its
+output: the surrogate (its training settings, the subject photos' digests), the scores (plus the
+pool and the estimator) and the final LoRA (plus the selection rule, γ and the final training
+settings). Before any model loads, :func:`plan_run_folder` compares the folder's record with this
+run's:
+
+* nothing in the folder, or the same settings: the stages reuse or resume what is there;
+* only the selection, γ or final-training settings differ: the surrogate and the scores are
+  reused (re-selecting is cheap), and the earlier final LoRA and its checkpoints are moved to
+  ``output_dir/archive/<time>/`` so that training starts clean and no old checkpoint is resumed;
+* the surrogate or the scores would differ, or the folder holds outputs of unknown settings:
+  the run is refused, naming what differs and the two ways out (a new ``--output_dir``, or
+  ``--overwrite_output_dir``, which moves the whole earlier run to the archive first).
+
+Nothing is deleted: an archived run can be moved back by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..constants import (
+    BAT_REPORT_NAME,
+    CHECKPOINT_PREFIX,
+    LORA_WEIGHTS_NAME,
+    MODEL_CARD_NAME,
+    SCORE_CONFIG_NAME,
+    SCORE_REPORT_NAME,
+    SELECTION_MANIFEST_NAME,
+    VALIDATION_GRID_NAME,
+)
+from ..errors import ConfigError
+from ..inputs import ResolvedInputs, file_digest
+from .config import BatSettings
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD_NAME = "dreambat_run.json"
+ARCHIVE_DIR = "archive"
+SURROGATE_DIR = "surrogate"
+# Settings that change no weight and no score: a rerun may differ in them freely.
+SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS = frozenset({
+    "resume_from_checkpoint", "report_to", "logging_dir", "dataloader_num_workers", "local_rank",
+    "allow_tf32", "num_validation_images", "num_inference_steps", "output_dir", "validation_prompt",
+    "validation_steps", "validation_epochs", "checkpointing_steps", "checkpoints_total_limit",
+})
+FINAL_OUTPUTS = (LORA_WEIGHTS_NAME, BAT_REPORT_NAME, MODEL_CARD_NAME, VALIDATION_GRID_NAME, "logs")
+SCORE_OUTPUTS = (SELECTION_MANIFEST_NAME, SELECTION_MANIFEST_NAME + ".meta.json", SCORE_REPORT_NAME,
+                 SCORE_CONFIG_NAME)
+
+
+def _weights_settings(config: Any) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS}
+
+
+def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs) -> dict[str, dict]:
+    """What shapes each stage's output (JSON-ready): ``surrogate``, ``scores``, ``final``."""
+    from .stages import surrogate_config
+
+    inputs = {"backbone": str(resolved.backbone_path), "subject_sha256": resolved.subject_digests,
+              "resolution": resolved.resolution}
+    given = settings.scoring.surrogate_lora
+    surrogate = inputs | (
+        {"surrogate_lora_sha256": file_digest(_weights_file(given))} if given else
+        {"train": _weights_settings(surrogate_config(settings, Path(".")))}
+    )
+    manifest = settings.bat.selection_manifest
+    scores = surrogate | {"pool": dataclasses.asdict(settings.pool), "estimator": settings.scoring.estimator()}
+    if manifest:
+        scores = inputs | {"selection_manifest_sha256": file_digest(manifest)}
+    final = scores | {"train": _weights_settings(settings.train), "selection": dataclasses.asdict(settings.selection),
+                      "gamma": settings.gamma}
+    record = {"final": json.loads(json.dumps(final, default=str))}
+    if settings.needs_surrogate:
+        record["surrogate"] = json.loads(json.dumps(surrogate, default=str))
+    if settings.selection.selection != "none":
+        record["scores"] = json.loads(json.dumps(scores, default=str))
+    return record
+
+
+def _weights_file(path: str) -> Path:
+    from ..lora import lora_weights_file
+
+    return lora_weights_file(path, what="surrogate LoRA")
+
+
+@dataclass
+class RunFolderPlan:
+    """What :func:`apply_run_folder_plan` will do before the stages start."""
+
+    output_dir: Path
+    record: dict[str, dict]
+    archive: list[Path] = field(default_factory=list)
+    reason: str | None = None
+
+
+def _final_outputs(output_dir: Path) -> list[Path]:
+    found = [output_dir / name for name in FINAL_OUTPUTS if (output_dir / name).exists()]
+    return found + sorted(p for p in output_dir.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
+
+
+def _score_outputs(output_dir: Path) -> list[Path]:
+    found = [output_dir / name for name in SCORE_OUTPUTS if (output_dir / name).exists()]
+    return found + sorted(output_dir.glob("selection.rank*.jsonl*"))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(old.keys() | new.keys())
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(old, default=str)[:60]} -> {json.dumps(new, default=str)[:60]}"]
+
+
+def plan_run_folder(settings: BatSettings, resolved: ResolvedInputs, overwrite: bool) -> RunFolderPlan:
+    """Compare the folder's earlier run with this one (see the module docstring); raises ``ConfigError``
+    before anything is written when the run would mix with an earlier one."""
+    output_dir = Path(settings.train.output_dir)
+    plan = RunFolderPlan(output_dir, stage_fingerprints(settings, resolved))
+    surrogate_dir = output_dir / SURROGATE_DIR
+    earlier = {
+        "surrogate": [surrogate_dir] if surrogate_dir.is_dir() and any(surrogate_dir.iterdir()) else [],
+        "scores": _score_outputs(output_dir),
+        "final": _final_outputs(output_dir),
+    }
+    everything = [p for paths in earlier.values() for p in paths]
+    if not everything:
+        return plan
+    if overwrite:
+        plan.archive, plan.reason = everything, "--overwrite_output_dir"
+        return plan
+    try:
+        previous = json.loads((output_dir / RUN_RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        previous = None
+    if previous is None:
+        raise ConfigError(
+            f"--output_dir {output_dir} holds the outputs of an earlier run whose settings are unknown (no "
+            f"{RUN_RECORD_NAME}: {', '.join(p.name for p in everything[:5])}). Use a new --output_dir, or pass "
+            f"--overwrite_output_dir to move that run to {output_dir / ARCHIVE_DIR}/ first."
+        )
+    for stage in ("surrogate", "scores"):
+        if earlier[stage] and stage in plan.record and previous.get(stage) != plan.record[stage]:
+            changes = _differences(previous.get(stage) or {}, plan.record[stage])
+            raise ConfigError(
+                f"--output_dir {output_dir} holds a run whose {stage} came from other settings "
+                f"({'; '.join(changes[:6]) or 'unrecorded'}), so it cannot be reused or resumed. Use a new "
+                f"--output_dir, or pass --overwrite_output_dir to move that run to {output_dir / ARCHIVE_DIR}/ "
+                "first."
+            )
+    if earlier["final"] and previous.get("final") != plan.record["final"]:
+        resume = settings.train.resume_from_checkpoint
+        if resume not in (None, "latest"):
+            raise ConfigError(
+                f"--resume_from_checkpoint {resume}: that training ran with other settings "
+                f"({'; '.join(_differences(previous.get('final') or {}, plan.record['final'])[:6])}); resume "
+                "with the same settings, or drop the flag to train anew."
+            )
+        plan.archive = earlier["final"]
+        plan.reason = "; ".join(_differences(previous.get("final") or {}, plan.record["final"])[:6])
+    return plan
+
+
+def apply_run_folder_plan(plan: RunFolderPlan) -> None:
+    """Main process: archive what the plan says, then record this run's fingerprints."""
+    if plan.archive:
+        target = plan.output_dir / ARCHIVE_DIR / time.strftime("%Y%m%d-%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        for path in plan.archive:
+            shutil.move(str(path), target / path.name)
+        logger.warning(
+            "Moved the earlier run's %s to %s (%s): this run starts those stages clean.",
+            ", ".join(p.name for p in plan.archive), target, plan.reason,
+        )
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    (plan.output_dir / RUN_RECORD_NAME).write_text(json.dumps(plan.record, indent=2, sort_keys=True) + "\n")
