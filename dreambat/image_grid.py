@@ -24,7 +24,8 @@ def image_grid(
     Args:
         rows: ``rows[r][c]`` is the image of cell (r, c); every row has the same length.
         row_labels: one caption per row, drawn in a column on the left (wrapped).
-        column_labels: one caption per column, drawn above it (wrapped to two lines).
+        column_labels: one caption per column, drawn above it, wrapped to the cell width; the
+            header is as tall as the longest caption needs (at least two lines), nothing is cut.
         cell_size: side of each square cell in pixels; defaults to the first image's width.
         label_width: width of the row-caption column when ``row_labels`` is given.
 
@@ -43,15 +44,16 @@ def image_grid(
         raise ValueError(f"image_grid: {len(column_labels)} column labels for {n_cols} columns.")
     cell = cell_size or rows[0][0].width
     left = label_width if row_labels is not None else 0
-    top = 2 * CAPTION_LINE_HEIGHT if column_labels is not None else 0
+    header = [textwrap.wrap(label, max(1, cell // 6)) for label in column_labels or ()]
+    top = max(2, *(len(lines) for lines in header)) * CAPTION_LINE_HEIGHT if column_labels is not None else 0
     width = left + n_cols * (cell + PADDING) + PADDING
     height = top + len(rows) * (cell + PADDING) + PADDING
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     chars_per_line = max(8, label_width // 7)
-    for c, label in enumerate(column_labels or ()):
-        for i, line in enumerate(textwrap.wrap(label, max(1, cell // 6))[:2]):  # the header holds two lines
+    for c, lines in enumerate(header):
+        for i, line in enumerate(lines):
             draw.text((left + PADDING + c * (cell + PADDING), PADDING + i * CAPTION_LINE_HEIGHT), line,
                       fill="black", font=font)
     for r, row in enumerate(rows):

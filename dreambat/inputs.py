@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .backbone.load import native_resolution, resolve_backbone
-from .data.subject import list_subject_images
+from .data.subject import readable_subject_images
 from .errors import ConfigError
 from .fields import flag
 
@@ -82,12 +82,15 @@ class ResolvedInputs:
 
 
 def resolve_inputs(inputs: RunInputs) -> ResolvedInputs:
-    """Resolve the backbone and list the subject photos; no model is loaded.
+    """Resolve the backbone and list the subject photos that decode; no model is loaded.
+
+    Unreadable photos are named in one warning here, so a run that trains and scores several
+    times on the same inputs says it once.
 
     Raises:
         ModelNotFoundError: the backbone cannot be found offline.
-        SubjectDataError: the subject folder is missing or holds no image.
+        SubjectDataError: the subject folder is missing or holds no readable image.
     """
     backbone_path = resolve_backbone(inputs.pretrained_model_name_or_path, inputs.revision)
-    images = tuple(list_subject_images(inputs.instance_data_dir))
+    images = tuple(readable_subject_images(inputs.instance_data_dir))  # warns once about unreadable photos
     return ResolvedInputs(backbone_path, images, inputs.resolution or native_resolution(backbone_path))

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..progress import progress
 from .blocks import LoraBlocks
 from .curvature import InverseStrategy, describe, precondition
 from .gradients import contracted_terms, reference_rows, reference_scores, reference_term_scores
@@ -228,11 +228,11 @@ def score_candidates(
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     summary = ScoreSummary()
     done = writer.done_indices
-    progress = tqdm(total=total, desc="score", unit="cand", disable=not show_progress)
+    bar = progress(total=total, desc="score", unit="cand", disable=not show_progress)
 
     def count_resumed() -> None:
         summary.resumed += 1
-        progress.update(1)
+        bar.update(1)
 
     started = time.perf_counter()
     for batch in _batches(candidates, batch_size, lambda c: c.index in done, count_resumed):
@@ -260,12 +260,12 @@ def score_candidates(
                 summary.skipped_nonfinite += 1
         writer.write(records)
         summary.seconds = time.perf_counter() - started
-        progress.update(len(batch))
-        progress.set_postfix(
+        bar.update(len(batch))
+        bar.set_postfix(
             cand_per_s=f"{summary.candidates_per_second:.1f}",
             skipped=summary.skipped_nonfinite,
             positive=summary.positive,
         )
-    progress.close()
+    bar.close()
     summary.seconds = time.perf_counter() - started
     return summary

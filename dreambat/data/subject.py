@@ -59,6 +59,39 @@ def list_subject_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def readable_subject_images(folder: str | Path) -> list[Path]:
+    """The subject photos that decode, after one warning naming those that do not.
+
+    Raises:
+        SubjectDataError: no image file, or none of them readable (see :func:`list_subject_images`).
+    """
+    readable, skipped = [], []
+    for path in list_subject_images(folder):
+        try:
+            load_rgb(path)
+        except _UNREADABLE_ERRORS as error:
+            skipped.append((path, f"{type(error).__name__}: {error}"))
+        else:
+            readable.append(path)
+    _report_unreadable(Path(folder), readable, skipped)
+    return readable
+
+
+def _report_unreadable(folder: Path, readable: list, skipped: list[tuple[Path, str]]) -> None:
+    if not skipped:
+        return
+    listing = "; ".join(f"{path.name} ({reason})" for path, reason in skipped)
+    if not readable:
+        raise SubjectDataError(
+            f"None of the {len(skipped)} image files in subject folder '{folder}' "
+            f"could be read: {listing}. Replace them with valid photos ({_ACCEPTED})."
+        )
+    logger.warning(
+        "Skipped %d unreadable image file(s) in subject folder '%s', training on the other %d: %s",
+        len(skipped), folder, len(readable), listing,
+    )
+
+
 def _is_subject_image(path: Path) -> bool:
     return (
         not path.name.startswith(".")
@@ -163,22 +196,7 @@ class SubjectDataset(Dataset):
         self.keys: list[str] = _unique_keys([example.path for example in self.images])
 
     def _report_skipped(self) -> None:
-        if not self.skipped:
-            return
-        listing = "; ".join(f"{path.name} ({reason})" for path, reason in self.skipped)
-        if not self.images:
-            raise SubjectDataError(
-                f"None of the {len(self.skipped)} image files in subject folder '{self.folder}' "
-                f"could be read: {listing}. Replace them with valid photos ({_ACCEPTED})."
-            )
-        logger.warning(
-            "Skipped %d unreadable image file(s) in subject folder '%s', training on the other "
-            "%d: %s",
-            len(self.skipped),
-            self.folder,
-            len(self.images),
-            listing,
-        )
+        _report_unreadable(self.folder, self.images, self.skipped)
 
     def __len__(self) -> int:
         return len(self.images)

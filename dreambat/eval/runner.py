@@ -26,6 +26,7 @@ from PIL import Image
 from ..backbone.load import resolve_backbone
 from ..data.transforms import load_rgb
 from ..errors import ConfigError, SubjectDataError
+from ..progress import progress as show_progress
 from ..timing import Timer
 from .config import DreamBenchConfig, DreamBenchSubject
 from .constants import REAL_IMAGES
@@ -170,12 +171,10 @@ def _generate(config: DreamBenchConfig, todo: list, progress: bool) -> int:
     """Generate the images of ``todo`` (one pipeline, loaded only when there is work); returns the count."""
     if not todo:
         return 0
-    from tqdm.auto import tqdm
-
     device = resolve_device(config.device)
     pipeline = load_pipeline(resolve_backbone(config.pretrained_model_name_or_path, config.revision),
                              device=device, dtype=torch_dtype(config.dtype), scheduler=config.generation.scheduler)
-    with tqdm(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
+    with show_progress(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
         generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
     del pipeline
     if device.type == "cuda":

@@ -199,6 +199,8 @@ def run_dreambooth(
                 num_inference_steps=config.num_inference_steps, resolution=config.resolution,
             )
             log_images(accelerator, f"{description}/validation", images, step)
+            logger.info("%s: validation at step %d, %d image(s) of %r (TensorBoard: %s/validation).",
+                        description, step, len(images), config.validation_prompt, description)
         if step % config.checkpointing_steps == 0:
             save_checkpoint(accelerator, result.output_dir, step, total_limit=config.checkpoints_total_limit,
                             stream_state={**stream_state, "global_step": step})
@@ -257,6 +259,7 @@ def _save_outputs(
     unet = accelerator.unwrap_model(backbone.unet)
     text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
     result.lora_path = save_lora(result.output_dir, unet, text_encoder)
+    logger.info("%s: saved the LoRA weights to %s.", description, result.lora_path)
     if config.validation_prompt:
         grid, rows = render_comparison(
             backbone_path, result.output_dir, [config.validation_prompt], config.num_validation_images,
@@ -265,6 +268,7 @@ def _save_outputs(
         )
         result.grid_path = result.output_dir / VALIDATION_GRID_NAME
         grid.save(result.grid_path)
+        logger.info("%s: base model vs LoRA on the validation prompt: %s.", description, result.grid_path)
         log_images(accelerator, f"{description}/final_lora", rows[1], num_steps)
     losses = result.state.losses if result.state else []
     result.model_card_path = write_model_card(

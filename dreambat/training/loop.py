@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
 from ..data.stream import CLASS
@@ -34,6 +33,7 @@ from ..diffusion import (
 )
 from ..errors import ConfigError
 from ..lora import lora_parameters
+from ..progress import progress
 from .checkpoints import checkpoint_step, register_lora_state_hooks
 from .config import TrainConfig
 
@@ -200,7 +200,7 @@ def train_lora(
     for module in modules:
         module.train()
 
-    progress = tqdm(
+    bar = progress(
         total=num_steps, initial=state.global_step, desc=description,
         disable=not accelerator.is_local_main_process, unit="step",
     )
@@ -222,11 +222,11 @@ def train_lora(
         state.losses.append(step_loss)
         lr = lr_scheduler.get_last_lr()[0]
         accelerator.log({f"{description}/loss": step_loss, f"{description}/lr": lr}, step=state.global_step)
-        progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if on_step is not None:
             on_step(state.global_step)
-    progress.close()
+    bar.close()
     for hook in hooks:
         hook.remove()
     for module in modules:

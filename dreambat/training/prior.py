@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
-from tqdm.auto import tqdm
+from ..progress import progress
 
 from ..data.class_images import list_class_images
 from ..data.stream import mix_seed
@@ -86,7 +86,7 @@ def _generate(
     pipeline.set_progress_bar_config(disable=True)
     seed = config.seed or 0
     batch_size = config.sample_batch_size
-    with torch.random.fork_rng(devices=[]), tqdm(total=len(indices), desc="class images", unit="image") as bar:
+    with torch.random.fork_rng(devices=[]), progress(total=len(indices), desc="class images", unit="image") as bar:
         for first in range(indices.start, indices.stop, batch_size):
             batch = range(first, min(first + batch_size, indices.stop))
             generators = [torch.Generator().manual_seed(mix_seed(seed, _CLASS_SEED_TAG, k)) for k in batch]

@@ -29,6 +29,12 @@ def check_training_inputs(config: TrainConfig, resolved: ResolvedInputs | None =
     honoured, ``--class_data_dir`` is not a file and a named ``--resume_from_checkpoint`` exists.
     """
     resolved = resolved or resolve_inputs(config)
+    if config.mixed_precision == "fp16" and cpu_only():
+        logger.warning(
+            "--mixed_precision fp16 on a machine without a GPU: CPUs have no fast fp16 kernels and fp16 "
+            "training needs a gradient scaler that only runs on GPUs. Use --mixed_precision bf16 (CPUs run "
+            "it) or no."
+        )
     if config.use_8bit_adam:
         require_bitsandbytes()
     if config.with_prior_preservation:

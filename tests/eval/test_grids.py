@@ -53,3 +53,14 @@ def test_dreambat_grid_command(tiny_backbone, lora_dirs, tmp_path, capsys):
     assert main([*common, "--lora_dir", str(tmp_path / "missing"), "--output", str(tmp_path / "no.png")]) == 2
     assert "pytorch_lora_weights.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
+
+
+def test_long_column_headers_wrap_instead_of_being_cut():
+    from PIL import Image
+
+    from dreambat.image_grid import CAPTION_LINE_HEIGHT, PADDING, image_grid
+
+    label = "a photo of sks star on the beach with a red umbrella"
+    grid = image_grid([[Image.new("RGB", (32, 32))]], column_labels=[label], cell_size=48)
+    lines = -(-len(label) // (48 // 6))  # at least this many lines of 8 characters
+    assert grid.height >= lines * CAPTION_LINE_HEIGHT + 48 + 2 * PADDING
