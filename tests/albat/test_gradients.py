@@ -7,7 +7,7 @@ from dreambat.albat.blocks import LoraBlocks
 from dreambat.albat.task import as_matrix
 from dreambat.albat.gradients import contracted_scores, reference_rows, reference_scores
 from dreambat.errors import ConfigError
-from tests.albat.conftest import image_batch
+from tests.albat.conftest import RegressionTask, image_batch
 
 
 def _directions(rows):
@@ -108,24 +108,12 @@ class ConvNet(nn.Module):
         return self.head(torch.tanh(self.conv2(torch.tanh(self.conv1(x)))).flatten(1)).squeeze(-1)
 
 
-class _ConvTask:
-    def __init__(self, model):
-        self.model = model
-
-    def loss_matrix(self, batch):
-        x, y = batch
-        return (self.model(x) - y) ** 2
-
-    def batch_size(self, batch):
-        return len(batch[0])
-
-
 def test_fast_path_dispatches_conv2d_lora_factors_by_type():
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     model = get_peft_model(ConvNet(), LoraConfig(r=2, target_modules=["conv1", "conv2", "head"], init_lora_weights=False))
-    task, blocks = _ConvTask(model), LoraBlocks.from_models(model)
+    task, blocks = RegressionTask(model), LoraBlocks.from_models(model)
     assert {type(m) for m in blocks.modules} == {nn.Conv2d, nn.Linear}
     x, y = torch.randn(3, 3, 8, 8), torch.randn(3)
     h = _directions(reference_rows(task, blocks, [(x, y)]))
