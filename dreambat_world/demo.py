@@ -130,15 +130,18 @@ def run_demo(
     result = run_bat(BatSettings(
         train,
         PoolConfig(backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates),
-        ScoringConfig(num_score_timesteps=2, score_batch_size=16),
+        ScoringConfig(score_batch_size=16),  # the library's reliable defaults
         SelectionConfig(selection="albat", num_backbone_samples=DEMO_KEEP),
         BatConfig(surrogate_steps=max(steps // 2, 1), augmentation_ratio=DEMO_GAMMA),
     ))
     ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME)
     report = result.report
+    reliability = report.get("reliability") or {}
     logger.info(
-        "[3/5] BAT: %d candidates scored, %d with Z > 0, kept %d; backbone share of training %.2f (%.1fs)",
+        "[3/5] BAT: %d candidates scored, %d with Z > 0, kept %d (ranking test-retest Spearman estimated at "
+        "%s); backbone share of training %.2f (%.1fs)",
         len(ranked), sum(r.score > 0 for r in ranked), report["counts"]["selected"],
+        f"{reliability['full_run']:.2f}" if reliability else "n/a",
         report["gamma"]["measured_backbone_share"] or 0.0, time.perf_counter() - started,
     )
 
