@@ -6,6 +6,8 @@ name through :func:`get_rule`:
 - ``albat``: deterministic thresholding S(x) = 1[Z(x) >= η], with η given directly, or as the
   N-th largest score (top-N), or from a fraction of the scored pool. Candidates with Z <= 0 are
   predicted not to help and are never kept unless ``force=True``.
+- ``clip``: the N candidates nearest to the subject photos by CLIP image embedding (a baseline a
+  user would otherwise reach for).
 - ``random``: the same number of candidates uniformly at random (seeded); the baseline.
 - ``none``: nothing (plain DreamBooth-LoRA).
 """
@@ -210,6 +212,20 @@ class RandomSelection(SelectionRule):
         )
 
 
+class NearestSelection(AlbatSelection):
+    """Keep the N candidates with the highest similarity score (CLIP retrieval, Custom Diffusion's
+    way of picking real regularisation images). A similarity is not an influence: candidates are
+    kept whatever its sign, and a count (or fraction) is required.
+    """
+
+    name = "clip"
+
+    def __init__(self, *, num_samples: int | None = None, fraction: float | None = None) -> None:
+        if num_samples is None and fraction is None:
+            raise ConfigError("--selection clip keeps a count: pass --num_backbone_samples or --backbone_fraction.")
+        super().__init__(num_samples=num_samples, fraction=fraction, force=True)
+
+
 class NoSelection(SelectionRule):
     """Keep nothing: plain DreamBooth-LoRA on the subject photos alone."""
 
@@ -219,7 +235,9 @@ class NoSelection(SelectionRule):
         return SelectionResult([], threshold=None, requested=None, kept=0, n_positive=_n_positive(records))
 
 
-RULES: dict[str, type[SelectionRule]] = {rule.name: rule for rule in (AlbatSelection, RandomSelection, NoSelection)}
+RULES: dict[str, type[SelectionRule]] = {
+    rule.name: rule for rule in (AlbatSelection, NearestSelection, RandomSelection, NoSelection)
+}
 
 
 def get_rule(name: str, **kwargs: Any) -> SelectionRule:

@@ -84,6 +84,8 @@ class BatSettings:
                 "--selection random needs a count: --num_backbone_samples or --backbone_fraction "
                 "(or --selection_manifest of an ALBAT run, to keep as many as it found helpful)."
             )
+        if selection == "clip" and not self.selection.keep_flags_given:
+            raise ConfigError("--selection clip needs a count: --num_backbone_samples or --backbone_fraction.")
         if bat.selection_manifest is not None and not Path(bat.selection_manifest).is_file():
             raise ConfigError(
                 f"--selection_manifest {bat.selection_manifest} does not exist; give the selection.jsonl "
@@ -91,7 +93,7 @@ class BatSettings:
             )
         if bat.selection_manifest is not None and self.scoring.surrogate_lora is not None:
             raise ConfigError("--selection_manifest already holds the scores; --surrogate_lora would not be used. Drop one.")
-        if selection == "none" and self.scoring.surrogate_lora is not None:
+        if selection != "albat" and self.scoring.surrogate_lora is not None:
             raise ConfigError("--surrogate_lora is only used by --selection albat; drop it or change --selection.")
 
     @property
@@ -103,20 +105,25 @@ class BatSettings:
 
     @property
     def needs_surrogate(self) -> bool:
-        """Stages 1-2 run only for ALBAT scores that no earlier manifest provides."""
+        """Stage 1 runs only for ALBAT scores that no earlier manifest provides."""
         return self.selection.selection == "albat" and self.bat.selection_manifest is None
+
+    @property
+    def needs_scoring(self) -> bool:
+        """Stage 2 runs for ALBAT scores or CLIP similarities that no earlier manifest provides."""
+        return self.selection.selection in ("albat", "clip") and self.bat.selection_manifest is None
 
     @property
     def seed(self) -> int:
         return self.train.seed or 0
 
-    def score_settings(self, surrogate: Path) -> ScoreSettings:
-        """Stage 2's scoring run: this run's inputs, pool, estimator and keep rule, with ``surrogate``."""
-        return ScoreSettings(
-            inputs=self.train, pool=self.pool,
-            scoring=dataclasses.replace(self.scoring, surrogate_lora=str(surrogate)),
-            selection=dataclasses.replace(self.selection, selection="albat"),
-        )
+    def score_settings(self, surrogate: Path | None) -> ScoreSettings:
+        """Stage 2's scoring run: this run's inputs, pool, estimator and keep rule, with ``surrogate``
+        (``None`` for CLIP retrieval)."""
+        scoring = self.scoring if surrogate is None else dataclasses.replace(self.scoring, surrogate_lora=str(surrogate))
+        method = "clip" if self.selection.selection == "clip" else "albat"
+        return ScoreSettings(inputs=self.train, pool=self.pool, scoring=scoring,
+                             selection=dataclasses.replace(self.selection, selection=method))
 
     @classmethod
     def from_flags(cls, **values: Any) -> BatSettings:

@@ -94,17 +94,18 @@ def run_bat(settings: BatSettings) -> BatResult:
 
     scored_manifest = Path(settings.bat.selection_manifest) if settings.bat.selection_manifest else None
     score_report: dict | None = None
+    stages["surrogate"] = stages["score"] = "skipped"
+    surrogate_path = None
     if settings.needs_surrogate:
         with timer("surrogate"):
             surrogate = surrogate_stage(settings, output_dir, resolved)
-        stages["surrogate"] = surrogate.status
+        stages["surrogate"], surrogate_path = surrogate.status, surrogate.path
         state.wait_for_everyone()
+    if settings.needs_scoring:
         with timer("score"):
-            scoring = scoring_stage(settings, surrogate.path, resolved)
+            scoring = scoring_stage(settings, surrogate_path, resolved)
         stages["score"] = scoring.status
         scored_manifest, score_report = scoring.path, scoring.report
-    else:
-        stages["surrogate"] = stages["score"] = "skipped"
 
     records, selection = [], None
     if selection_flags.selection != "none":

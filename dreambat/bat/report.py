@@ -69,7 +69,8 @@ def bat_model_card_section(
     method = settings.selection.selection
     if method == "none" or selection is None:
         return "No backbone data: plain DreamBooth-LoRA (`--selection none`).\n"
-    rule = {"albat": "ALBAT influence scores", "random": "uniform random choice"}[method]
+    rule = {"albat": "ALBAT influence scores", "clip": "CLIP similarity to the subject photos",
+            "random": "uniform random choice"}[method]
     lines = [
         f"Backbone candidates considered: {pool}; kept {selection.kept} by {rule}"
         + (f" (η = {selection.threshold:.4g})" if selection.threshold is not None else "") + ".",

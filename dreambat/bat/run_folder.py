@@ -74,7 +74,10 @@ def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs) -> dict[
         {"train": _weights_settings(surrogate_config(settings, Path(".")))}
     )
     manifest = settings.bat.selection_manifest
-    scores = surrogate | {"pool": dataclasses.asdict(settings.pool), "estimator": settings.scoring.estimator()}
+    method = settings.selection
+    scorer = ({"clip_model": method.clip_model, "clip_pretrained": method.clip_pretrained} if method.selection == "clip"
+              else {"estimator": settings.scoring.estimator()})
+    scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": dataclasses.asdict(settings.pool)} | scorer
     if manifest:
         scores = inputs | {"selection_manifest_sha256": file_digest(manifest)}
     final = scores | {"train": _weights_settings(settings.train), "selection": dataclasses.asdict(settings.selection),

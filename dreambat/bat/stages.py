@@ -95,11 +95,15 @@ def surrogate_stage(settings: BatSettings, output_dir: Path, resolved: ResolvedI
     return StageOutcome("resumed" if result.resumed_from else "ran", weights)
 
 
-def scoring_stage(settings: BatSettings, surrogate: Path, resolved: ResolvedInputs) -> StageOutcome:
-    """Stage 2: ALBAT scores of every candidate, in ``output_dir/selection.jsonl``."""
+def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: ResolvedInputs) -> StageOutcome:
+    """Stage 2: ALBAT scores (or CLIP similarities) of every candidate, in ``output_dir/selection.jsonl``."""
     scoring = settings.scoring
-    logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).", scoring.num_score_timesteps,
-                scoring.curvature)
+    if surrogate is None:
+        logger.info("Stage 2/5: ranking backbone candidates by CLIP similarity to the subject (%s).",
+                    settings.selection.clip_model)
+    else:
+        logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).", scoring.num_score_timesteps,
+                    scoring.curvature)
     result = run_scoring(settings.score_settings(surrogate), resolved=resolved)
     report = json.loads(result.report_path.read_text()) if result.report_path.is_file() else {}
     return StageOutcome(result.status, result.manifest_path, report)

@@ -139,9 +139,10 @@ class SelectionConfig:
 
     KEEP_FLAGS: ClassVar[tuple[str, ...]] = ("num_backbone_samples", "score_threshold", "backbone_fraction")
 
-    selection: Literal["albat", "random", "none"] = flag(
-        "Backbone selection: albat (influence scores of a surrogate LoRA, Z ≥ η), random (the same "
-        "count, seeded; no scores needed), none (plain DreamBooth-LoRA).",
+    selection: Literal["albat", "clip", "random", "none"] = flag(
+        "Backbone selection: albat (influence scores of a surrogate LoRA, Z ≥ η), clip (the N candidates "
+        "nearest to the subject photos by CLIP image embedding), random (the same count, seeded; no "
+        "scores needed), none (plain DreamBooth-LoRA).",
         default="albat",
     )
     num_backbone_samples: int | None = flag("Keep the top N candidates (random: N at random).", default=None)
@@ -150,14 +151,24 @@ class SelectionConfig:
     keep_nonpositive: bool = flag(
         "Allow keeping candidates with Z ≤ 0, which are predicted not to help.", default=False
     )
+    clip_model: str = flag(
+        "--selection clip: the open_clip model (a name such as ViT-B-32, a model-config JSON, or "
+        "local-dir:FOLDER), read from local files or your Hugging Face cache.",
+        default="ViT-B-32",
+    )
+    clip_pretrained: str = flag(
+        "--selection clip: the open_clip pretrained tag (read from the cache) or a checkpoint file.",
+        default="openai",
+    )
 
     def __post_init__(self) -> None:
         keep = self.keep_flags_given
         if self.selection != "none" and len(keep) > 1:
             raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
-        if self.selection == "random" and self.score_threshold is not None:
+        if self.selection in ("random", "clip") and self.score_threshold is not None:
             raise ConfigError(
-                "--selection random keeps a count, not a threshold: use --num_backbone_samples or --backbone_fraction."
+                f"--selection {self.selection} keeps a count, not a threshold: use --num_backbone_samples or "
+                "--backbone_fraction."
             )
         if self.backbone_fraction is not None and not 0 < self.backbone_fraction <= 1:
             raise ConfigError(f"--backbone_fraction must be in (0, 1], got {self.backbone_fraction}.")
@@ -174,6 +185,8 @@ class SelectionConfig:
             return {}
         if self.selection == "random":
             return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction, "seed": seed}
+        if self.selection == "clip":
+            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction}
         rule = {
             "threshold": self.score_threshold, "num_samples": self.num_backbone_samples,
             "fraction": self.backbone_fraction, "force": self.keep_nonpositive,
@@ -211,6 +224,8 @@ class ScoreSettings:
                 f"--selection {self.selection.selection} needs candidates: pass --backbone_shards "
                 "(e.g. 'laion/{00000..00009}.tar')."
             )
+        if self.selection.selection == "clip" and not self.selection.keep_flags_given:
+            raise ConfigError("--selection clip keeps a count: pass --num_backbone_samples or --backbone_fraction.")
 
     @property
     def seed(self) -> int:
@@ -237,7 +252,7 @@ class ScoreSettings:
 
 def check_score_command(settings: ScoreSettings) -> None:
     """What ``dreambat score`` needs beyond the groups' own checks."""
-    if settings.scoring.surrogate_lora is None:
+    if settings.scoring.surrogate_lora is None and settings.selection.selection != "clip":
         raise ConfigError(
             "dreambat score needs --surrogate_lora: the folder of a short DreamBooth-LoRA run on the "
             "subject (e.g. `train_dreambooth_bat.py --selection none --max_train_steps 200`)."

@@ -18,8 +18,12 @@ def reliability_report(records: Sequence[ManifestRecord], scoring: ScoringConfig
     estimate = split_half_reliability(np.array(split)) if split else None
     if estimate is None:
         return None
+    halves = scoring.candidate_design().halves()
     return estimate.to_dict() | {
         "candidate_rows": scoring.candidate_design().num_terms,
+        "caveat": None if scoring.num_score_timesteps >= 8 else (
+            f"each candidate half covers only {min(len(h) for h in halves)} of the K = {scoring.num_score_timesteps} "
+            "timesteps' terms, so the halves estimate different things and full_run is a loose lower bound"),
         "reference_rows_per_photo": scoring.reference_design().num_terms,
         "method": "split-half: Spearman of two disjoint half-budget estimates (half_run); full_run from "
                   "the variance components of the four half-estimates; spearman_brown = 2r/(1+r), a lower bound",

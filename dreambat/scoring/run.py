@@ -50,6 +50,7 @@ from ..timing import Timer
 from .config import ScoreSettings
 from .diffusion_task import DiffusionLossTask
 from .reliability import describe_reliability, reliability_advice, reliability_report
+from .retrieval import ClipSimilarity, collate_images, load_clip
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,16 @@ class ScoringResult:
     status: str = "ran"
 
 
-def fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path) -> dict:
+def fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path | None) -> dict:
     """Everything a score depends on; a manifest is resumed or reused only under the same fingerprint."""
-    pool, scoring = settings.pool, settings.scoring
+    pool, scoring, selection = settings.pool, settings.scoring, settings.selection
+    if surrogate is None:  # CLIP retrieval
+        return {
+            "scores": "clip", "clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained,
+            "subject_sha256": resolved.subject_digests, "shards": list(pool.backbone_shards),
+            "filters": list(pool.backbone_filter), "max_candidates": pool.max_candidates,
+            "candidate_ratio": pool.candidate_ratio,
+        }
     return {
         "backbone": str(settings.inputs.pretrained_model_name_or_path),
         "surrogate_sha256": file_digest(surrogate),
@@ -139,7 +147,8 @@ def run_scoring(
         resolved: :func:`~dreambat.inputs.resolve_inputs` of ``settings.inputs``, if the caller has it.
     """
     resolved = resolved or resolve_inputs(settings.inputs)
-    surrogate = lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
+    retrieval = settings.selection.selection == "clip"
+    surrogate = None if retrieval else lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
     probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
     state = process_state()
     output_dir = Path(settings.inputs.output_dir)
@@ -167,7 +176,8 @@ def run_scoring(
     else:
         if state.is_main_process:
             settings.save(output_dir / SCORE_CONFIG_NAME)
-        gathered, curvature = _score(settings, resolved, surrogate, fp, timer, show_progress)
+        score = _retrieve if retrieval else _score
+        gathered, curvature = score(settings, resolved, surrogate, fp, timer, show_progress)
 
     report: dict = {}
     if state.is_main_process:
@@ -213,7 +223,8 @@ def run_scoring(
         (output_dir / SCORE_REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
         logger.info(
             "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
-            len(records), counts.get("resumed", 0), result.kept, describe_reliability(report["reliability"]),
+            len(records), counts.get("resumed", 0), result.kept,
+            "CLIP similarity to the subject photos" if retrieval else describe_reliability(report["reliability"]),
             manifest_path,
         )
         advice = reliability_advice(report["reliability"], settings.scoring)
@@ -224,13 +235,51 @@ def run_scoring(
     return ScoringResult(manifest_path, output_dir / SCORE_REPORT_NAME, report, run_status)
 
 
+def _retrieve(
+    settings: ScoreSettings, resolved: ResolvedInputs, surrogate: None, fp: dict, timer: Timer, show_progress: bool
+) -> tuple[list[dict], dict]:
+    """Embed the subject photos and score this process's candidates by CLIP similarity."""
+    state = process_state()
+    with timer("load"):
+        encoder = load_clip(settings.selection.clip_model, settings.selection.clip_pretrained, state.device)
+    with timer("subject_embeddings"):
+        scorer = ClipSimilarity(encoder, resolved.subject_images)
+    with timer("score"):
+        summary, reader = _stream(settings, scorer, collate_images, fp, show_progress)
+    return _gather(reader, summary), scorer.describe()
+
+
+def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: bool):
+    """Score this process's share of the pool into its part manifest (resuming the final one's)."""
+    state = process_state()
+    pool, output_dir = settings.pool, Path(settings.inputs.output_dir)
+    reader = ShardReader(
+        pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
+        rank=state.process_index, world_size=state.num_processes, sample_ratio=pool.candidate_ratio,
+    )
+    part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
+    manifest_path = output_dir / SELECTION_MANIFEST_NAME
+    with ManifestWriter(part, fingerprint=fp) as writer:
+        if manifest_path.exists():
+            writer.done_indices.update(r.index for r in read_manifest(manifest_path))
+        summary = score_candidates(
+            scorer, reader, collate, writer, batch_size=settings.scoring.score_batch_size,
+            path=settings.scoring.scoring_path, show_progress=show_progress and state.is_local_main_process,
+        )
+    return summary, reader
+
+
+def _gather(reader: ShardReader, summary) -> list[dict]:
+    mine = {"reader": reader.stats.as_dict(), "summary": dataclasses.asdict(summary) | {"scores": None}}
+    return gather_object([mine]) if process_state().num_processes > 1 else [mine]
+
+
 def _score(
     settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path, fp: dict, timer: Timer, show_progress: bool
 ) -> tuple[list[dict], dict]:
     """Load the backbone with the surrogate, fit the direction, score this process's candidates."""
     state = process_state()
     inputs, scoring = settings.inputs, settings.scoring
-    output_dir = Path(inputs.output_dir)
     with timer("load"):
         backbone = load_backbone(str(resolved.backbone_path), revision=inputs.revision, variant=inputs.variant)
         for model in (backbone.unet, backbone.vae, backbone.text_encoder):
@@ -249,24 +298,10 @@ def _score(
         curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])
 
     with timer("score"):
-        pool = settings.pool
-        reader = ShardReader(
-            pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
-            rank=state.process_index, world_size=state.num_processes, sample_ratio=pool.candidate_ratio,
-        )
-        part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
         transform = ImageTransform(resolved.resolution, center_crop=True)
-        manifest_path = output_dir / SELECTION_MANIFEST_NAME
-        with ManifestWriter(part, fingerprint=fp) as writer:
-            if manifest_path.exists():
-                writer.done_indices.update(r.index for r in read_manifest(manifest_path))
-            summary = score_candidates(
-                scorer, reader, lambda batch: collate_candidates(batch, transform), writer,
-                batch_size=scoring.score_batch_size, path=scoring.scoring_path,
-                show_progress=show_progress and state.is_local_main_process,
-            )
-    mine = {"reader": reader.stats.as_dict(), "summary": dataclasses.asdict(summary) | {"scores": None}}
-    return (gather_object([mine]) if state.num_processes > 1 else [mine]), curvature
+        summary, reader = _stream(settings, scorer, lambda batch: collate_candidates(batch, transform), fp,
+                                  show_progress)
+    return _gather(reader, summary), curvature
 
 
 # With split_by="sample" every process reads every shard: shard counts are per process, not summed.

@@ -144,11 +144,11 @@ def test_none_keeps_nothing():
 
 
 def test_registry():
-    assert set(RULES) == {"albat", "random", "none"}
+    assert set(RULES) == {"albat", "clip", "random", "none"}
     assert isinstance(get_rule("albat", threshold=0.0), AlbatSelection)
     assert isinstance(get_rule("random", num_samples=2, seed=1), RandomSelection)
     assert isinstance(get_rule("none"), NoSelection)
-    with pytest.raises(ConfigError, match="albat, random, none"):
+    with pytest.raises(ConfigError, match="albat, clip, random, none"):
         get_rule("influence")
     with pytest.raises(ConfigError, match="--selection none"):
         get_rule("none", num_samples=3)
@@ -175,3 +175,12 @@ def test_apply_selection():
     assert {r.index for r in flagged if r.selected} == {2, 3, 6, 7}
     assert all(r.selected is False for r in flagged if r.index not in {2, 3, 6, 7})
     assert all(r.selected is None for r in RECORDS)  # the inputs are not modified
+
+
+def test_clip_rule_keeps_the_most_similar_whatever_their_sign():
+    from dreambat.albat.selection import NearestSelection
+
+    records = [ManifestRecord(i, f"k{i}", "u", "c", s) for i, s in enumerate([-0.2, -0.1, -0.5, -0.05])]
+    assert get_rule("clip", num_samples=2).select(records).selected_indices == [1, 3]
+    with pytest.raises(ConfigError, match="keeps a count"):
+        NearestSelection()
