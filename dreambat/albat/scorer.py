@@ -96,21 +96,20 @@ class AlbatScorer:
         report: dict[str, Any] = {}
         if self.normalize_terms:
             rows, report["term_weights"] = self._normalize(rows, term_of_row)
-        directions = precondition(rows, self.strategy)
-        report = describe(rows, self.strategy, directions) | report
-        halves = _halves(self.reference_task)
-        if halves is not None and self._candidate_halves is not None:
-            half_directions = [
-                precondition({name: r[torch.isin(term_of_row, torch.tensor(half))] for name, r in rows.items()},
-                             self.strategy)
-                for half in halves
-            ]
-            directions = {name: torch.stack([directions[name], *(h[name] for h in half_directions)])
-                          for name in directions}
+        halves = _halves(self.reference_task) if self._candidate_halves is not None else None
+        masks = [torch.isin(term_of_row, torch.tensor(half)) for half in halves] if halves else []
+        directions = {}
+        for name, block_rows in rows.items():  # block by block: a half's rows are copied one block at a time
+            h = precondition({name: block_rows}, self.strategy)[name]
+            halves_h = [precondition({name: block_rows[mask]}, self.strategy)[name] for mask in masks]
+            directions[name] = torch.stack([h, *halves_h]) if halves_h else h
+        full = {name: d[0] if d.ndim == 2 else d for name, d in directions.items()}
+        report = describe(rows, self.strategy, full) | report
         self.directions = directions
         report["n_ref"] = n_ref
         report["num_params"] = self.blocks.num_params
-        report["split_half"] = halves is not None and self._candidate_halves is not None
+        report["reference_rows_mb"] = round(sum(r.numel() * r.element_size() for r in rows.values()) / 2**20, 1)
+        report["split_half"] = bool(halves)
         return report
 
     def _normalize(self, rows: dict[str, torch.Tensor], term_of_row: torch.Tensor):

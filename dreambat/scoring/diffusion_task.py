@@ -65,17 +65,22 @@ class DiffusionLossTask:
         return self.design.term_groups()
 
     def loss_matrix(self, batch: dict) -> torch.Tensor:
-        """Per-term losses ``[B, J]`` of each sample."""
+        """Per-term losses ``[B, J]`` of each sample.
+
+        A batch may carry ``"terms"``, a sequence of term indices: then only those terms are
+        computed (``[B, len(terms)]``), so that thousands of reference draws run in chunks.
+        """
         backbone = self.backbone
         device = backbone.unet.device
-        J = self.num_terms
+        terms = list(batch.get("terms", range(self.num_terms)))
+        J = len(terms)
         with torch.no_grad():
             latents = encode_images(backbone.vae, batch["pixel_values"])
         B = latents.shape[0]
-        noise = self.design.noise(batch["keys"], latents.shape[1:]).to(device=device, dtype=latents.dtype)
+        noise = self.design.noise(batch["keys"], latents.shape[1:])[:, terms].to(device=device, dtype=latents.dtype)
         latents = latents.repeat_interleave(J, dim=0)
         noise = noise.reshape(B * J, *latents.shape[1:])
-        timesteps = self.timesteps.to(device).repeat(B)
+        timesteps = self.timesteps[terms].to(device).repeat(B)
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
         # One text-encoder row per term too, so a text-encoder LoRA's gradients separate by term.
         prompts = [prompt for prompt in batch["prompts"] for _ in range(J)]
@@ -87,3 +92,8 @@ class DiffusionLossTask:
             target = diffusion_target(backbone.noise_scheduler, latents, noise, timesteps)
             per_row = (prediction - target.float()).pow(2).mean(dim=(1, 2, 3))
         return per_row.reshape(B, J)
+
+    def chunks(self, batch: dict, rows: int) -> list[dict]:
+        """``batch`` (one sample) split into batches of at most ``rows`` consecutive terms each."""
+        return [batch | {"terms": range(start, min(start + rows, self.num_terms))}
+                for start in range(0, self.num_terms, max(1, rows))]

@@ -295,7 +295,11 @@ def _score(
                              normalize_terms=scoring.normalize_timesteps)
 
     with timer("reference_gradients"):
-        curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])
+        # One photo at a time, in chunks of as many UNet rows as a candidate batch: memory stays that
+        # of a scoring step however many reference draws there are (the rows themselves are kept).
+        rows = scoring.score_batch_size * task.num_terms
+        curvature = scorer.fit(chunk for i in range(len(subject))
+                               for chunk in reference_task.chunks(collate_subject([subject[i]]), rows))
 
     with timer("score"):
         transform = ImageTransform(resolved.resolution, center_crop=True)

@@ -36,3 +36,17 @@ def test_loss_matrix_is_deterministic_and_per_sample(unet_task):
     assert first.shape == (3, 2)
     torch.testing.assert_close(first, again)
     torch.testing.assert_close(first[1:2], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_rows_in_chunks_of_terms_equal_the_whole_batch(unet_task):
+    from dreambat.albat.gradients import reference_rows
+    from dreambat.scoring.diffusion_task import DiffusionLossTask
+
+    base, blocks = unet_task
+    task = DiffusionLossTask(base.backbone, DrawDesign(2, 3, antithetic=True))  # 12 terms
+    batch = image_batch(1, seed=7)
+    whole = reference_rows(task, blocks, [batch])
+    chunked = reference_rows(task, blocks, task.chunks(batch, 5))  # 5 + 5 + 2 terms
+    assert [len(c["terms"]) for c in task.chunks(batch, 5)] == [5, 5, 2]
+    for name in blocks.names:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-4, atol=1e-7)
