@@ -37,3 +37,13 @@ def test_uncached_hub_id_says_nothing_is_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelNotFoundError, match="never downloads"):
         resolve_backbone("dreambat-tests/not-a-cached-model-4f1c")
+
+
+def test_a_missing_backbone_folder_names_the_path_in_the_fix(tmp_path):
+    from dreambat.backbone.load import resolve_backbone
+    from dreambat.errors import ModelNotFoundError
+
+    missing = str(tmp_path / "no" / "such-sd")
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_backbone(missing)
+    assert f"dreambat make-backbone {missing}" in str(error.value) and "{name_or_path}" not in str(error.value)
