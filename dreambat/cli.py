@@ -113,8 +113,12 @@ def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
 def _make_backbone(args: argparse.Namespace) -> int:
     from .backbone.tiny import write_tiny_backbone
 
-    folder = write_tiny_backbone(args.folder, args.size, seed=args.seed, overwrite=args.overwrite)
-    print(f"Wrote a tiny '{args.size}' Stable Diffusion backbone to {folder}")
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    folder = write_tiny_backbone(args.folder, args.size, seed=args.seed, overwrite=args.overwrite, dtype=dtype)
+    kind = "an SD-1.5-shaped (random weights)" if args.size == "sd15" else f"a tiny '{args.size}'"
+    print(f"Wrote {kind} Stable Diffusion backbone to {folder}")
     return 0
 
 
@@ -151,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("score", add_help=False, help="ALBAT-score backbone shards for a surrogate LoRA")
 
-    make = commands.add_parser("make-backbone", help="write a tiny offline Stable Diffusion folder")
+    make = commands.add_parser("make-backbone", help="write an offline Stable Diffusion folder (random weights)")
     make.add_argument("folder", help="where to write the diffusers folder")
-    make.add_argument("--size", default="demo", help="tiny size name: 'test' or 'demo' (default)")
+    make.add_argument("--size", default="demo", choices=["test", "demo", "sd15"],
+                      help="test / demo: tiny; sd15: SD-1.5's exact shapes and CLIP tokenizer (4.3 GB at fp32)")
+    make.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight dtype (sd15)")
     make.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     make.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     make.set_defaults(func=_make_backbone)

@@ -166,12 +166,23 @@ def build_tiny_components(
     }
 
 
+BACKBONE_SIZES = (*TINY_SIZES, "sd15")
+"""Every size ``dreambat make-backbone`` writes: the tiny ones and ``sd15`` (SD-1.5's exact shapes)."""
+
+
 def build_tiny_pipeline(
-    size: str | TinySize = "test", *, seed: int = 0, words: Iterable[str] = ()
+    size: str | TinySize = "test", *, seed: int = 0, words: Iterable[str] = (), dtype: torch.dtype = torch.float32,
 ) -> StableDiffusionPipeline:
-    """A :class:`StableDiffusionPipeline` over :func:`build_tiny_components` (no safety checker)."""
+    """A :class:`StableDiffusionPipeline` over :func:`build_tiny_components`, or over
+    :func:`~dreambat.backbone.sd15.build_sd15_components` for ``"sd15"`` (no safety checker)."""
+    if size == "sd15":
+        from .sd15 import build_sd15_components
+
+        components = build_sd15_components(seed=seed, dtype=dtype)
+    else:
+        components = build_tiny_components(size, seed=seed, words=words)
     return StableDiffusionPipeline(
-        **build_tiny_components(size, seed=seed, words=words),
+        **components,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -185,6 +196,7 @@ def write_tiny_backbone(
     seed: int = 0,
     words: Iterable[str] = (),
     overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a complete diffusers Stable Diffusion folder with a tiny random backbone.
 
@@ -199,7 +211,7 @@ def write_tiny_backbone(
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_pipeline(size, seed=seed, words=words).save_pretrained(tmp, safe_serialization=True)
+    build_tiny_pipeline(size, seed=seed, words=words, dtype=dtype).save_pretrained(tmp, safe_serialization=True)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -117,3 +117,39 @@ def build_clip_tokenizer(words: Iterable[str] = ()) -> CLIPTokenizer:
         unk_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,
     )
+
+
+# CLIP's released vocabulary: 256 bytes, 256 word-final bytes, 48,894 merges, 2 special tokens.
+CLIP_NUM_MERGES = 49152 - 256 - 2
+
+
+def build_real_clip_tokenizer(bpe_path: str | None = None) -> CLIPTokenizer:
+    """The real CLIP (ViT-L/14, Stable Diffusion 1.x) tokenizer, built offline.
+
+    open_clip ships CLIP's BPE merges (``bpe_simple_vocab_16e6.txt.gz``); CLIP's 49,408-token
+    vocabulary is derived from them: the byte symbols in CLIP's order (printable bytes first), the
+    same with the word-end marker, one token per merge in rank order, then ``<|startoftext|>`` and
+    ``<|endoftext|>`` (ids 49406 and 49407). No download is needed.
+
+    Args:
+        bpe_path: the merges file; default: the one installed with open_clip.
+    """
+    import gzip
+
+    if bpe_path is None:
+        from open_clip.tokenizer import default_bpe
+
+        bpe_path = default_bpe()
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1]]
+    symbols = list(byte_to_unicode().values())
+    tokens = symbols + [s + WORD_END for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(tokens)},
+        merges=merges,
+        model_max_length=CLIP_MODEL_MAX_LENGTH,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+    )

@@ -120,3 +120,37 @@ def test_attention_levels_and_vae_mid_attention_are_configurable():
     assert default.down_block_types == ("CrossAttnDownBlock2D", "DownBlock2D")
     with pytest.raises(ConfigError, match="unet_attention has 3 entries"):
         build_tiny_components(dataclasses.replace(size, unet_attention=(True, True, False)))
+
+
+def test_the_real_clip_tokenizer_built_offline_matches_open_clip_token_for_token():
+    import random
+
+    import open_clip
+
+    from dreambat.backbone.tokenizer import build_real_clip_tokenizer
+    from dreambat_world.synthetic import backbone_records
+
+    tokenizer = build_real_clip_tokenizer()
+    reference = open_clip.get_tokenizer("ViT-L-14")
+    assert len(tokenizer) == 49408 and tokenizer.bos_token_id == 49406 and tokenizer.eos_token_id == 49407
+    captions = [r["caption"] for r in backbone_records(200, seed=3, size=8)]
+    rng = random.Random(0)
+    words = ["a", "photo", "of", "sks", "dog", "on", "the", "beach", "it's", "café", "3D", "New-York", "!!", "42%"]
+    captions += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(100)]
+    for caption in captions:
+        ids = tokenizer(caption, max_length=77, truncation=True).input_ids
+        expected = reference([caption])[0].tolist()
+        assert ids == expected[: len(ids)] and expected[len(ids):].count(0) == 77 - len(ids), caption
+
+
+def test_sd15_configs_have_the_released_parameter_counts():
+    """The shapes alone, built on the meta device: no memory, no weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dreambat.backbone.sd15 import SD15_PARAMETERS, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
+
+    with torch.device("meta"):
+        models = {"unet": UNet2DConditionModel(**SD15_UNET), "vae": AutoencoderKL(**SD15_VAE),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER))}
+    assert {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()} == SD15_PARAMETERS
