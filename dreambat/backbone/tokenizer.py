@@ -108,6 +108,11 @@ def build_clip_tokenizer(words: Iterable[str] = ()) -> CLIPTokenizer:
     an effectively unbounded length and pipelines would not pad prompts to the text encoder's size.
     """
     vocab, merges = build_vocab_and_merges([*BASE_WORDS, *words])
+    return _clip_tokenizer(vocab, merges)
+
+
+def _clip_tokenizer(vocab: dict[str, int], merges: list) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` over ``vocab`` and ``merges`` with CLIP's special tokens and length."""
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
@@ -144,12 +149,4 @@ def build_real_clip_tokenizer(bpe_path: str | None = None) -> CLIPTokenizer:
     merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1]]
     symbols = list(byte_to_unicode().values())
     tokens = symbols + [s + WORD_END for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
-    return CLIPTokenizer(
-        vocab={token: i for i, token in enumerate(tokens)},
-        merges=merges,
-        model_max_length=CLIP_MODEL_MAX_LENGTH,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-    )
+    return _clip_tokenizer({token: i for i, token in enumerate(tokens)}, merges)
