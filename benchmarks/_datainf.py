@@ -38,11 +38,11 @@ def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 
     gradients_seconds = time.perf_counter() - started
     started = time.perf_counter()
     strategy = DataInfInverse(damping)
-    scores = torch.zeros(len(rows[blocks.names[0]]), dtype=torch.float64)
+    scores = torch.zeros(len(rows[blocks.names[0]]), dtype=torch.float64, device=rows[blocks.names[0]].device)
     for name in blocks.names:
         h = strategy.solve(rows[name], setup.subject_gradient[name].double())
         scores += rows[name].double() @ h.double()
     closed_form_seconds = time.perf_counter() - started
     stored = sum(r.numel() * r.element_size() for r in rows.values())
-    return scores, {"gradients_seconds": gradients_seconds, "closed_form_seconds": closed_form_seconds,
+    return scores.cpu(), {"gradients_seconds": gradients_seconds, "closed_form_seconds": closed_form_seconds,
                     "stored_gradient_mb": stored / 2**20}

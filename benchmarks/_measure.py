@@ -169,5 +169,38 @@ class RssSampler:
         return (self.peak - self.base) / 2**20
 
 
+class PeakMemory:
+    """Peak memory of a ``with`` block on ``device``: allocated CUDA memory on a GPU
+    (``torch.cuda.max_memory_allocated``, reset on entry), the RSS above its entry level on the CPU."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.what = "torch.cuda.max_memory_allocated" if self.cuda else "peak RSS above the level at start"
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.rss = RssSampler().__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.rss.__exit__(*exc)
+            self.peak_mb = self.rss.working_mb
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark ALBAT candidate scoring on the tiny Stable Diffusion backbone.
+"""Benchmark ALBAT candidate scoring on a Stable Diffusion backbone: tiny, or SD-1.5-shaped.
 
 Four parts (``--parts``; default the first three), the first two on the same candidates:
 
@@ -18,6 +18,13 @@ Four parts (``--parts``; default the first three), the first two on the same can
   (DataInf's own recipe: keep an explicit gradient of every candidate, use those rows as the
   curvature set of the closed form, then score): candidates/s, working memory, stored bytes.
 
+Sizes (``--size``): the tiny ``test`` / ``demo`` backbones, or ``sd15`` (SD-1.5's exact UNet, VAE
+and CLIP-L shapes with random weights, the real CLIP tokenizer; 4.3 GB written once to the
+workdir, or reused with ``--backbone``), at the size's native resolution or ``--resolution``. The
+models and candidates live on ``--device`` (``auto``: CUDA when available). Peak memory of each
+throughput measurement is the RSS above its start on the CPU, ``torch.cuda.max_memory_allocated``
+on a GPU.
+
 Interference (see ``_measure.py``): the CPU used by other processes is recorded for every
 measurement. A measurement whose other-process CPU
 exceeds ``--max_other_cores`` is repeated (up to ``--retries`` times) and the least disturbed
@@ -25,8 +32,10 @@ attempt is kept; every attempt is recorded.
 
 Example::
 
-    python benchmarks/bench_scoring.py --size test --rank 4 --num_timesteps 2 --batch_size 8 \\
+    python -m benchmarks.bench_scoring --size test --rank 4 --num_timesteps 2 --batch_size 8 \\
         --candidates 64 --out benchmarks/results/scoring-test.json
+    python -m benchmarks.bench_scoring --size sd15 --resolution 128 --candidates 8 --batch_size 4 \\
+        --parts throughput cost --backbone outputs/sd15/backbone --out benchmarks/results/scoring-sd15-cpu.json
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmarks._datainf import datainf_pipeline_scores  # noqa: E402
-from benchmarks._measure import REPO, RssSampler, git_head, log, machine_info, measured  # noqa: E402
+from benchmarks._measure import REPO, PeakMemory, RssSampler, git_head, log, machine_info, measured  # noqa: E402
 from benchmarks._scoring_memory import memory_worker, part_memory  # noqa: E402
 
 
@@ -73,17 +82,24 @@ class Setup:
         from dreambat.scoring.diffusion_task import DiffusionLossTask
         from dreambat.albat.scorer import AlbatScorer
         from dreambat.backbone.load import load_backbone
+        from dreambat.backbone.sd15 import SD15_RESOLUTION
         from dreambat.backbone.tiny import get_tiny_size, write_tiny_backbone
         from dreambat.data.subject import SubjectDataset, collate_subject
         from dreambat.lora import add_unet_lora
 
         self.size = args.size
-        self.resolution = get_tiny_size(args.size).resolution
-        self.folder = write_tiny_backbone(workdir / f"tiny-sd-{args.size}", args.size, seed=0)
+        native = SD15_RESOLUTION if args.size == "sd15" else get_tiny_size(args.size).resolution
+        self.resolution = args.resolution or native
+        self.folder = (Path(args.backbone) if args.backbone
+                       else write_tiny_backbone(workdir / f"backbone-{args.size}", args.size, seed=0))
+        self.device = torch.device(args.device)
         self.backbone = load_backbone(str(self.folder))
+        for model in (self.backbone.unet, self.backbone.vae, self.backbone.text_encoder):
+            model.to(self.device)
         torch.manual_seed(0)
         self.rank = rank or args.rank
         add_unet_lora(self.backbone.unet, rank=self.rank, init_lora_weights=False)
+        self.backbone.unet.to(self.device)
         self.task = DiffusionLossTask(self.backbone, args.num_timesteps)
         self.blocks = LoraBlocks.from_models(self.backbone.unet)
         subject = SubjectDataset(SUBJECT_DIR, INSTANCE_PROMPT, self.resolution, center_crop=True)
@@ -100,6 +116,8 @@ class Setup:
     def describe(self) -> dict:
         return {
             "size": self.size,
+            "device": str(self.device),
+            "backbone": str(self.folder),
             "rank": self.rank,
             "resolution": self.resolution,
             "latent_resolution": self.resolution // 2 ** (len(self.backbone.vae.config.block_out_channels) - 1),
@@ -107,7 +125,7 @@ class Setup:
             "num_lora_params_D": self.blocks.num_params,
             "unet_params": sum(p.numel() for p in self.backbone.unet.parameters()),
             "n_ref": self.curvature["n_ref"],
-            "curvature": "exact, damping 0.1 (fitted on assets/subject, 5 images)",
+            "curvature": f"exact, damping 0.1 (fitted on assets/subject, 5 images, K = {self.task.num_terms})",
             "fit_seconds": round(self.fit_seconds, 3),
         }
 
@@ -169,7 +187,7 @@ def vmap_scores(setup: Setup, batch: dict):
         return (prediction.float() - target_i.float()).pow(2).mean()  # = mean over K of per-row MSE
 
     grads = vmap(grad(loss_of_one_sample), in_dims=(None, 0, 0, 0))(params, noisy, context, target)
-    scores = torch.zeros(B, dtype=torch.float64)
+    scores = torch.zeros(B, dtype=torch.float64, device=setup.device)
     for name in blocks.names:
         scores += grads[name].reshape(B, -1).double() @ setup.directions[name].double()
     return scores
@@ -183,7 +201,7 @@ def vmap_scores(setup: Setup, batch: dict):
 def _score_all(fn, setup: Setup, batches: list[dict]):
     import torch
 
-    return torch.cat([fn(setup.task, setup.blocks, setup.directions, batch) for batch in batches])
+    return torch.cat([fn(setup.task, setup.blocks, setup.directions, batch).cpu() for batch in batches])
 
 
 def _agreement(scores, reference) -> dict:
@@ -215,10 +233,12 @@ def part_throughput(args, setup: Setup) -> dict:
         gc.collect()
 
         def once():
-            started = time.perf_counter()
-            out[label] = run()
-            seconds = time.perf_counter() - started
-            return {"seconds": round(seconds, 4), "candidates_per_s": round(n / seconds, 3)}
+            with PeakMemory(setup.device) as memory:
+                started = time.perf_counter()
+                out[label] = run()
+                seconds = time.perf_counter() - started
+            return {"seconds": round(seconds, 4), "candidates_per_s": round(n / seconds, 3),
+                    "peak_memory_mb": round(memory.peak_mb, 1), "peak_memory_what": memory.what}
 
         results[label] = measured(args, label, once)
         log(f"[{label}] {results[label]['candidates_per_s']:.2f} candidates/s")
@@ -237,7 +257,7 @@ def part_throughput(args, setup: Setup) -> dict:
 
     try:
         timed("torch_func_vmap", lambda: vmap_scores(setup, batches[0]),
-              lambda: torch.cat([vmap_scores(setup, b) for b in batches]))
+              lambda: torch.cat([vmap_scores(setup, b).cpu() for b in batches]))
         results["torch_func_vmap"]["vs_reference"] = _agreement(out["torch_func_vmap"], reference)
         results["torch_func_vmap"]["supported"] = True
         results["torch_func_vmap"]["what"] = (
@@ -439,7 +459,12 @@ def part_scaling(args, workdir: Path) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("test", "demo"), default="test", help="tiny backbone size (32 / 64 px)")
+    parser.add_argument("--size", choices=("test", "demo", "sd15"), default="test",
+                        help="backbone: tiny (32 / 64 px) or SD-1.5-shaped with random weights (512 px)")
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default: the size's native one)")
+    parser.add_argument("--backbone", default=None,
+                        help="an existing diffusers folder of that size (e.g. from `dreambat make-backbone --size sd15`)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the surrogate")
     parser.add_argument("--num_timesteps", type=int, default=2, help="K, timesteps per candidate")
     parser.add_argument("--batch_size", type=int, default=8, help="candidates per fast-path batch")
@@ -478,6 +503,10 @@ def scratch(path: str | None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args._memory_worker:
         memory_worker(args, SUBJECT_DIR, INSTANCE_PROMPT)
         return
