@@ -171,6 +171,41 @@ def degrade_for_reading(images: Sequence[Image.Image], size: int, generator: tor
     return degrade(pixels, generator)
 
 
+class VaeRoundTrip:
+    """A backbone VAE's round trip as a classifier augmentation: encode to the posterior mean,
+    decode. The world's samples are decoded latents, so the reader must read a subject as it
+    comes out of this decoder (dots blurred, a purple body greyed by its yellow dots), not only
+    as it is rendered.
+
+    Args:
+        vae: the backbone's ``AutoencoderKL`` (used without gradients).
+        fraction: share of each batch sent through the round trip.
+    """
+
+    def __init__(self, vae, fraction: float = 0.5):
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"VaeRoundTrip: fraction must be in (0, 1], got {fraction}.")
+        self.vae = vae.eval().requires_grad_(False)
+        self.fraction = fraction
+
+    @classmethod
+    def from_backbone(cls, folder: str | Path, fraction: float = 0.5) -> VaeRoundTrip:
+        from diffusers import AutoencoderKL
+
+        return cls(AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True), fraction)
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``pixels`` ``[N, 3, H, W]`` in [-1, 1], a seeded ``fraction`` of them round-tripped."""
+        chosen = torch.nonzero(torch.rand(pixels.shape[0], generator=generator) < self.fraction).flatten()
+        if len(chosen):
+            latents = self.vae.encode(pixels[chosen].to(self.vae.dtype)).latent_dist.mean
+            decoded = self.vae.decode(latents).sample.clamp(-1, 1).to(pixels.dtype)
+            pixels = pixels.clone()
+            pixels[chosen] = decoded
+        return pixels
+
+
 def soften(image: Image.Image) -> Image.Image:
     """A fixed mild softening for measurement: through a 24 px grid and back (bilinear)."""
     size = image.size
@@ -220,13 +255,13 @@ def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
 
 
 def train_classifier(config: ClassifierConfig = ClassifierConfig(), budget: TrainBudget = TrainBudget(),
-                     *, robust: bool = False) -> tuple[AttributeClassifier, dict]:
+                     *, robust: bool = False, round_trip: VaeRoundTrip | None = None) -> tuple[AttributeClassifier, dict]:
     """Train an :class:`AttributeNet` (:func:`attribute_loss`) within ``budget``.
 
     ``robust``: augment with :func:`degrade_for_reading` (JPEG, resampling, blur, noise) instead
-    of :func:`degrade`'s blur and noise only (the committed classifier's recipe). Measured on the
-    world backbone's samples it reads colours better and shapes worse (see BENCHMARKS.md), so it
-    is not the default.
+    of :func:`degrade`'s blur and noise only. Measured on the world backbone's samples it reads
+    colours better and shapes worse (see BENCHMARKS.md), so it is not the default.
+    ``round_trip``: first send part of each batch through a backbone VAE (:class:`VaeRoundTrip`).
 
     Returns the classifier (eval mode, CPU) and the log of :func:`train_within_budget`.
     """
@@ -240,7 +275,10 @@ def train_classifier(config: ClassifierConfig = ClassifierConfig(), budget: Trai
         if robust:
             pixels = degrade_for_reading(images, config.image_size, generator)
         else:
-            pixels = degrade(images_to_tensor(images, config.image_size), generator)
+            pixels = images_to_tensor(images, config.image_size)
+            if round_trip is not None:
+                pixels = round_trip(pixels, generator)
+            pixels = degrade(pixels, generator)
         return attribute_loss(net(pixels), targets, halves)
 
     log = train_within_budget(net, loss_at, budget, "classifier")

@@ -46,6 +46,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reading_augmentation", action="store_true",
                         help="classifier: add JPEG and coarse-grid resampling to the blur and noise augmentation")
     parser.add_argument("--hidden", type=int, default=96, help="classifier: width of the shared layer")
+    parser.add_argument("--vae_round_trip", type=Path, nargs="?", const="world", default=None,
+                        help="classifier: send part of each batch through this backbone's VAE first "
+                             "(no value: the world backbone), so it reads what the decoder draws")
+    parser.add_argument("--round_trip_fraction", type=float, default=0.5, help="classifier: share of each batch")
     return parser.parse_args(argv)
 
 
@@ -57,13 +61,26 @@ def _budget(args: argparse.Namespace) -> TrainBudget:
 
 def _classifier(args: argparse.Namespace, out: Path) -> dict:
     from dreambat_world.classifiers import ClassifierConfig
-    from dreambat_world.evaluator_training import measure_classifier, save_training_report, train_classifier
+    from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR
+    from dreambat_world.evaluator_training import (
+        VaeRoundTrip,
+        measure_classifier,
+        save_training_report,
+        train_classifier,
+    )
 
     budget = _budget(args)
     config = ClassifierConfig(channels=tuple(args.channels), hidden=args.hidden)
-    classifier, log = train_classifier(config, budget=budget, robust=args.reading_augmentation)
+    round_trip = None
+    if args.vae_round_trip is not None:
+        folder = ASSETS_DIR / BACKBONE_DIR if str(args.vae_round_trip) == "world" else args.vae_round_trip
+        round_trip = VaeRoundTrip.from_backbone(folder, args.round_trip_fraction)
+    classifier, log = train_classifier(config, budget=budget, robust=args.reading_augmentation, round_trip=round_trip)
     classifier.save(out)
-    report = {"budget": budget, "training": log, "heldout_accuracy": measure_classifier(classifier)}
+    report = {"budget": budget, "augmentation": {"reading": args.reading_augmentation,
+                                                 "vae_round_trip": str(args.vae_round_trip) if round_trip else None,
+                                                 "round_trip_fraction": args.round_trip_fraction if round_trip else None},
+              "training": log, "heldout_accuracy": measure_classifier(classifier)}
     save_training_report(out, "classifier", report)
     return report
 

@@ -7,7 +7,13 @@ import pytest
 from dreambat.errors import ConfigError, ModelNotFoundError
 from dreambat.eval.encoders import ClipEncoder, DinoEncoder
 from dreambat_world.synthetic import backbone_record
-from dreambat_world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig, main_object_labels
+from dreambat_world.classifiers import (
+    AttributeClassifier,
+    AttributeNet,
+    ClassifierConfig,
+    images_to_tensor,
+    main_object_labels,
+)
 from dreambat_world.evaluator_training import info_nce, retrieval_scores, single_object_scenes
 from dreambat_world.evaluators import CLASSIFIER_DIR, world_evaluator_settings, world_evaluators
 from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
@@ -173,6 +179,22 @@ def test_reading_augmentation_is_seeded_and_stays_in_range():
     assert first.min() >= -1 and first.max() <= 1
     for changed in (jpeg_round_trip(images[0], 30), soften(images[0])):
         assert changed.size == images[0].size and changed.tobytes() != images[0].convert("RGB").tobytes()
+
+
+def test_vae_round_trip_augmentation_is_seeded_and_only_touches_its_share(tiny_backbone):
+    from dreambat_world.evaluator_training import VaeRoundTrip
+
+    round_trip = VaeRoundTrip.from_backbone(tiny_backbone, fraction=0.5)
+    images, _ = single_object_scenes(16, TEST_SEED)
+    pixels = images_to_tensor(images, 32)
+    out = round_trip(pixels, torch.Generator().manual_seed(1))
+    again = round_trip(pixels, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and out.shape == pixels.shape and out.min() >= -1 and out.max() <= 1
+    changed = (out != pixels).flatten(1).any(dim=1)
+    assert 0 < int(changed.sum()) < 16  # a share of the batch, the rest untouched
+    assert torch.equal(out[~changed], pixels[~changed])
+    with pytest.raises(ConfigError, match="fraction"):
+        VaeRoundTrip(round_trip.vae, fraction=0.0)
 
 
 def test_classifier_measurement_reports_degraded_reading(classifier):
