@@ -51,7 +51,7 @@ def reconstruct(vae, images: list[Image.Image], resolution: int) -> list[Image.I
 
 
 def measure(args) -> dict:
-    classifier = AttributeClassifier.load(CLASSIFIER_DIR)
+    classifier = AttributeClassifier.load(args.classifier)
     pipe = load_pipeline(ASSETS_DIR / BACKBONE_DIR)
     resolution = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     rows = []
@@ -67,7 +67,7 @@ def measure(args) -> dict:
         rows.append(row)
         log(f"{subject.name}: photos {row['photos']['all']:.2f}, recon {row['recon']['all']:.2f}, "
             f"base {row['base']['all']:.2f}")
-    return {"command": "python -m benchmarks.bench_world_ceiling", "commit": git_head(),
+    return {"command": "python -m benchmarks.bench_world_ceiling", "classifier": str(args.classifier), "commit": git_head(),
             "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "samples": args.samples, "rows": rows}
 
 
@@ -92,6 +92,7 @@ def table(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=16, help="base-backbone images per subject")
+    p.add_argument("--classifier", type=Path, default=CLASSIFIER_DIR, help="the attribute classifier's folder")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "world-ceiling.json")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
