@@ -111,6 +111,8 @@ def part_lds(args, loss: HeldoutLoss, out_file: Path) -> None:
     done = _done(out_file, ("subject", "subset"))
     for subject in _subjects(args):
         records = scores(subject, "new", args.output_dir, args.candidates)
+        for variant in VARIANTS:  # every variant's scores, for the LDS of each (the subsets use "new"'s keys)
+            scores(subject, variant, args.output_dir, args.candidates)
         rng = np.random.default_rng(7)
         for subset in range(args.subsets):
             keys = {records[i].key for i in rng.choice(len(records), len(records) // 2, replace=False)}
@@ -140,7 +142,7 @@ def tables(arms_rows: list[dict], lds_rows: list[dict], root: Path, candidates: 
     for subject in sorted({r["subject"] for r in lds_rows}):
         rows = [r for r in lds_rows if r["subject"] == subject]
         lines += ["", f"LDS, {subject}, {len(rows)} half-subsets: Spearman(sum of subset scores, −held-out loss)", "",
-                  "| scores | LDS |", "|---|---|"]
+                  "| scores | LDS | 95 % bootstrap interval (over subsets) |", "|---|---|---|"]
         losses = np.array([r["heldout_loss"] for r in rows])
         for variant in VARIANTS:
             manifest = root / subject / "scores" / variant / "selection.jsonl"
@@ -148,8 +150,16 @@ def tables(arms_rows: list[dict], lds_rows: list[dict], root: Path, candidates: 
                 continue
             z = {r.key: r.score for r in read_manifest(manifest) if r.has_score}
             sums = np.array([sum(z[k] for k in r["keys"]) for r in rows])
-            lines.append(f"| {variant} | {spearman(sums, -losses):+.3f} |")
+            low, high = _bootstrap(sums, -losses)
+            lines.append(f"| {variant} | {spearman(sums, -losses):+.3f} | [{low:+.2f}, {high:+.2f}] |")
     return "\n".join(lines)
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """2.5 % and 97.5 % quantiles of Spearman(x, y) over resamples of the (x, y) pairs."""
+    rng = np.random.default_rng(seed)
+    values = [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(draws))]
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
 def _subjects(args):
