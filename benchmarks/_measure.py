@@ -14,8 +14,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -200,6 +202,17 @@ class PeakMemory:
         else:
             self.rss.__exit__(*exc)
             self.peak_mb = self.rss.working_mb
+
+
+@contextmanager
+def scratch(path: str | None, prefix: str = "bench-"):
+    """``path`` (created) if given, else a temporary folder removed afterwards."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
 
 
 def log(message: str) -> None:

@@ -78,9 +78,7 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,7 +87,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from benchmarks._measure import REPO, Interference, RssSampler, git_head, log, machine_info  # noqa: E402
+from benchmarks._measure import REPO, Interference, RssSampler, git_head, log, machine_info, scratch  # noqa: E402
 from benchmarks.bench_scoring import INSTANCE_PROMPT, SUBJECT_DIR, candidate_batches  # noqa: E402
 
 try:  # the optional benchmark dependency (pip install -e .[bench])
@@ -504,16 +502,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-@contextmanager
-def scratch(path: str | None):
-    if path:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-kronfluence-") as tmp:
-            yield Path(tmp)
-
-
 def run(args) -> dict:
     """All measurements of one invocation; returns the results (scores included)."""
     from dreambat.albat.gradients import contracted_scores
@@ -535,7 +523,7 @@ def run(args) -> dict:
     started = time.perf_counter()
     scores: dict[str, torch.Tensor] = {}
     methods: dict[str, dict] = {}
-    with scratch(args.workdir) as workdir:
+    with scratch(args.workdir, "bench-kronfluence-") as workdir:
         surrogate = Surrogate(args, workdir)
         results["model"] = surrogate.describe()
         log(f"[setup] {results['model']}")

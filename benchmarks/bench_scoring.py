@@ -47,17 +47,15 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmarks._datainf import datainf_pipeline_scores  # noqa: E402
-from benchmarks._measure import REPO, PeakMemory, RssSampler, git_head, log, machine_info, measured  # noqa: E402
+from benchmarks._measure import REPO, PeakMemory, RssSampler, git_head, log, machine_info, measured, scratch  # noqa: E402
 from benchmarks._scoring_memory import memory_worker, part_memory  # noqa: E402
 
 
@@ -491,16 +489,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-@contextmanager
-def scratch(path: str | None):
-    if path:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
-            yield Path(tmp)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.device == "auto":
@@ -529,7 +517,7 @@ def main(argv=None) -> None:
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    with scratch(args.workdir) as workdir:
+    with scratch(args.workdir, "bench-scoring-") as workdir:
         if {"throughput", "cost"} & set(args.parts):
             setup = Setup(args, workdir)
             results["model"] = setup.describe()

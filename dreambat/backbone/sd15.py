@@ -47,5 +47,7 @@ def build_sd15_components(*, seed: int = 0, dtype: torch.dtype = torch.float32) 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
                               prediction_type="epsilon")
-    return {"unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
+    if dtype != torch.float32:  # diffusers warns on any .to(dtype) cast, even a no-op one
+        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
             "tokenizer": build_real_clip_tokenizer(), "scheduler": scheduler}
