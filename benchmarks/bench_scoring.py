@@ -187,7 +187,9 @@ def vmap_scores(setup: Setup, batch: dict):
     grads = vmap(grad(loss_of_one_sample), in_dims=(None, 0, 0, 0))(params, noisy, context, target)
     scores = torch.zeros(B, dtype=torch.float64, device=setup.device)
     for name in blocks.names:
-        scores += grads[name].reshape(B, -1).double() @ setup.directions[name].double()
+        h = setup.directions[name]
+        h = h[0] if h.ndim == 2 else h  # the full-budget direction (the split-half ones follow it)
+        scores += grads[name].reshape(B, -1).double() @ h.double()
     return scores
 
 
