@@ -32,8 +32,9 @@ def check_training_inputs(config: TrainConfig, resolved: ResolvedInputs | None =
     if config.mixed_precision == "fp16" and cpu_only():
         logger.warning(
             "--mixed_precision fp16 on a machine without a GPU: CPUs have no fast fp16 kernels and fp16 "
-            "training needs a gradient scaler that only runs on GPUs. Use --mixed_precision bf16 (CPUs run "
-            "it) or no."
+            "training needs a gradient scaler that only runs on GPUs. Use --mixed_precision no, or bf16 on a CPU "
+            "with native bf16 (AMX or AVX-512 BF16; elsewhere it runs emulated, about 40x slower than fp32 in "
+            "BENCHMARKS.md)."
         )
     if config.use_8bit_adam:
         require_bitsandbytes()

@@ -28,9 +28,9 @@ def test_a_non_tty_log_has_no_redraws_and_says_each_thing_once(tmp_path, tiny_ba
     assert "surrogate: 3/3 step done" in log and "score: " in log  # the periodic progress lines
 
 
-def test_fp16_on_a_cpu_warns_and_names_bf16(tmp_path, tiny_backbone, caplog):
+def test_fp16_on_a_cpu_warns_and_names_the_alternatives(tmp_path, tiny_backbone, caplog):
     config = TrainConfig(pretrained_model_name_or_path=str(tiny_backbone), instance_data_dir=str(REPO / "assets" / "subject"),
                          instance_prompt="a photo of sks star", output_dir=str(tmp_path), mixed_precision="fp16")
     with caplog.at_level(logging.WARNING, logger="dreambat"):
         check_training_inputs(config)
-    assert "--mixed_precision fp16" in caplog.text and "bf16" in caplog.text
+    assert "--mixed_precision fp16" in caplog.text and "--mixed_precision no" in caplog.text and "bf16" in caplog.text
