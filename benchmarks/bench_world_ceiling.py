@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 
 from benchmarks._measure import REPO, git_head, log, machine_info
-from dreambat.data.transforms import ImageTransform
-from dreambat_world.classifiers import AttributeClassifier
+from dreambat_world.classifiers import AttributeClassifier, images_to_tensor
 from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR
+from dreambat_world.evaluator_training import vae_round_trip
 from dreambat_world.evaluators import CLASSIFIER_DIR
 from dreambat_world.sampling import generate, load_pipeline
 from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
@@ -40,13 +40,10 @@ from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
 ATTRIBUTES = ("shape", "color", "pattern", "all")
 
 
-@torch.no_grad()
 def reconstruct(vae, images: list[Image.Image], resolution: int) -> list[Image.Image]:
-    """``images`` through the VAE: posterior-mean latents, decoded, as PIL images."""
-    transform = ImageTransform(resolution, center_crop=True)
-    pixels = torch.stack([transform(image) for image in images]).to(vae.device, vae.dtype)
-    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
-    arrays = ((decoded.permute(0, 2, 3, 1).float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+    """``images`` through the VAE (:func:`~dreambat_world.evaluator_training.vae_round_trip`), as PIL images."""
+    decoded = vae_round_trip(vae, images_to_tensor(images, resolution))
+    arrays = ((decoded.permute(0, 2, 3, 1).float().numpy() + 1) * 127.5).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arrays]
 
 

@@ -199,11 +199,16 @@ class VaeRoundTrip:
         """``pixels`` ``[N, 3, H, W]`` in [-1, 1], a seeded ``fraction`` of them round-tripped."""
         chosen = torch.nonzero(torch.rand(pixels.shape[0], generator=generator) < self.fraction).flatten()
         if len(chosen):
-            latents = self.vae.encode(pixels[chosen].to(self.vae.dtype)).latent_dist.mean
-            decoded = self.vae.decode(latents).sample.clamp(-1, 1).to(pixels.dtype)
             pixels = pixels.clone()
-            pixels[chosen] = decoded
+            pixels[chosen] = vae_round_trip(self.vae, pixels[chosen])
         return pixels
+
+
+@torch.no_grad()
+def vae_round_trip(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` ``[N, 3, H, W]`` in [-1, 1] encoded to the posterior mean and decoded again."""
+    latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+    return vae.decode(latents).sample.clamp(-1, 1).to(pixels.device, pixels.dtype)
 
 
 def soften(image: Image.Image) -> Image.Image:

@@ -91,7 +91,7 @@ class AlbatScorer:
         """
         rows = reference_rows(self.reference_task, self.blocks, reference_batches)
         n_ref = int(next(iter(rows.values())).shape[0])
-        num_terms = _num_terms(self.reference_task, n_ref)
+        num_terms = _num_terms(self.reference_task)
         term_of_row = torch.arange(n_ref) % num_terms
         report: dict[str, Any] = {}
         if self.normalize_terms:
@@ -159,7 +159,7 @@ class AlbatScorer:
         return ScoredBatch(scores, split_scores)
 
 
-def _num_terms(task: Any, n_ref: int) -> int:
+def _num_terms(task: Any) -> int:
     groups = getattr(task, "term_groups", None)
     return len(groups()) if groups is not None else 1
 
