@@ -88,7 +88,7 @@ import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from benchmarks._measure import REPO, Interference, RssSampler, git_head, log, machine_info, scratch  # noqa: E402
-from benchmarks.bench_scoring import INSTANCE_PROMPT, SUBJECT_DIR, candidate_batches  # noqa: E402
+from benchmarks.bench_scoring import Surrogate as ScoringSurrogate  # noqa: E402
 
 try:  # the optional benchmark dependency (pip install -e .[bench])
     import kronfluence
@@ -106,34 +106,11 @@ KF_STRATEGIES = ("identity", "ekfac", "ekfac_subject")
 # --------------------------------------------------------------------------------------------
 
 
-class Surrogate:
-    """Tiny backbone + surrogate LoRA + ALBAT task, the subject photos and the candidates."""
+class Surrogate(ScoringSurrogate):
+    """``bench_scoring``'s surrogate on a tiny backbone, described for this benchmark."""
 
     def __init__(self, args, workdir: Path):
-        from dreambat.albat.blocks import LoraBlocks
-        from dreambat.backbone.load import load_backbone
-        from dreambat.backbone.tiny import get_tiny_size, write_tiny_backbone
-        from dreambat.data.subject import SubjectDataset, collate_subject
-        from dreambat.lora import add_unet_lora
-        from dreambat.scoring.diffusion_task import DiffusionLossTask
-
-        self.size = args.size
-        self.resolution = get_tiny_size(args.size).resolution
-        self.folder = write_tiny_backbone(workdir / f"backbone-{args.size}", args.size, seed=0)
-        self.device = torch.device(args.device)
-        self.backbone = load_backbone(str(self.folder))
-        for model in (self.backbone.unet, self.backbone.vae, self.backbone.text_encoder):
-            model.to(self.device)
-        torch.manual_seed(0)
-        self.rank = args.rank
-        add_unet_lora(self.backbone.unet, rank=self.rank, init_lora_weights=False)
-        self.backbone.unet.to(self.device)
-        self.task = DiffusionLossTask(self.backbone, args.num_timesteps)
-        self.blocks = LoraBlocks.from_models(self.backbone.unet)
-        subject = SubjectDataset(SUBJECT_DIR, INSTANCE_PROMPT, self.resolution, center_crop=True)
-        self.subject_items = [subject[i] for i in range(len(subject))]
-        self.reference = [collate_subject([item]) for item in self.subject_items]
-        self.candidates = candidate_batches(args.candidates, args.batch_size, self.resolution)
+        super().__init__(args, workdir)
         self.num_candidates = sum(len(batch["keys"]) for batch in self.candidates)
 
     def describe(self) -> dict:

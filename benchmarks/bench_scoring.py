@@ -70,25 +70,26 @@ DEFAULT_PARTS = ("throughput", "cost", "memory")
 # --------------------------------------------------------------------------------------------
 
 
-class Setup:
+class Surrogate:
+    """A backbone (``args.size``, or the folder ``args.backbone``) on ``args.device`` with a UNet
+    LoRA of random factors (seed 0), its ALBAT task, the subject photos and the candidates."""
+
     def __init__(self, args, workdir: Path, rank: int | None = None, candidates: int | None = None):
         import torch
 
         from dreambat.albat.blocks import LoraBlocks
-        from dreambat.albat.gradients import reference_rows
-        from dreambat.albat.curvature import get_strategy
-        from dreambat.scoring.diffusion_task import DiffusionLossTask
-        from dreambat.albat.scorer import AlbatScorer
         from dreambat.backbone.load import load_backbone
         from dreambat.backbone.sd15 import SD15_RESOLUTION
         from dreambat.backbone.tiny import get_tiny_size, write_tiny_backbone
         from dreambat.data.subject import SubjectDataset, collate_subject
         from dreambat.lora import add_unet_lora
+        from dreambat.scoring.diffusion_task import DiffusionLossTask
 
         self.size = args.size
         native = SD15_RESOLUTION if args.size == "sd15" else get_tiny_size(args.size).resolution
-        self.resolution = args.resolution or native
-        self.folder = (Path(args.backbone) if args.backbone
+        self.resolution = getattr(args, "resolution", None) or native
+        backbone = getattr(args, "backbone", None)
+        self.folder = (Path(backbone) if backbone
                        else write_tiny_backbone(workdir / f"backbone-{args.size}", args.size, seed=0))
         self.device = torch.device(args.device)
         self.backbone = load_backbone(str(self.folder))
@@ -101,15 +102,28 @@ class Setup:
         self.task = DiffusionLossTask(self.backbone, args.num_timesteps)
         self.blocks = LoraBlocks.from_models(self.backbone.unet)
         subject = SubjectDataset(SUBJECT_DIR, INSTANCE_PROMPT, self.resolution, center_crop=True)
+        self.subject_items = [subject[i] for i in range(len(subject))]
+        self.reference = [collate_subject([item]) for item in self.subject_items]
+        self.candidates = candidate_batches(candidates or args.candidates, args.batch_size, self.resolution)
+
+
+class Setup(Surrogate):
+    """:class:`Surrogate` with the ``exact`` directions fitted on the subject photos (damping 0.1)
+    and the subject's mean gradient (for the DataInf-style pipeline)."""
+
+    def __init__(self, args, workdir: Path, rank: int | None = None, candidates: int | None = None):
+        from dreambat.albat.curvature import get_strategy
+        from dreambat.albat.gradients import reference_rows
+        from dreambat.albat.scorer import AlbatScorer
+
+        super().__init__(args, workdir, rank, candidates)
         scorer = AlbatScorer(self.task, self.blocks, get_strategy("exact", 0.1))
         started = time.perf_counter()
-        self.curvature = scorer.fit([collate_subject([subject[i]]) for i in range(len(subject))])
+        self.curvature = scorer.fit(self.reference)
         self.fit_seconds = time.perf_counter() - started
         self.directions = scorer.directions
-        reference = [collate_subject([subject[i]]) for i in range(len(subject))]
         self.subject_gradient = {name: rows.mean(dim=0) for name, rows in
-                                 reference_rows(self.task, self.blocks, reference).items()}
-        self.candidates = candidate_batches(candidates or args.candidates, args.batch_size, self.resolution)
+                                 reference_rows(self.task, self.blocks, self.reference).items()}
 
     def describe(self) -> dict:
         return {
