@@ -19,12 +19,14 @@ from typing import Any
 from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ConfigError
 
+from .noisy_pool import NoiseConfig, noisy_record
 from .subjects import N_PHOTOS, PHOTO_SIZE, SPLITS, WORLD_SUBJECTS, subject_photos
 from .synthetic import caption, random_scene, record_rng, render
 
 POOL_URL_PREFIX = "synthetic://world"
 SHARD_PATTERN = "shard-{:05d}.tar"
 DEFAULT_POOL_DIR = Path("outputs/world/shards")
+DEFAULT_NOISY_POOL_DIR = Path("outputs/world/shards-noisy")
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "world"
 BUNDLED_SHARD = "shards/shard-00000.tar"
 BACKBONE_DIR = "backbone"
@@ -45,6 +47,8 @@ class PoolConfig:
         per_shard: records per tar shard.
         max_objects: most objects per scene.
         image_format: ``"png"`` (lossless: 32 px patterns do not survive JPEG) or ``"jpg"``.
+        noise: the LAION-like noise of :mod:`dreambat_world.noisy_pool` (None: the clean pool
+            the world backbone was pretrained on).
     """
 
     n: int = 40_000
@@ -53,6 +57,7 @@ class PoolConfig:
     per_shard: int = 5_000
     max_objects: int = 2
     image_format: str = "png"
+    noise: NoiseConfig | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.per_shard < 1 or self.size < 8:
@@ -86,10 +91,14 @@ def world_record(index: int, seed: int, size: int = PHOTO_SIZE, max_objects: int
 
 
 def world_records(n: int, seed: int, size: int = PHOTO_SIZE, *, start: int = 0,
-                  max_objects: int = 2) -> Iterator[dict[str, Any]]:
-    """Records ``start .. start + n - 1`` of the pool of ``seed`` (see :func:`world_record`)."""
+                  max_objects: int = 2, noise: NoiseConfig | None = None) -> Iterator[dict[str, Any]]:
+    """Records ``start .. start + n - 1`` of the pool of ``seed`` (see :func:`world_record`;
+    with ``noise``, :func:`~dreambat_world.noisy_pool.noisy_record`)."""
     for index in range(start, start + n):
-        yield world_record(index, seed, size, max_objects)
+        if noise is None:
+            yield world_record(index, seed, size, max_objects)
+        else:
+            yield noisy_record(index, seed, noise, size, max_objects)
 
 
 @dataclass
@@ -118,7 +127,7 @@ def write_pool(folder: str | Path, config: PoolConfig = PoolConfig()) -> WriteRe
         count = min(config.per_shard, config.n - start)
         if not path.is_file():
             records = world_records(count, config.seed, config.size, start=start,
-                                    max_objects=config.max_objects)
+                                    max_objects=config.max_objects, noise=config.noise)
             write_shards(records, path, max_per_shard=count, image_format=config.image_format)
         report.shards.append(str(path))
         report.n_records += count

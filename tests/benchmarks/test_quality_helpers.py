@@ -104,3 +104,71 @@ def test_per_subject_differences_are_paired_by_seed():
     table = bench_quality.per_subject(rows, ["dreambooth", "exact"])
     line = next(line for line in table.splitlines() if line.startswith("| a |"))
     assert line == "| a | star | 2 | 2.00000 | +0.00000 |"  # (-0.5 + 0.5) / 2
+
+
+def _curve_row(method, subject, seed, step, **metrics):
+    row = {m: 0.5 for m in bench_quality.WORLD_METRICS}
+    return row | {"method": method, "subject": subject, "seed": seed, "step": step, "pool": "clean", "photos": 5,
+                  "selection": None} | metrics
+
+
+def test_curves_pair_bat_with_dreambooth_at_equal_subject_exposure():
+    from benchmarks import bench_curves
+
+    rows = []
+    for subject, offset in (("a", 0.0), ("b", 0.1), ("c", 0.3)):
+        rows += [_curve_row("dreambooth", subject, 0, 200, subject_fidelity=0.2 + offset),
+                 _curve_row("dreambooth", subject, 0, 400, subject_fidelity=0.4 + offset),
+                 _curve_row("random", subject, 0, 200, subject_fidelity=0.1 + offset),
+                 _curve_row("random", subject, 0, 400, subject_fidelity=0.25 + offset)]
+    # equal steps: random - dreambooth at 400 is -0.15 on every subject
+    steps = bench_curves.difference_table(rows, "dreambooth", metrics=("subject_fidelity",))
+    line = next(l for l in steps.splitlines() if l.startswith("| clean | 5 | 400 | random"))
+    assert "-0.1500 ± 0.0000*" in line
+    # equal exposure at γ = 0.5: random at 400 vs dreambooth at 200 is +0.05 on every subject
+    exposure = bench_curves.exposure_table(rows, 0.5)
+    line = next(l for l in exposure.splitlines() if l.startswith("| clean | 5 | 200 | 400 | random"))
+    assert "+0.0500 ± 0.0000*" in line
+    assert "| 400 | 800 |" not in exposure  # no BAT run at step 800: no pair
+    curve = bench_curves.curve_table(rows)
+    assert "| clean | 5 | dreambooth | 400 | 3 |" in curve
+
+
+def test_curves_write_tables_composition_and_tradeoff_plot(tmp_path):
+    from benchmarks import bench_curves
+
+    kept = {f"{w}_{n}": v for w, v in (("kept", 0.5), ("pool", 0.1))
+            for n in ("class", "color", "pattern", "bad_caption", "degraded", "duplicate")}
+    rows = [_curve_row(m, s, seed, step, dino=0.3 + step / 1000, clip_t=0.7 - step / 1000,
+                       selection=None if m == "dreambooth" else kept)
+            for m in ("dreambooth", "oracle_class") for s in "ab" for seed in (0, 1) for step in (200, 400)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = bench_curves.write_tables(tmp_path, 0.5)
+    assert "| clean | oracle_class | 4 | 0.500 / 0.100 |" in text
+    assert "minus dreambooth" in text and "equal subject exposure" in text
+    assert (tmp_path / "summary.md").read_text() == text
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
+
+
+def test_curves_run_end_to_end_with_an_oracle_and_resume(tmp_path):
+    """Two methods on a 120-image noisy pool, checkpoints at 2 and 4 steps, one prompt: every
+    (method, step) gets a row with every metric, and a rerun adds nothing."""
+    from benchmarks import bench_curves
+    from dreambat_world import data as world_data
+    from dreambat_world.noisy_pool import NoiseConfig
+
+    pool = tmp_path / "pool"
+    world_data.write_pool(pool, world_data.PoolConfig(n=120, per_shard=120, noise=NoiseConfig()))
+    argv = ["--pool", "noisy", "--pool_dir", str(pool), "--output_dir", str(tmp_path / "out"), "--tag", "t",
+            "--methods", "dreambooth", "oracle_class", "--subjects", "1", "--photos", "2", "--checkpoints", "2", "4",
+            "--keep", "8", "--max_candidates", "120", "--num_prompts", "1", "--num_images", "1",
+            "--inference_steps", "2"]
+    bench_curves.main(argv)
+    rows = bench_curves.load_rows(tmp_path / "out" / "t")
+    assert sorted((r["method"], r["step"]) for r in rows) == [("dreambooth", 2), ("dreambooth", 4),
+                                                              ("oracle_class", 2), ("oracle_class", 4)]
+    assert all(r["pool"] == "noisy" and r["photos"] == 2 and r["dino"] is not None for r in rows)
+    oracle = next(r for r in rows if r["method"] == "oracle_class")
+    assert oracle["selection"]["kept_class"] == 1.0 and oracle["selection"]["kept_bad_caption"] == 0.0
+    bench_curves.main(argv)  # resumes: nothing new
+    assert len(bench_curves.load_rows(tmp_path / "out" / "t")) == 4

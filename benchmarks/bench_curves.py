@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""Step curves on the mini-world: every world metric of every method at several training steps.
+
+One LoRA per (pool, photos, method, subject, seed) is trained to the largest ``--checkpoints``
+step with a checkpoint at each listed step (the schedule is constant, so checkpoint S of a long
+run is the S-step run), and every checkpoint is scored with every world metric
+(:func:`dreambat_world.metrics.evaluate_world`). From the rows it writes:
+
+* the **step curve** of each method (mean over subjects and seeds at each step);
+* **oracle headroom**: each method minus ``dreambooth`` and minus ``random``, paired over
+  (subject, seed), at each step and photo count, ± SE, * beyond 2 SE;
+* **equal subject exposure**: BAT at γ sees ``1 - γ`` of its batch as subject photos, so BAT at
+  step S/(1-γ) is set against DreamBooth at step S;
+* the **trade-off plot**: subject likeness (DINO, subject fidelity) against prompt following
+  (CLIP-T, prompt fidelity), one curve per method over the steps.
+
+Methods: ``dreambooth`` (no backbone data), ``random``, ``clip`` (``--selection clip``, the world's
+CLIP-role encoder), ``oracle_class`` / ``oracle_near`` (ground-truth selections, benchmark only:
+:mod:`dreambat_world.selection_truth`) and ``albat`` (the library's reliable defaults).
+
+    python scripts/make_world.py --skip_assets                 # the clean pool, once
+    python scripts/make_world.py --skip_assets --noisy         # the LAION-like pool, once
+    python -m benchmarks.bench_curves --tag steps --methods dreambooth --subjects all --seeds 0 \\
+        --checkpoints 200 400 800 1600
+    python -m benchmarks.bench_curves --tag headroom --methods dreambooth random clip oracle_class oracle_near \\
+        --subjects 6 --seeds 0 1 --photos 1 2 5 --checkpoints 400 800
+    python -m benchmarks.bench_curves --tag headroom --table    # tables and plot from the rows only
+
+Every run is resumable (finished LoRAs, images and rows are reused). Rows:
+``OUTPUT/TAG/results.jsonl``; tables: ``OUTPUT/TAG/summary.md``; plot: ``OUTPUT/TAG/tradeoff.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._measure import REPO, git_head, machine_info
+from benchmarks.bench_quality import diff_text, fmt, paired, pick_subjects, subject_dir
+from dreambat.albat.manifest import read_manifest
+from dreambat.bat.config import BatSettings
+from dreambat.bat.pipeline import run_bat
+from dreambat.constants import LORA_WEIGHTS_NAME
+from dreambat.data.shards import ShardReader
+from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_NOISY_POOL_DIR, DEFAULT_POOL_DIR
+from dreambat_world.metrics import WORLD_METRICS, evaluate_world
+from dreambat_world.selection_truth import ORACLES, composition, oracle_manifest
+from dreambat_world.subjects import subject_by_name
+
+METHODS = ("dreambooth", "random", "clip", *ORACLES, "albat")
+POOLS = {"clean": DEFAULT_POOL_DIR, "noisy": DEFAULT_NOISY_POOL_DIR}
+LIKENESS = ("dino", "subject_fidelity")
+PROMPT_FOLLOWING = ("clip_t", "prompt_fidelity")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default=str(ASSETS_DIR / BACKBONE_DIR))
+    p.add_argument("--pool", choices=list(POOLS), default="clean", help="which world pool the candidates come from")
+    p.add_argument("--pool_dir", type=Path, default=None, help="the pool's shards (default: the --pool's folder)")
+    p.add_argument("--output_dir", type=Path, default=REPO / "outputs/bench_curves")
+    p.add_argument("--tag", default="steps", help="results go to OUTPUT/TAG")
+    p.add_argument("--subjects", nargs="+", default=["all"], help="names, 'all', or N (the first N)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--photos", type=int, nargs="+", default=[5], help="subject photo counts (first N photos)")
+    p.add_argument("--methods", nargs="+", default=["dreambooth"], choices=METHODS)
+    p.add_argument("--checkpoints", type=int, nargs="+", default=[200, 400, 800, 1600],
+                   help="training steps at which every metric is measured")
+    p.add_argument("--gamma", type=float, default=0.5, help="backbone share of BAT's batches")
+    p.add_argument("--keep", type=int, default=60, help="backbone images kept by every selector")
+    p.add_argument("--max_candidates", type=int, default=2000, help="candidates read from the pool")
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--train_text_encoder", action="store_true", help="also train a text-encoder LoRA")
+    p.add_argument("--instance_token", default="sks", help="the identifier of the instance prompt")
+    p.add_argument("--num_images", type=int, default=2, help="generated images per prompt")
+    p.add_argument("--num_prompts", type=int, default=None, help="first N world prompts (default: all)")
+    p.add_argument("--inference_steps", type=int, default=25)
+    p.add_argument("--evaluators_dir", type=Path, default=None, help="world evaluators (default: the committed ones)")
+    p.add_argument("--table", action="store_true", help="only rebuild the tables and plot from results.jsonl")
+    return p.parse_args(argv)
+
+
+def instance_prompt(args, word: str) -> str:
+    return f"a photo of {args.instance_token} {word}".replace("  ", " ")
+
+
+def train(method: str, args, subject: str, seed: int, photos: int, work: Path, shards: list[str]) -> Path:
+    """Train ``method`` to the last checkpoint step in ``work/method`` (resumes; reuses a finished run)."""
+    out = work / method
+    if (out / LORA_WEIGHTS_NAME).is_file():
+        return out
+    steps = sorted(args.checkpoints)
+    word = subject_by_name(subject).class_word
+    flags = dict(
+        pretrained_model_name_or_path=args.backbone, instance_data_dir=str(subject_dir(subject, photos, work)),
+        instance_prompt=instance_prompt(args, word), output_dir=str(out), seed=seed, resolution=32,
+        random_flip=True, train_batch_size=4, max_train_steps=steps[-1], learning_rate=args.learning_rate,
+        rank=args.rank, train_text_encoder=args.train_text_encoder,
+        checkpointing_steps=math.gcd(*steps), checkpoints_total_limit=None, report_to="none",
+        resume_from_checkpoint="latest")
+    if method == "dreambooth":
+        flags["selection"] = "none"
+    else:
+        flags |= dict(backbone_shards=shards, max_candidates=args.max_candidates, num_backbone_samples=args.keep,
+                      augmentation_ratio=args.gamma)
+        if method in ORACLES:
+            manifest = oracle_manifest(shards, subject_by_name(subject), method, work / f"{method}_scores" /
+                                       "selection.jsonl", max_candidates=args.max_candidates, seed=seed)
+            flags |= dict(selection="albat", selection_manifest=str(manifest), keep_nonpositive=True)
+        elif method == "clip":
+            from dreambat_world.evaluators import EVALUATORS_DIR, world_evaluators
+
+            e = world_evaluators(args.evaluators_dir or EVALUATORS_DIR)
+            flags |= dict(selection="clip", clip_model=str(e.clip_model), clip_pretrained=str(e.clip_pretrained))
+        elif method == "albat":
+            flags |= dict(selection="albat", surrogate_steps=max(steps[0] // 2, 1), score_batch_size=16)
+        else:
+            flags["selection"] = "random"
+    run_bat(BatSettings.from_flags(**flags))
+    return out
+
+
+def lora_at(folder: Path, step: int, last: int) -> Path:
+    return folder if step == last else folder / f"checkpoint-{step}"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    root = args.output_dir / args.tag
+    results = root / "results.jsonl"
+    if args.table:
+        write_tables(root, args.gamma)
+        return
+    pool_dir = args.pool_dir or REPO / POOLS[args.pool]
+    shards = [str(p) for p in sorted(pool_dir.glob("shard-*.tar"))]
+    if not shards and args.methods != ["dreambooth"]:
+        flag = " --noisy" if args.pool == "noisy" else ""
+        sys.exit(f"No pool shards in {pool_dir}; run `python scripts/make_world.py --skip_assets{flag}` first.")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.json").write_text(json.dumps({**{k: str(v) for k, v in vars(args).items()},
+                                                    "commit": git_head(), "machine": machine_info()}, indent=2))
+    metadata = {s.key: s.metadata for s in ShardReader(shards, max_candidates=args.max_candidates)} if shards else {}
+    done = {(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"])
+            for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else set()
+    steps = sorted(args.checkpoints)
+    for photos in args.photos:
+        for subject in pick_subjects(args.subjects):
+            for seed in args.seeds:
+                todo = [(m, s) for m in args.methods for s in steps
+                        if (args.pool, photos, m, subject, seed, s) not in done]
+                if not todo:
+                    continue
+                work = root / "runs" / args.pool / f"photos{photos}" / subject / f"seed{seed}"
+                seconds = {}
+                for method in dict.fromkeys(m for m, _ in todo):
+                    t0 = time.perf_counter()
+                    train(method, args, subject, seed, photos, work, shards)
+                    seconds[method] = round(time.perf_counter() - t0, 1)
+                loras = {f"{m}.{s}": lora_at(work / m, s, steps[-1]) for m, s in todo}
+                t0 = time.perf_counter()
+                word = subject_by_name(subject).class_word
+                scores = evaluate_world(args.backbone, loras, [subject], work / "eval",
+                                        instance_prompt=instance_prompt(args, "{}"), num_images=args.num_images,
+                                        num_prompts=args.num_prompts, num_inference_steps=args.inference_steps,
+                                        seed=seed, evaluators_dir=args.evaluators_dir, progress=False)
+                eval_seconds = round(time.perf_counter() - t0, 1)
+                with open(results, "a") as handle:
+                    for score in scores:
+                        method, step = score.method.rsplit(".", 1)
+                        manifest = work / method / "selection.jsonl"
+                        kept = composition(read_manifest(manifest), metadata, subject_by_name(subject)) \
+                            if manifest.is_file() else None
+                        row = {**asdict(score), "method": method, "step": int(step), "pool": args.pool,
+                               "photos": photos, "seed": seed, "class_word": word,
+                               "gamma": 0.0 if method == "dreambooth" else args.gamma,
+                               "train_seconds": seconds.get(method), "eval_seconds": eval_seconds,
+                               "selection": kept}
+                        handle.write(json.dumps(row) + "\n")
+                print(f"{args.pool} photos {photos} {subject} seed {seed}: " + ", ".join(
+                    f"{s.method} subj {s.subject_fidelity:.2f} dino {s.dino:.2f}" for s in scores), flush=True)
+    write_tables(root, args.gamma)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def load_rows(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def curve_table(rows: list[dict]) -> str:
+    """Per (pool, photos, method, step): runs and the mean of every metric over (subject, seed)."""
+    lines = ["| pool | photos | method | step | runs | " + " | ".join(WORLD_METRICS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(WORLD_METRICS)]
+    keys = sorted({(r["pool"], r["photos"], r["method"], r["step"]) for r in rows},
+                  key=lambda k: (k[0], k[1], METHODS.index(k[2]) if k[2] in METHODS else 99, k[3]))
+    for pool, photos, method, step in keys:
+        own = [r for r in rows if (r["pool"], r["photos"], r["method"], r["step"]) == (pool, photos, method, step)]
+        cells = []
+        for metric in WORLD_METRICS:
+            values = [r[metric] for r in own if r[metric] is not None]
+            cells.append(fmt(float(np.mean(values)), metric) if values else "–")
+        lines.append(f"| {pool} | {photos} | {method} | {step} | {len(own)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def difference_table(rows: list[dict], reference: str, metrics=("heldout_loss", "dino", "subject_fidelity",
+                                                                 "clip_t", "prompt_fidelity")) -> str:
+    """Each method minus ``reference`` at the same (pool, photos, step), paired over (subject, seed)."""
+    lines = [f"| pool | photos | step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+             "|---|---|---|---|---|" + "---|" * len(metrics)]
+    cells_found = False
+    for pool, photos, step in sorted({(r["pool"], r["photos"], r["step"]) for r in rows}):
+        here = [r for r in rows if (r["pool"], r["photos"], r["step"]) == (pool, photos, step)]
+        base = {(r["subject"], r["seed"]): r for r in here if r["method"] == reference}
+        for method in [m for m in METHODS if m != reference and any(r["method"] == m for r in here)]:
+            own = [r for r in here if r["method"] == method]
+            diffs = [paired(own, base, m) for m in metrics]
+            if all(d is None for d in diffs):
+                continue
+            cells_found = True
+            n = max(d[2] for d in diffs if d)
+            lines.append(f"| {pool} | {photos} | {step} | {method} | {n} | "
+                         + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
+    return "\n".join(lines) + "\n" if cells_found else ""
+
+
+def exposure_table(rows: list[dict], gamma: float) -> str:
+    """BAT at step S / (1 - γ) against DreamBooth at step S: the same number of subject-photo views."""
+    metrics = ("heldout_loss", "dino", "subject_fidelity", "clip_t", "prompt_fidelity")
+    lines = ["| pool | photos | DreamBooth step | BAT step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics)
+             + " |", "|---|---|---|---|---|---|" + "---|" * len(metrics)]
+    found = False
+    for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
+        here = [r for r in rows if (r["pool"], r["photos"]) == (pool, photos)]
+        for step in sorted({r["step"] for r in here if r["method"] == "dreambooth"}):
+            bat_step = round(step / (1 - gamma))
+            base = {(r["subject"], r["seed"]): r for r in here if r["method"] == "dreambooth" and r["step"] == step}
+            for method in [m for m in METHODS if m != "dreambooth"]:
+                own = [r for r in here if r["method"] == method and r["step"] == bat_step]
+                diffs = [paired(own, base, m) for m in metrics]
+                if all(d is None for d in diffs):
+                    continue
+                found = True
+                n = max(d[2] for d in diffs if d)
+                lines.append(f"| {pool} | {photos} | {step} | {bat_step} | {method} | {n} | "
+                             + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
+    return "\n".join(lines) + "\n" if found else ""
+
+
+def composition_table(rows: list[dict]) -> str:
+    """What each selector kept (share of the kept images) against the scored pool."""
+    names = ("class", "color", "pattern", "bad_caption", "degraded")
+    lines = ["| pool | method | runs | " + " | ".join(f"{n} kept / pool" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    found = False
+    for pool in sorted({r["pool"] for r in rows}):
+        for method in METHODS:
+            sel = [r["selection"] for r in rows if r["pool"] == pool and r["method"] == method and r.get("selection")
+                   and r["step"] == max(x["step"] for x in rows if x["method"] == method)]
+            if not sel:
+                continue
+            found = True
+            cells = [f"{np.mean([s[f'kept_{n}'] for s in sel]):.3f} / {np.mean([s[f'pool_{n}'] for s in sel]):.3f}"
+                     for n in names]
+            lines.append(f"| {pool} | {method} | {len(sel)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if found else ""
+
+
+def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
+    """Subject likeness (x) against prompt following (y), one curve per method over the steps;
+    one panel per (likeness, prompt) metric pair, photos = the largest count, clean pool first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pool = "clean" if any(r["pool"] == "clean" for r in rows) else rows[0]["pool"]
+    photos = max(r["photos"] for r in rows if r["pool"] == pool)
+    here = [r for r in rows if r["pool"] == pool and r["photos"] == photos]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (x_metric, y_metric) in zip(axes, zip(LIKENESS, PROMPT_FOLLOWING)):
+        for method in [m for m in METHODS if any(r["method"] == m for r in here)]:
+            steps = sorted({r["step"] for r in here if r["method"] == method})
+            xs, ys = [], []
+            for step in steps:
+                own = [r for r in here if r["method"] == method and r["step"] == step]
+                xs.append(np.mean([r[x_metric] for r in own if r[x_metric] is not None]))
+                ys.append(np.mean([r[y_metric] for r in own if r[y_metric] is not None]))
+            ax.plot(xs, ys, marker="o", label=method)
+            for x, y, step in zip(xs, ys, steps):
+                ax.annotate(str(step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        base = [r for r in rows if r["method"] == "base"]
+        ax.set_xlabel(f"subject likeness: {x_metric}")
+        ax.set_ylabel(f"prompt following: {y_metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    n = len({(r["subject"], r["seed"]) for r in here})
+    fig.suptitle(f"Likeness vs prompt following over training steps ({pool} pool, {photos} photos, "
+                 f"{n} subject-seed pairs; labels: step)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_tables(root: Path, gamma: float) -> str:
+    rows = load_rows(root)
+    parts = ["## Step curves (mean over subject-seed pairs)", "", curve_table(rows)]
+    for reference in ("dreambooth", "random"):
+        table = difference_table(rows, reference)
+        if table:
+            parts += [f"## Each method minus {reference} at equal steps (paired over (subject, seed), ± SE, "
+                      "* beyond 2 SE)", "", table]
+    table = exposure_table(rows, gamma)
+    if table:
+        parts += [f"## At equal subject exposure (BAT at γ = {gamma} trains 1/(1-γ) times the steps)", "", table]
+    table = composition_table(rows)
+    if table:
+        parts += ["## What each selector kept (share of kept images / share of the pool, last step's runs)", "",
+                  table]
+    text = "\n".join(parts)
+    (root / "summary.md").write_text(text)
+    tradeoff_plot(rows, root / "tradeoff.png")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
