@@ -56,6 +56,8 @@ from dreambat_world.selection_truth import ORACLES, composition, oracle_manifest
 from dreambat_world.subjects import subject_by_name
 
 METHODS = ("dreambooth", "random", "clip", *ORACLES, "albat")
+ORDER = ("base", *METHODS)
+"""Methods in table order; ``base`` (the backbone without a LoRA) is the step-0 point of every curve."""
 POOLS = {"clean": DEFAULT_POOL_DIR, "noisy": DEFAULT_NOISY_POOL_DIR}
 LIKENESS = ("dino", "subject_fidelity")
 PROMPT_FOLLOWING = ("clip_t", "prompt_fidelity")
@@ -129,6 +131,25 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
     return out
 
 
+FIXED_SETTINGS = ("backbone", "checkpoints", "gamma", "keep", "max_candidates", "learning_rate", "rank",
+                  "train_text_encoder", "instance_token", "num_images", "num_prompts", "inference_steps",
+                  "evaluators_dir")
+"""Settings every row of a tag shares; pools, photo counts, subjects, seeds and methods may be added."""
+
+
+def check_settings(root: Path, args) -> None:
+    """Stop before training when ``root`` holds rows made with other :data:`FIXED_SETTINGS`."""
+    path = root / "settings.json"
+    if not path.is_file() or not (root / "results.jsonl").is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in FIXED_SETTINGS
+               if k in saved and saved[k] != str(getattr(args, k))]
+    if changed:
+        sys.exit(f"{root} holds rows made with other settings ({'; '.join(changed)}); pass another --tag "
+                 "so the two never mix.")
+
+
 def lora_at(folder: Path, step: int, last: int) -> Path:
     return folder if step == last else folder / f"checkpoint-{step}"
 
@@ -147,6 +168,7 @@ def main(argv=None) -> None:
         flag = " --noisy" if args.pool == "noisy" else ""
         sys.exit(f"No pool shards in {pool_dir}; run `python scripts/make_world.py --skip_assets{flag}` first.")
     root.mkdir(parents=True, exist_ok=True)
+    check_settings(root, args)
     (root / "settings.json").write_text(json.dumps({**{k: str(v) for k, v in vars(args).items()},
                                                     "commit": git_head(), "machine": machine_info()}, indent=2))
     metadata = {s.key: s.metadata for s in ShardReader(shards, max_candidates=args.max_candidates)} if shards else {}
@@ -158,15 +180,17 @@ def main(argv=None) -> None:
             for seed in args.seeds:
                 todo = [(m, s) for m in args.methods for s in steps
                         if (args.pool, photos, m, subject, seed, s) not in done]
+                if (args.pool, photos, "base", subject, seed, 0) not in done:
+                    todo.append(("base", 0))
                 if not todo:
                     continue
                 work = root / "runs" / args.pool / f"photos{photos}" / subject / f"seed{seed}"
                 seconds = {}
-                for method in dict.fromkeys(m for m, _ in todo):
+                for method in dict.fromkeys(m for m, _ in todo if m != "base"):
                     t0 = time.perf_counter()
                     train(method, args, subject, seed, photos, work, shards)
                     seconds[method] = round(time.perf_counter() - t0, 1)
-                loras = {f"{m}.{s}": lora_at(work / m, s, steps[-1]) for m, s in todo}
+                loras = {f"{m}.{s}": None if m == "base" else lora_at(work / m, s, steps[-1]) for m, s in todo}
                 t0 = time.perf_counter()
                 word = subject_by_name(subject).class_word
                 scores = evaluate_world(args.backbone, loras, [subject], work / "eval",
@@ -182,7 +206,7 @@ def main(argv=None) -> None:
                             if manifest.is_file() else None
                         row = {**asdict(score), "method": method, "step": int(step), "pool": args.pool,
                                "photos": photos, "seed": seed, "class_word": word,
-                               "gamma": 0.0 if method == "dreambooth" else args.gamma,
+                               "gamma": args.gamma if method in METHODS[1:] else 0.0,
                                "train_seconds": seconds.get(method), "eval_seconds": eval_seconds,
                                "selection": kept}
                         handle.write(json.dumps(row) + "\n")
@@ -203,7 +227,7 @@ def curve_table(rows: list[dict]) -> str:
     lines = ["| pool | photos | method | step | runs | " + " | ".join(WORLD_METRICS) + " |",
              "|---|---|---|---|---|" + "---|" * len(WORLD_METRICS)]
     keys = sorted({(r["pool"], r["photos"], r["method"], r["step"]) for r in rows},
-                  key=lambda k: (k[0], k[1], METHODS.index(k[2]) if k[2] in METHODS else 99, k[3]))
+                  key=lambda k: (k[0], k[1], ORDER.index(k[2]) if k[2] in ORDER else 99, k[3]))
     for pool, photos, method, step in keys:
         own = [r for r in rows if (r["pool"], r["photos"], r["method"], r["step"]) == (pool, photos, method, step)]
         cells = []
@@ -217,22 +241,28 @@ def curve_table(rows: list[dict]) -> str:
 def difference_table(rows: list[dict], reference: str, metrics=("heldout_loss", "dino", "subject_fidelity",
                                                                  "clip_t", "prompt_fidelity")) -> str:
     """Each method minus ``reference`` at the same (pool, photos, step), paired over (subject, seed)."""
-    lines = [f"| pool | photos | step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+    lines = ["| pool | photos | step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
              "|---|---|---|---|---|" + "---|" * len(metrics)]
     cells_found = False
     for pool, photos, step in sorted({(r["pool"], r["photos"], r["step"]) for r in rows}):
         here = [r for r in rows if (r["pool"], r["photos"], r["step"]) == (pool, photos, step)]
         base = {(r["subject"], r["seed"]): r for r in here if r["method"] == reference}
-        for method in [m for m in METHODS if m != reference and any(r["method"] == m for r in here)]:
-            own = [r for r in here if r["method"] == method]
-            diffs = [paired(own, base, m) for m in metrics]
-            if all(d is None for d in diffs):
-                continue
-            cells_found = True
-            n = max(d[2] for d in diffs if d)
-            lines.append(f"| {pool} | {photos} | {step} | {method} | {n} | "
-                         + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
+        for method in [m for m in ORDER if m != reference and any(r["method"] == m for r in here)]:
+            line = _diff_line([pool, photos, step, method], [r for r in here if r["method"] == method], base, metrics)
+            if line:
+                lines.append(line)
+                cells_found = True
     return "\n".join(lines) + "\n" if cells_found else ""
+
+
+def _diff_line(cells: list, own: list[dict], base: dict, metrics) -> str | None:
+    """A table row: ``cells``, the pair count, then each metric's paired difference (None: no pairs)."""
+    diffs = [paired(own, base, m) for m in metrics]
+    if all(d is None for d in diffs):
+        return None
+    n = max(d[2] for d in diffs if d)
+    return (f"| {' | '.join(map(str, cells))} | {n} | "
+            + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
 
 
 def exposure_table(rows: list[dict], gamma: float) -> str:
@@ -248,13 +278,10 @@ def exposure_table(rows: list[dict], gamma: float) -> str:
             base = {(r["subject"], r["seed"]): r for r in here if r["method"] == "dreambooth" and r["step"] == step}
             for method in [m for m in METHODS if m != "dreambooth"]:
                 own = [r for r in here if r["method"] == method and r["step"] == bat_step]
-                diffs = [paired(own, base, m) for m in metrics]
-                if all(d is None for d in diffs):
-                    continue
-                found = True
-                n = max(d[2] for d in diffs if d)
-                lines.append(f"| {pool} | {photos} | {step} | {bat_step} | {method} | {n} | "
-                             + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
+                line = _diff_line([pool, photos, step, bat_step, method], own, base, metrics)
+                if line:
+                    lines.append(line)
+                    found = True
     return "\n".join(lines) + "\n" if found else ""
 
 
@@ -291,16 +318,15 @@ def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, (x_metric, y_metric) in zip(axes, zip(LIKENESS, PROMPT_FOLLOWING)):
         for method in [m for m in METHODS if any(r["method"] == m for r in here)]:
-            steps = sorted({r["step"] for r in here if r["method"] == method})
+            steps = sorted({r["step"] for r in here if r["method"] in (method, "base")})
             xs, ys = [], []
             for step in steps:
-                own = [r for r in here if r["method"] == method and r["step"] == step]
+                own = [r for r in here if r["method"] in (method, "base") and r["step"] == step]
                 xs.append(np.mean([r[x_metric] for r in own if r[x_metric] is not None]))
                 ys.append(np.mean([r[y_metric] for r in own if r[y_metric] is not None]))
             ax.plot(xs, ys, marker="o", label=method)
             for x, y, step in zip(xs, ys, steps):
                 ax.annotate(str(step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        base = [r for r in rows if r["method"] == "base"]
         ax.set_xlabel(f"subject likeness: {x_metric}")
         ax.set_ylabel(f"prompt following: {y_metric}")
         ax.grid(alpha=0.3)

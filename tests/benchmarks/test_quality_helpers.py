@@ -152,7 +152,7 @@ def test_curves_write_tables_composition_and_tradeoff_plot(tmp_path):
 
 def test_curves_run_end_to_end_with_an_oracle_and_resume(tmp_path):
     """Two methods on a 120-image noisy pool, checkpoints at 2 and 4 steps, one prompt: every
-    (method, step) gets a row with every metric, and a rerun adds nothing."""
+    (method, step) and the base backbone get a row with every metric, and a rerun adds nothing."""
     from benchmarks import bench_curves
     from dreambat_world import data as world_data
     from dreambat_world.noisy_pool import NoiseConfig
@@ -165,10 +165,25 @@ def test_curves_run_end_to_end_with_an_oracle_and_resume(tmp_path):
             "--inference_steps", "2"]
     bench_curves.main(argv)
     rows = bench_curves.load_rows(tmp_path / "out" / "t")
-    assert sorted((r["method"], r["step"]) for r in rows) == [("dreambooth", 2), ("dreambooth", 4),
+    assert sorted((r["method"], r["step"]) for r in rows) == [("base", 0), ("dreambooth", 2), ("dreambooth", 4),
                                                               ("oracle_class", 2), ("oracle_class", 4)]
     assert all(r["pool"] == "noisy" and r["photos"] == 2 and r["dino"] is not None for r in rows)
     oracle = next(r for r in rows if r["method"] == "oracle_class")
     assert oracle["selection"]["kept_class"] == 1.0 and oracle["selection"]["kept_bad_caption"] == 0.0
     bench_curves.main(argv)  # resumes: nothing new
-    assert len(bench_curves.load_rows(tmp_path / "out" / "t")) == 4
+    assert len(bench_curves.load_rows(tmp_path / "out" / "t")) == 5
+
+
+def test_curves_refuse_to_mix_rows_made_with_other_settings(tmp_path):
+    from benchmarks import bench_curves
+
+    args = bench_curves.parse_args(["--output_dir", str(tmp_path)])
+    root = tmp_path / "steps"
+    root.mkdir()
+    bench_curves.check_settings(root, args)  # nothing there yet
+    (root / "settings.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}))
+    (root / "results.jsonl").write_text("{}\n")
+    bench_curves.check_settings(root, bench_curves.parse_args(["--output_dir", str(tmp_path), "--seeds", "1"]))
+    with pytest.raises(SystemExit, match=r"--learning_rate 0.001 -> 0.0001.*another --tag"):
+        bench_curves.check_settings(root, bench_curves.parse_args(["--output_dir", str(tmp_path),
+                                                                   "--learning_rate", "1e-4"]))
