@@ -235,7 +235,7 @@ class AttributeClassifier:
         hits: dict[str, list[bool]] = {}
         all_right = []
         for got, want in zip(predictions, per_image):
-            right = [self._matches(got, key, value) for key, value in want.items()]
+            right = [self.matches(got, key, value) for key, value in want.items()]
             for key, ok in zip(want, right):
                 hits.setdefault(key, []).append(ok)
             all_right.append(all(right))
@@ -244,7 +244,9 @@ class AttributeClassifier:
         return scores
 
     @staticmethod
-    def _matches(got: Mapping[str, str], key: str, value: str) -> bool:
+    def matches(got: Mapping[str, str], key: str, value: str) -> bool:
+        """Whether a prediction ``got`` shows ``value`` on head ``key``; colours order-free on
+        objects read as striped or checkered (see :meth:`agreement`)."""
         if (key in ("color", "pattern_color") and "pattern_color" in got
                 and got.get("pattern") in HALF_AND_HALF_PATTERNS):
             return value in (got["color"], got["pattern_color"])

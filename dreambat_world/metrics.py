@@ -30,6 +30,7 @@ from dreambat.eval.runner import plan
 from dreambat.lora import load_lora, unload_lora
 from dreambat.scoring.diffusion_task import DiffusionLossTask
 
+from .classifiers import AttributeClassifier
 from .data import ASSETS_DIR, SUBJECTS_DIR
 from .prompts import load_templates
 from .subjects import Subject, subject_by_name, subject_photos
@@ -131,7 +132,9 @@ def attribute_scores(config: DreamBenchConfig, classifier: Any) -> list[Attribut
         predictions = classifier.predict([load_rgb(item.job.path) for item in items])
 
         def met(wanted: dict[str, str], got: dict[str, str]) -> bool:
-            return all(got[k] == v for k, v in wanted.items())
+            # the classifier's own rule: stripes and checks show two colours in equal halves, so
+            # which one it calls the object colour is a convention; either one counts
+            return all(AttributeClassifier.matches(got, k, v) for k, v in wanted.items())
 
         keep = np.mean([met(k, p) for p, (k, _) in zip(predictions, per_image)])
         shape = np.mean([p["shape"] == subject.design.shape for p in predictions])
@@ -196,7 +199,6 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
     from dreambat.eval.config import DreamBenchSubject
     from dreambat.eval.runner import run_dreambench
 
-    from .classifiers import AttributeClassifier
     from .evaluators import EVALUATORS_DIR, world_evaluator_settings
     from .prompts import WORLD_PROMPTS_PATH
 

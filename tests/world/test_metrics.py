@@ -93,6 +93,28 @@ def test_attribute_scores_count_unchanged_subject_attributes_and_asked_changes(t
     assert score.subject_fidelity == 0.0 and score.subject_shape == 0.0
 
 
+def test_attribute_scores_read_half_and_half_colours_order_free(tmp_path):
+    """A striped subject shows its two colours in equal halves: read with the colours swapped it is
+    still the subject (the classifier's ``agreement`` rule), read without its colour it is not."""
+    subject = next(s for s in WORLD_SUBJECTS if s.design.pattern == "striped")
+    config = DreamBenchConfig(
+        pretrained_model_name_or_path=str(BACKBONE), methods=[Method("base")],
+        subjects=[DreamBenchSubject(subject.name, subject_heldout_dir(subject), subject.class_word)],
+        output_dir=tmp_path, generation=GenerationSettings(num_images=1, num_prompts=2),
+        encoders=EncoderSettings(), prompts_file=WORLD_PROMPTS_PATH)
+    for item in plan(config, DreamBenchPrompts.load(WORLD_PROMPTS_PATH))[("base", subject.name)]:
+        item.job.path.parent.mkdir(parents=True, exist_ok=True)
+        subject_photos(subject, "heldout", n=1)[0].save(item.job.path)
+    d = subject.design
+    swapped = {"shape": d.shape, "color": d.pattern_color, "pattern": d.pattern, "pattern_color": d.color,
+               "background": "blue"}
+    [score] = attribute_scores(config, _Constant(swapped))
+    assert score.subject_fidelity == 1.0
+    other = next(c for c in ("red", "green", "blue") if c not in (d.color, d.pattern_color))
+    [score] = attribute_scores(config, _Constant(dict(swapped, pattern_color=other)))
+    assert score.subject_fidelity == 0.0
+
+
 def test_world_table_means_over_subjects():
     rows = [WorldScore("bat", s, loss, 0.5, 0.5, 0.2, fid, 1.0, None, 4)
             for s, loss, fid in (("a", 0.1, 0.5), ("b", 0.3, 1.0))]
