@@ -38,6 +38,10 @@ DEMO_INSTANCE_PROMPT = f"a photo of sks {DEMO_CLASS_NOUN}"
 DEMO_VALIDATION_PROMPT = f"a sks {DEMO_CLASS_NOUN} on a green background"
 BACKBONE_PREVIEW_NAME = "backbone_preview.png"
 SELECTION_PREVIEW_NAME = "selection_preview.png"
+DEMO_STEPS = 800
+"""Final-training steps of both demo LoRAs: on the world, DreamBooth-LoRA needs several hundred
+steps before its samples show the subject (the step curve in BENCHMARKS.md); 200 did not."""
+DEMO_SURROGATE_STEPS = 200
 DEMO_KEEP = 60
 DEMO_GAMMA = 0.5
 DEMO_EVAL_PROMPTS = 8
@@ -95,7 +99,7 @@ def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     *,
-    steps: int = 200,
+    steps: int = DEMO_STEPS,
     seed: int = 0,
     max_candidates: int | None = None,
     inference_steps: int = 25,
@@ -132,7 +136,7 @@ def run_demo(
         PoolConfig(backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates),
         ScoringConfig(score_batch_size=16),  # the library's reliable defaults
         SelectionConfig(selection="albat", num_backbone_samples=DEMO_KEEP),
-        BatConfig(surrogate_steps=max(steps // 2, 1), augmentation_ratio=DEMO_GAMMA),
+        BatConfig(surrogate_steps=max(min(steps // 2, DEMO_SURROGATE_STEPS), 1), augmentation_ratio=DEMO_GAMMA),
     ))
     ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME)
     report = result.report
