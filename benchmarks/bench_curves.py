@@ -95,8 +95,11 @@ def instance_prompt(args, word: str) -> str:
     return f"a photo of {args.instance_token} {word}".replace("  ", " ")
 
 
-def train(method: str, args, subject: str, seed: int, photos: int, work: Path, shards: list[str]) -> Path:
-    """Train ``method`` to the last checkpoint step in ``work/method`` (resumes; reuses a finished run)."""
+def train(method: str, args, subject: str, seed: int, photos: int, work: Path, shards: list[str],
+          candidates: list) -> Path:
+    """Train ``method`` to the last checkpoint step in ``work/method`` (resumes; reuses a finished run).
+
+    ``candidates``: the pool samples every selector chooses from (the oracles rank them directly)."""
     out = work / method
     if (out / LORA_WEIGHTS_NAME).is_file():
         return out
@@ -115,8 +118,8 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
         flags |= dict(backbone_shards=shards, max_candidates=args.max_candidates, num_backbone_samples=args.keep,
                       augmentation_ratio=args.gamma)
         if method in ORACLES:
-            manifest = oracle_manifest(shards, subject_by_name(subject), method, work / f"{method}_scores" /
-                                       "selection.jsonl", max_candidates=args.max_candidates, seed=seed)
+            manifest = oracle_manifest(candidates, subject_by_name(subject), method,
+                                       work / f"{method}_scores" / "selection.jsonl", seed=seed)
             flags |= dict(selection="albat", selection_manifest=str(manifest), keep_nonpositive=True)
         elif method == "clip":
             from dreambat_world.evaluators import EVALUATORS_DIR, world_evaluators
@@ -171,7 +174,8 @@ def main(argv=None) -> None:
     check_settings(root, args)
     (root / "settings.json").write_text(json.dumps({**{k: str(v) for k, v in vars(args).items()},
                                                     "commit": git_head(), "machine": machine_info()}, indent=2))
-    metadata = {s.key: s.metadata for s in ShardReader(shards, max_candidates=args.max_candidates)} if shards else {}
+    candidates = list(ShardReader(shards, max_candidates=args.max_candidates)) if shards else []
+    metadata = {c.key: c.metadata for c in candidates}
     done = {(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"])
             for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else set()
     steps = sorted(args.checkpoints)
@@ -188,7 +192,7 @@ def main(argv=None) -> None:
                 seconds = {}
                 for method in dict.fromkeys(m for m, _ in todo if m != "base"):
                     t0 = time.perf_counter()
-                    train(method, args, subject, seed, photos, work, shards)
+                    train(method, args, subject, seed, photos, work, shards, candidates)
                     seconds[method] = round(time.perf_counter() - t0, 1)
                 loras = {f"{m}.{s}": None if m == "base" else lora_at(work / m, s, steps[-1]) for m, s in todo}
                 t0 = time.perf_counter()
@@ -293,8 +297,9 @@ def composition_table(rows: list[dict]) -> str:
     found = False
     for pool in sorted({r["pool"] for r in rows}):
         for method in METHODS:
-            sel = [r["selection"] for r in rows if r["pool"] == pool and r["method"] == method and r.get("selection")
-                   and r["step"] == max(x["step"] for x in rows if x["method"] == method)]
+            own = [r for r in rows if r["pool"] == pool and r["method"] == method]
+            last = max((r["step"] for r in own), default=None)
+            sel = [r["selection"] for r in own if r.get("selection") and r["step"] == last]
             if not sel:
                 continue
             found = True

@@ -26,7 +26,7 @@ image), and ``metadata["caption_attributes"]`` what the *caption* describes when
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -141,8 +141,6 @@ def is_clean(metadata: dict[str, Any]) -> bool:
 
 def _one_attribute_wrong(scene: SceneSpec, rng: np.random.Generator) -> SceneSpec:
     """``scene`` with the colour or the shape of one object replaced by another value."""
-    from dataclasses import replace
-
     objects = list(scene.objects)
     which = int(rng.integers(len(objects)))
     obj = objects[which]

@@ -20,31 +20,31 @@ from typing import Any
 import numpy as np
 
 from dreambat.albat.manifest import ManifestRecord, write_manifest
-from dreambat.data.shards import ShardReader
+from dreambat.data.shards import BackboneSample
 
+from .classifiers import main_object_labels
 from .noisy_pool import is_clean
 from .subjects import Subject
 
 
-def _main_object(attributes: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    objects = attributes.get("objects") or []
-    if not objects:
-        return None
-    return max(reversed(objects), key=lambda o: float(o.get("size", 0.5)))
+def _main_object(metadata: Mapping[str, Any]) -> Mapping[str, str] | None:
+    """The labels of the image's main object (the classifier's rule), None for an image without objects."""
+    attributes = metadata.get("attributes") or {}
+    return main_object_labels(attributes) if attributes.get("objects") else None
 
 
 def shared_attributes(metadata: Mapping[str, Any], subject: Subject) -> int:
     """How many of the subject's shape, colour and pattern the image's main object has (0-3)."""
-    main = _main_object(metadata.get("attributes") or {})
+    main = _main_object(metadata)
     if main is None:
         return 0
     d = subject.design
-    return int(main["shape"] == d.shape) + int(main["color"] == d.color) + int(main.get("pattern", "plain") == d.pattern)
+    return int(main["shape"] == d.shape) + int(main["color"] == d.color) + int(main["pattern"] == d.pattern)
 
 
 def _oracle_class(metadata: Mapping[str, Any], subject: Subject) -> float:
     """1 when the main object has the subject's shape (its class word) and the pair is clean."""
-    main = _main_object(metadata.get("attributes") or {})
+    main = _main_object(metadata)
     return float(main is not None and main["shape"] == subject.design.shape and is_clean(metadata))
 
 
@@ -52,7 +52,7 @@ def _oracle_near(metadata: Mapping[str, Any], subject: Subject) -> float:
     """Shared attributes with the subject (shape counts double), for clean pairs only."""
     if not is_clean(metadata):
         return 0.0
-    main = _main_object(metadata.get("attributes") or {})
+    main = _main_object(metadata)
     if main is None:
         return 0.0
     return float(shared_attributes(metadata, subject) + int(main["shape"] == subject.design.shape))
@@ -81,21 +81,21 @@ def oracle_scores(metadatas: Sequence[Mapping[str, Any]], subject: Subject, orac
     return 1.0 + truth + jitter
 
 
-def oracle_manifest(shards: Sequence[str], subject: Subject, oracle: str, path: str | Path, *,
-                    max_candidates: int | None = None, seed: int = 0) -> Path:
-    """Write a selection manifest scored by ``oracle`` over the first ``max_candidates`` of ``shards``.
+def oracle_manifest(candidates: Sequence[BackboneSample], subject: Subject, oracle: str, path: str | Path, *,
+                    seed: int = 0) -> Path:
+    """Write a selection manifest of ``candidates`` (backbone samples, e.g. ``list(ShardReader(...))``)
+    scored by ``oracle``.
 
     Pass it to a BAT run as ``--selection albat --selection_manifest PATH --num_backbone_samples N``:
     the top-N rule then keeps the N candidates the oracle ranks highest.
     """
-    samples = list(ShardReader(list(shards), max_candidates=max_candidates))
-    scores = oracle_scores([s.metadata for s in samples], subject, oracle, seed)
-    records = [ManifestRecord(index=s.index if s.index >= 0 else i, key=s.key, url=s.url, caption=s.caption,
-                              score=float(z)) for i, (s, z) in enumerate(zip(samples, scores))]
+    scores = oracle_scores([c.metadata for c in candidates], subject, oracle, seed)
+    records = [ManifestRecord(c.index, c.key, c.url, c.caption, float(z)) for c, z in zip(candidates, scores)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_manifest(records, path, fingerprint={"oracle": oracle, "subject": subject.name, "seed": seed,
-                                               "shards": list(shards), "max_candidates": max_candidates})
+                                               "urls": sorted({c.url for c in candidates}),
+                                               "candidates": len(candidates)})
     return path
 
 
@@ -111,12 +111,12 @@ def composition(records: Iterable[ManifestRecord], metadata_by_key: Mapping[str,
     d = subject.design
 
     def tests(m: Mapping[str, Any]) -> dict[str, bool]:
-        main = _main_object(m.get("attributes") or {})
+        main = _main_object(m)
         fate = m.get("noise") or {}
         return {
             "class": main is not None and main["shape"] == d.shape,
             "color": main is not None and main["color"] == d.color,
-            "pattern": main is not None and main.get("pattern", "plain") == d.pattern,
+            "pattern": main is not None and main["pattern"] == d.pattern,
             "bad_caption": fate.get("caption", "clean") != "clean",
             "degraded": fate.get("image", "clean") != "clean",
             "duplicate": fate.get("duplicate_of") is not None,

@@ -82,16 +82,17 @@ def _pool(tmp_path, n=400):
 def test_oracle_class_keeps_clean_images_of_the_subject_class(tmp_path):
     shards = _pool(tmp_path)
     subject = WORLD_SUBJECTS[0]
-    manifest = oracle_manifest(shards, subject, "oracle_class", tmp_path / "o" / "selection.jsonl", seed=1)
+    candidates = list(ShardReader(shards))
+    manifest = oracle_manifest(candidates, subject, "oracle_class", tmp_path / "o" / "selection.jsonl", seed=1)
     records = read_manifest(manifest)
     assert len(records) == 400 and all(r.score > 0 for r in records)  # the top-N rule can keep any of them
     kept = apply_selection(records, get_rule("albat", num_samples=20, force=True).select(records))
-    metadata = {s.key: s.metadata for s in ShardReader(shards)}
+    metadata = {c.key: c.metadata for c in candidates}
     shares = composition(kept, metadata, subject)
     assert shares["kept_class"] == 1.0 and shares["kept_bad_caption"] == 0.0 and shares["kept_degraded"] == 0.0
     assert shares["pool_class"] < 0.3 and shares["pool_bad_caption"] > 0.1
     # ties are broken by the seed: another seed keeps other images of the class
-    other = read_manifest(oracle_manifest(shards, subject, "oracle_class", tmp_path / "p" / "s.jsonl", seed=2))
+    other = read_manifest(oracle_manifest(candidates, subject, "oracle_class", tmp_path / "p" / "s.jsonl", seed=2))
     assert [r.score for r in other] != [r.score for r in records]
 
 
