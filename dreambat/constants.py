@@ -26,13 +26,11 @@ TEXT_ENCODER_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj
 # CLIP's tokenizer context length; a locally built CLIPTokenizer must be told.
 CLIP_MODEL_MAX_LENGTH = 77
 
-# ALBAT curvature "auto": the exact inverse while its solve, min(reference rows, largest block), is
-# at most this size; DataInf above.
-AUTO_EXACT_MAX_REF = 2048
-
 # A run warns when its ranking's estimated test-retest reliability (Spearman) is below this.
 RELIABILITY_WARNING = 0.8
 
 # Files of a scoring run (``dreambat score``, or stage 3 of a BAT run).
 SCORE_REPORT_NAME = "score_report.json"
 SCORE_CONFIG_NAME = "score_config.json"
+# A BAT run's surrogate LoRA (stage 1) is trained into output_dir/surrogate.
+SURROGATE_DIR = "surrogate"

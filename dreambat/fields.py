@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
 from .errors import ConfigError
 
 
-def flag(text: str, **kwargs: Any) -> Any:
-    """A dataclass ``field`` whose ``--help`` text is ``text`` (``default=...`` etc. pass through)."""
-    return field(metadata={"help": text}, **kwargs)
+def flag(text: str, *, choices: Collection[str] | None = None, **kwargs: Any) -> Any:
+    """A dataclass ``field`` whose ``--help`` text is ``text`` (``default=...`` etc. pass through).
+
+    ``choices``: the values the command line accepts, from the registry that defines them (it may
+    be a live view, such as a registry dict's ``keys()``, so later registrations are accepted too).
+    """
+    metadata: dict[str, Any] = {"help": text}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(metadata=metadata, **kwargs)
 
 
 def build_groups(groups: Sequence[type], values: Mapping[str, Any]) -> list[Any]:

@@ -14,7 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from dreambat.albat.manifest import read_manifest
+from dreambat.albat import read_manifest
+from dreambat.data.records import record_caption
 from dreambat.bat.config import BatConfig, BatSettings
 from dreambat.bat.pipeline import run_bat
 from dreambat.data.shards import ShardReader
@@ -69,7 +70,7 @@ def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6) -> list
     shown = records[:n] + records[-n:]
     wanted = {r.key for r in shown}
     images = {s.key: s.image for s in ShardReader(urls) if s.key in wanted}
-    labels = [f"{'kept' if r.selected else 'dropped'} Z={r.score:+.2e}: {r.caption}" for r in shown]
+    labels = [f"{'kept' if r.selected else 'dropped'} Z={r.score:+.2e}: {record_caption(r)}" for r in shown]
     image_grid([[images[r.key]] for r in shown], row_labels=labels, cell_size=64, label_width=420).save(path)
     return records
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from dreambat.albat.manifest import ManifestRecord, write_manifest
+from dreambat.albat import ManifestRecord, write_manifest
+from dreambat.data.records import candidate_record
 from dreambat.data.shards import BackboneSample
 
 from .classifiers import main_object_labels
@@ -90,7 +91,7 @@ def oracle_manifest(candidates: Sequence[BackboneSample], subject: Subject, orac
     the top-N rule then keeps the N candidates the oracle ranks highest.
     """
     scores = oracle_scores([c.metadata for c in candidates], subject, oracle, seed)
-    records = [ManifestRecord(c.index, c.key, c.url, c.caption, float(z)) for c, z in zip(candidates, scores)]
+    records = [candidate_record(c.index, c.key, c.url, c.caption, float(z)) for c, z in zip(candidates, scores)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_manifest(records, path, fingerprint={"oracle": oracle, "subject": subject.name, "seed": seed,

@@ -20,46 +20,67 @@ The README's "ALBAT from Python" section has the complete, runnable version.
 
 from .blocks import LoraBlocks, lora_factors
 from .curvature import (
+    AUTO_EXACT_MAX_REF,
+    DEFAULT_DAMPING,
     STRATEGIES,
     DataInfInverse,
     ExactInverse,
     IdentityInverse,
     InverseStrategy,
+    check_damping,
+    describe,
     get_strategy,
     precondition,
 )
+from .errors import SettingError
 from .gradients import contracted_scores, contracted_terms, reference_rows, reference_scores, reference_term_scores
 from .layers import register_layer
 from .manifest import (
     ManifestMismatchError,
     ManifestRecord,
     ManifestWriter,
+    check_fingerprint,
     merge_manifests,
+    merge_records,
+    meta_path,
     read_manifest,
     write_manifest,
 )
 from .reliability import Reliability, split_half_reliability, spearman
-from .scorer import AlbatScorer, ScoredBatch, ScoreSummary, score_candidates
+from .scorer import SCORING_PATHS, AlbatScorer, ScoredBatch, ScoreSummary, score_candidates
 from .selection import (
+    INFLUENCE,
+    KEEP_SETTINGS,
     RULES,
+    SCORE_KINDS,
+    SIMILARITY,
     AlbatSelection,
+    NearestSelection,
     NoSelection,
     RandomSelection,
+    RuleNeeds,
     SelectionResult,
     SelectionRule,
     apply_selection,
     get_rule,
+    register_rule,
+    rule_class,
+    rule_settings,
     score_statistics,
+    unregister_rule,
 )
 from .task import ScoringTask
 
 __all__ = [
-    "STRATEGIES", "RULES", "AlbatScorer", "AlbatSelection", "DataInfInverse", "ExactInverse",
-    "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError", "ManifestRecord",
-    "ManifestWriter", "NoSelection", "RandomSelection", "ScoreSummary", "ScoringTask",
-    "SelectionResult", "SelectionRule", "apply_selection", "contracted_scores", "get_rule",
-    "get_strategy", "lora_factors", "merge_manifests", "precondition", "read_manifest",
-    "reference_rows", "reference_scores", "register_layer", "score_candidates", "score_statistics",
-    "write_manifest", "Reliability", "ScoredBatch", "contracted_terms", "reference_term_scores", "spearman",
-    "split_half_reliability",
+    "AUTO_EXACT_MAX_REF", "DEFAULT_DAMPING", "INFLUENCE", "KEEP_SETTINGS", "RULES", "SCORE_KINDS",
+    "SCORING_PATHS", "SIMILARITY", "STRATEGIES", "AlbatScorer", "AlbatSelection", "DataInfInverse",
+    "ExactInverse", "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError",
+    "ManifestRecord", "ManifestWriter", "NearestSelection", "NoSelection", "RandomSelection",
+    "Reliability", "RuleNeeds", "ScoreSummary", "ScoredBatch", "ScoringTask", "SelectionResult",
+    "SelectionRule", "SettingError", "apply_selection", "check_damping", "check_fingerprint",
+    "contracted_scores", "contracted_terms", "describe", "get_rule", "get_strategy", "lora_factors",
+    "merge_manifests", "merge_records", "meta_path", "precondition", "read_manifest", "reference_rows",
+    "reference_scores", "reference_term_scores", "register_layer", "register_rule", "rule_class",
+    "rule_settings", "score_candidates", "score_statistics", "spearman", "split_half_reliability",
+    "unregister_rule", "write_manifest",
 ]

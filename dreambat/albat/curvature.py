@@ -31,10 +31,22 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..constants import AUTO_EXACT_MAX_REF
 from ..errors import ConfigError, DataError
+from .errors import SettingError
 
 DEFAULT_DAMPING = 0.1
+# Curvature "auto": the exact inverse while its solve, min(reference rows, largest block), is at
+# most this size; DataInf above.
+AUTO_EXACT_MAX_REF = 2048
+
+
+def check_damping(damping: Any) -> float:
+    """``damping`` as a float; :class:`SettingError` unless it is a finite number > 0."""
+    numeric = isinstance(damping, (int, float)) and not isinstance(damping, bool)
+    if not numeric or not math.isfinite(damping) or damping <= 0:
+        raise SettingError("curvature", "damping", damping, "invalid",
+                           f"a finite number > 0 (λ_l = damping · mean‖g‖² / d_l; default {DEFAULT_DAMPING})")
+    return float(damping)
 
 
 def damping_lambda(rows: Tensor, damping: float) -> float:
@@ -57,13 +69,7 @@ class InverseStrategy(ABC):
     name: ClassVar[str]
 
     def __init__(self, damping: float = DEFAULT_DAMPING):
-        numeric = isinstance(damping, (int, float)) and not isinstance(damping, bool)
-        if not numeric or not math.isfinite(damping) or damping <= 0:
-            raise ConfigError(
-                f"damping must be a finite number > 0 (λ_l = damping · mean‖g‖² / d_l), got "
-                f"{damping!r}. Use the default {DEFAULT_DAMPING} unless you have a reason to change it."
-            )
-        self.damping = float(damping)
+        self.damping = check_damping(damping)
 
     def direction(self, rows: Tensor) -> Tensor:
         """``h = G⁻¹ v`` for one block, with ``v`` the mean of ``rows``.
@@ -188,9 +194,7 @@ def get_strategy(
         size = n_ref if max_dim is None else min(n_ref, max_dim)
         name = ExactInverse.name if size <= AUTO_EXACT_MAX_REF else DataInfInverse.name
     if name not in STRATEGIES:
-        raise ConfigError(
-            f"Unknown curvature strategy {name!r}; choose one of: auto, {', '.join(STRATEGIES)}."
-        )
+        raise SettingError("curvature strategy", "name", name, "unknown", ", ".join(("auto", *STRATEGIES)))
     return STRATEGIES[name](damping)
 
 
@@ -257,6 +261,6 @@ def _check_shape(rows: Tensor) -> None:
         )
     if rows.shape[0] == 0:
         raise DataError(
-            "No reference gradients: K=0 or no subject images. Set --num_score_timesteps ≥ 1 and "
-            "check --instance_data_dir."
+            "No reference gradients: the reference set has no row (no timestep per sample, or no "
+            "reference sample)."
         )

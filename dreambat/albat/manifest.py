@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,20 +31,19 @@ DUPLICATE_SCORE_ATOL = 1e-12
 class ManifestMismatchError(DataError):
     """A manifest on disk was scored with settings other than this run's: it cannot be resumed."""
 
-    def __init__(self, message: str, fields: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, fields: Sequence[str] = (), path: str | Path | None = None) -> None:
         super().__init__(message)
         self.fields = tuple(fields)
+        self.path = None if path is None else Path(path)
 
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """One candidate of the backbone stream and its ALBAT score.
+    """One candidate of a scored stream and its score.
 
     Attributes:
         index: global position of the candidate in the (unsplit) candidate stream.
-        key: the webdataset ``__key__``.
-        url: the shard the candidate came from.
-        caption: the candidate's own caption.
+        key: the candidate's unique key (e.g. a webdataset ``__key__``).
         score: Z(x); ``None`` when it could not be scored (see ``reason``).
         status: ``"scored"`` or ``"skipped"``.
         reason: why it was skipped, e.g. ``"nonfinite_loss"``, ``"corrupt_image"``.
@@ -51,21 +51,27 @@ class ManifestRecord:
         split_scores: the four half-estimates ``Z_Aa, Z_Ab, Z_Ba, Z_Bb`` behind the run's
             split-half reliability (:mod:`dreambat.albat.reliability`); ``None`` when not computed.
             Written to the file only when present.
+        source: what the application remembers of the candidate, opaque to the core (for a
+            LAION-style shard: its shard ``url`` and ``caption``, see
+            :func:`dreambat.data.records.candidate_record`). Written between ``key`` and ``score``,
+            in its own order; names that the record itself uses are not allowed.
     """
 
     index: int
     key: str
-    url: str
-    caption: str
-    score: float | None
+    score: float | None = None
     status: str = "scored"
     reason: str | None = None
     selected: bool | None = None
     split_scores: tuple[float, float, float, float] | None = None
+    source: Mapping[str, Any] = field(default_factory=dict, compare=True)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise DataError(f"Manifest record {self.index}: status must be one of {STATUSES}, got {self.status!r}.")
+        clash = set(self.source) & _RECORD_FIELDS
+        if clash:
+            raise DataError(f"Manifest record {self.index}: source fields {sorted(clash)} clash with the record's own.")
 
     @property
     def has_score(self) -> bool:
@@ -74,7 +80,8 @@ class ManifestRecord:
 
     def to_json(self) -> str:
         """One line of strict JSON (no newline); a non-finite score is written as ``null``."""
-        data = asdict(self)
+        data = {"index": self.index, "key": self.key, **self.source, "score": self.score, "status": self.status,
+                "reason": self.reason, "selected": self.selected, "split_scores": self.split_scores}
         if data["score"] is not None:
             data["score"] = float(data["score"]) if math.isfinite(data["score"]) else None
         if data["split_scores"] is None:
@@ -89,14 +96,17 @@ class ManifestRecord:
         try:
             data = json.loads(line)
             return cls(
-                index=int(data["index"]), key=str(data["key"]), url=str(data["url"]),
-                caption=str(data["caption"]),
+                index=int(data["index"]), key=str(data["key"]),
                 score=None if data.get("score") is None else float(data["score"]),
                 status=data.get("status", "scored"), reason=data.get("reason"), selected=data.get("selected"),
                 split_scores=_split_scores(data.get("split_scores")),
+                source={k: v for k, v in data.items() if k not in _RECORD_FIELDS},
             )
         except (ValueError, KeyError, TypeError) as error:
             raise DataError(f"Not a manifest record: {line[:120]!r} ({error}).") from error
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclass_fields(ManifestRecord)) - {"source"}
 
 
 def _split_scores(values: Any) -> tuple[float, float, float, float] | None:
@@ -134,20 +144,20 @@ def check_fingerprint(path: str | Path, fingerprint: dict) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     meta = meta_path(path)
-    advice = "Use a new --output_dir, or pass --overwrite_manifest to discard it and score again."
     if not meta.is_file():
-        raise ManifestMismatchError(f"Manifest {path} has no settings file {meta.name}, so it cannot be resumed. {advice}")
+        raise ManifestMismatchError(f"Manifest {path} has no settings file {meta.name}, so it cannot be resumed.",
+                                    path=path)
     try:
         stored = json.loads(meta.read_text())
     except ValueError as error:
-        raise ManifestMismatchError(f"Settings file {meta} is unreadable ({error}). {advice}") from error
+        raise ManifestMismatchError(f"Settings file {meta} is unreadable ({error}).", path=path) from error
     current = _normalise(fingerprint)
     fields = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if fields:
         changes = "; ".join(f"{k}: {_short(stored.get(k))} -> {_short(current.get(k))}" for k in fields)
         raise ManifestMismatchError(
-            f"Manifest {path} was scored with other settings ({changes}), so it cannot be resumed. {advice}",
-            fields,
+            f"Manifest {path} was scored with other settings ({changes}), so it cannot be resumed.",
+            fields, path,
         )
 
 
@@ -294,13 +304,19 @@ def _same_score(a: ManifestRecord, b: ManifestRecord) -> bool:
 
 
 def merge_manifests(parts: Sequence[str | Path], out: str | Path, *, fingerprint: dict) -> list[ManifestRecord]:
-    """Union of per-process manifests, written atomically to ``out`` and returned sorted by index.
+    """:func:`merge_records` of ``parts``, written atomically to ``out`` (which may be one of them)."""
+    records = merge_records(parts, fingerprint=fingerprint)
+    write_manifest(records, out, fingerprint=fingerprint)
+    return records
+
+
+def merge_records(parts: Sequence[str | Path], *, fingerprint: dict) -> list[ManifestRecord]:
+    """Union of per-process manifests, sorted by index; nothing is written.
 
     Each part must carry ``fingerprint`` (a part scored with other settings raises
-    :class:`ManifestMismatchError`). ``out`` may itself be one of the parts. A candidate present
-    in several parts is kept once; if its key or score differ between parts (beyond float noise,
-    relative 1e-5) the parts come from different streams and :class:`~dreambat.errors.DataError`
-    is raised.
+    :class:`ManifestMismatchError`). A candidate present in several parts is kept once; if its key
+    or score differ between parts (beyond float noise, relative 1e-5) the parts come from different
+    streams and :class:`~dreambat.errors.DataError` is raised.
     """
     merged: dict[int, ManifestRecord] = {}
     sources: dict[int, Path] = {}
@@ -315,8 +331,6 @@ def merge_manifests(parts: Sequence[str | Path], out: str | Path, *, fingerprint
                 raise DataError(
                     f"Candidate {record.index} differs between {sources[record.index]} "
                     f"(key {seen.key!r}, score {seen.score}) and {part} (key {record.key!r}, score "
-                    f"{record.score}): these manifests come from different runs. Score again into a new --output_dir."
+                    f"{record.score}): these manifests come from different runs. Score again into a new folder."
                 )
-    records = [replace(merged[i]) for i in sorted(merged)]
-    write_manifest(records, out, fingerprint=fingerprint)
-    return records
+    return [replace(merged[i]) for i in sorted(merged)]

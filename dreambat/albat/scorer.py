@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from ..errors import DataError
-from ..progress import progress
 from .blocks import LoraBlocks
 from .curvature import InverseStrategy, describe, precondition
 from .gradients import contracted_terms, reference_rows, reference_scores, reference_term_scores
@@ -26,6 +25,7 @@ from .manifest import ManifestRecord, ManifestWriter
 from .task import ScoringTask
 
 ScoringPath = Literal["fast", "reference"]
+SCORING_PATHS: tuple[str, ...] = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,22 @@ def _batches(candidates: Iterable[Any], size: int, skip: Callable[[Any], bool], 
         yield batch
 
 
+class _NoBar:
+    """The part of a tqdm bar that :func:`score_candidates` uses, doing nothing."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def score_candidates(
     scorer: AlbatScorer,
     candidates: Iterable[Any],
@@ -202,14 +218,15 @@ def score_candidates(
     *,
     batch_size: int = 8,
     path: ScoringPath = "fast",
-    show_progress: bool = True,
+    progress: Callable[..., Any] | None = None,
     total: int | None = None,
+    source: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> ScoreSummary:
     """Score a stream of backbone candidates and append one manifest line per candidate.
 
     Args:
         scorer: a fitted :class:`AlbatScorer`.
-        candidates: objects with ``index``, ``key``, ``url`` and ``caption`` (e.g.
+        candidates: objects with ``index`` and ``key`` (e.g.
             :class:`dreambat.data.shards.BackboneSample`), read lazily.
         collate: turns a list of candidates into a batch for ``scorer.task``.
         writer: the open manifest; candidates whose index it already holds are skipped (resume).
@@ -217,8 +234,11 @@ def score_candidates(
             that every candidate is scored in a batch of the same shape (bit-identical scores for
             any split of the stream across processes).
         path: ``"fast"`` (hooks) or ``"reference"`` (per-sample loop).
-        show_progress: draw a progress bar (candidates/s, non-finite skips, Z > 0 so far).
+        progress: a tqdm-like bar factory, called as ``progress(total=, desc=, unit=)``; the bar
+            shows candidates/s, non-finite skips and Z > 0 so far. ``None``: no bar.
         total: expected number of candidates, for the bar.
+        source: what each record remembers of its candidate (``ManifestRecord.source``), e.g.
+            its shard and caption; ``None``: nothing.
 
     Returns:
         A :class:`ScoreSummary`; non-finite losses are recorded with status ``skipped``.
@@ -227,7 +247,7 @@ def score_candidates(
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     summary = ScoreSummary()
     done = writer.done_indices
-    bar = progress(total=total, desc="score", unit="cand", disable=not show_progress)
+    bar = (progress or _NoBar)(total=total, desc="score", unit="cand")
 
     def count_resumed() -> None:
         summary.resumed += 1
@@ -245,7 +265,7 @@ def score_candidates(
             finite = math.isfinite(score)
             records.append(
                 ManifestRecord(
-                    index=candidate.index, key=candidate.key, url=candidate.url, caption=candidate.caption,
+                    index=candidate.index, key=candidate.key, source=source(candidate) if source else {},
                     score=score if finite else None, status="scored" if finite else "skipped",
                     reason=None if finite else "nonfinite_loss",
                     split_scores=tuple(split) if finite and split is not None else None,

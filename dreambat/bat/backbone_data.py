@@ -11,7 +11,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
-from ..albat.manifest import ManifestRecord
+from ..albat import ManifestRecord
+from ..data.records import record_caption, record_url
 from ..data.shards import ShardReader
 from ..data.transforms import ImageTransform
 from ..errors import DataError
@@ -39,11 +40,11 @@ class SelectedBackboneDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[ManifestRecord], resolution: int) -> None:
-        wanted = {(r.url, r.key): r for r in records if r.selected}
+        wanted = {(record_url(r), r.key): r for r in records if r.selected}
         self.transform = ImageTransform(resolution, center_crop=True)
         self.resolution = resolution
         found: dict[tuple[str, str], PIL.Image.Image] = {}
-        urls = list(dict.fromkeys(r.url for r in wanted.values()))
+        urls = list(dict.fromkeys(record_url(r) for r in wanted.values()))
         if urls:
             for sample in ShardReader(urls):
                 if (sample.url, sample.key) in wanted and (sample.url, sample.key) not in found:
@@ -58,9 +59,9 @@ class SelectedBackboneDataset(Dataset):
             )
         ordered = sorted(wanted.values(), key=lambda r: r.index)
         self.keys = [r.key for r in ordered]
-        self.captions = [r.caption for r in ordered]
+        self.captions = [record_caption(r) for r in ordered]
         self.indices = [r.index for r in ordered]
-        self.images = [found[(r.url, r.key)] for r in ordered]
+        self.images = [found[(record_url(r), r.key)] for r in ordered]
         logger.info("Loaded %d selected backbone image(s) from %d shard(s).", len(self.images), len(urls))
 
     def __len__(self) -> int:

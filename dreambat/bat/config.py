@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..albat import INFLUENCE
+from ..constants import SURROGATE_DIR
 from ..errors import ConfigError
 from ..fields import build_groups, flag
 from ..scoring.config import PoolConfig, ScoreSettings, ScoringConfig, SelectionConfig
@@ -67,25 +69,24 @@ class BatSettings:
     GROUPS: ClassVar[tuple[type, ...]] = (TrainConfig, PoolConfig, ScoringConfig, SelectionConfig, BatConfig)
 
     def __post_init__(self) -> None:
-        selection, bat = self.selection.selection, self.bat
-        if selection == "none" and bat.augmentation_ratio:
+        selection, needs, bat = self.selection.selection, self.selection.needs, self.bat
+        if not needs.candidates and bat.augmentation_ratio:
             raise ConfigError(
-                "--augmentation_ratio has no effect with --selection none (no backbone samples are "
-                "kept); drop it, or choose --selection albat or random."
+                f"--augmentation_ratio has no effect with --selection {selection} (no backbone samples are "
+                "kept); drop it, or choose a --selection that keeps some."
             )
-        if selection != "none" and bat.selection_manifest is None and not self.pool.backbone_shards:
+        if needs.candidates and bat.selection_manifest is None and not self.pool.backbone_shards:
             raise ConfigError(
                 f"--selection {selection} needs backbone candidates: pass --backbone_shards "
                 "(e.g. 'laion/{00000..00009}.tar') or --selection_manifest from an earlier run, "
                 "or use --selection none for plain DreamBooth-LoRA."
             )
-        if selection == "random" and not self.selection.keep_flags_given and bat.selection_manifest is None:
+        if (needs.default_keep_reads_scores and not self.selection.keep_given and bat.selection_manifest is None
+                and needs.scores is None):
             raise ConfigError(
-                "--selection random needs a count: --num_backbone_samples or --backbone_fraction "
+                f"--selection {selection} needs a count: --num_backbone_samples or --backbone_fraction "
                 "(or --selection_manifest of an ALBAT run, to keep as many as it found helpful)."
             )
-        if selection == "clip" and not self.selection.keep_flags_given:
-            raise ConfigError("--selection clip needs a count: --num_backbone_samples or --backbone_fraction.")
         if bat.selection_manifest is not None and not Path(bat.selection_manifest).is_file():
             raise ConfigError(
                 f"--selection_manifest {bat.selection_manifest} does not exist; give the selection.jsonl "
@@ -93,37 +94,60 @@ class BatSettings:
             )
         if bat.selection_manifest is not None and self.scoring.surrogate_lora is not None:
             raise ConfigError("--selection_manifest already holds the scores; --surrogate_lora would not be used. Drop one.")
-        if selection != "albat" and self.scoring.surrogate_lora is not None:
-            raise ConfigError("--surrogate_lora is only used by --selection albat; drop it or change --selection.")
+        if needs.scores != INFLUENCE and self.scoring.surrogate_lora is not None:
+            raise ConfigError(
+                f"--surrogate_lora is only used by rules that rank by influence scores (such as --selection "
+                f"albat), not by --selection {selection}; drop it or change --selection."
+            )
 
     @property
     def gamma(self) -> float:
         """γ as the final training uses it: 0 without selection, else the flag or its default."""
-        if self.selection.selection == "none":
+        if not self.selection.needs.candidates:
             return 0.0
         return DEFAULT_GAMMA if self.bat.augmentation_ratio is None else self.bat.augmentation_ratio
 
     @property
     def needs_surrogate(self) -> bool:
-        """Stage 1 runs only for ALBAT scores that no earlier manifest provides."""
-        return self.selection.selection == "albat" and self.bat.selection_manifest is None
+        """Stage 1 runs only for influence scores that no earlier manifest provides."""
+        return self.selection.needs.scores == INFLUENCE and self.bat.selection_manifest is None
 
     @property
     def needs_scoring(self) -> bool:
-        """Stage 2 runs for ALBAT scores or CLIP similarities that no earlier manifest provides."""
-        return self.selection.selection in ("albat", "clip") and self.bat.selection_manifest is None
+        """Stage 2 runs for the scores the rule ranks by, unless an earlier manifest provides them."""
+        return self.selection.needs.scores is not None and self.bat.selection_manifest is None
 
     @property
     def seed(self) -> int:
         return self.train.seed or 0
 
+    def surrogate_config(self, output_dir: Path) -> TrainConfig:
+        """Stage 1's run: the same DreamBooth settings on the subject alone, ``surrogate_steps`` long.
+
+        No validation, no prior preservation (the surrogate defines the *adaptation* loss), checkpoints
+        only for resuming an interrupted surrogate.
+        """
+        steps = self.bat.surrogate_steps
+        return dataclasses.replace(
+            self.train,
+            output_dir=str(output_dir / SURROGATE_DIR),
+            max_train_steps=steps,
+            validation_prompt=None,
+            validation_steps=None,
+            validation_epochs=None,
+            with_prior_preservation=False,
+            class_data_dir=None,
+            class_prompt=None,
+            resume_from_checkpoint="latest",
+            checkpointing_steps=max(steps // 4, 1),
+            checkpoints_total_limit=1,
+        )
+
     def score_settings(self, surrogate: Path | None) -> ScoreSettings:
-        """Stage 2's scoring run: this run's inputs, pool, estimator and keep rule, with ``surrogate``
-        (``None`` for CLIP retrieval)."""
+        """Stage 2's scoring run: this run's inputs, pool, estimator and rule, with ``surrogate``
+        (``None`` for scores that need none)."""
         scoring = self.scoring if surrogate is None else dataclasses.replace(self.scoring, surrogate_lora=str(surrogate))
-        method = "clip" if self.selection.selection == "clip" else "albat"
-        return ScoreSettings(inputs=self.train, pool=self.pool, scoring=scoring,
-                             selection=dataclasses.replace(self.selection, selection=method))
+        return ScoreSettings(inputs=self.train, pool=self.pool, scoring=scoring, selection=self.selection)
 
     @classmethod
     def from_flags(cls, **values: Any) -> BatSettings:

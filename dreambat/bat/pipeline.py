@@ -16,21 +16,20 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..albat.selection import score_statistics
+from ..albat import read_manifest, score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
-from ..albat.manifest import read_manifest
 from ..data.shards import probe_shards
 from ..errors import ConfigError, DataError
 from ..inputs import ResolvedInputs
 from ..launch import process_state
 from ..lora import lora_weights_file
+from ..reuse import apply_run_folder_plan, plan_run_folder
 from ..timing import Timer
 from ..training.dreambooth import run_dreambooth
 from ..training.setup import check_training_inputs
 from .backbone_data import SelectedBackboneDataset
 from .config import BatSettings
 from .report import bat_model_card_section, build_report
-from .run_folder import apply_run_folder_plan, plan_run_folder
 from .stages import scoring_stage, selection_stage, surrogate_stage
 
 logger = logging.getLogger(__name__)
@@ -48,20 +47,27 @@ class BatResult:
     report: dict = field(default_factory=dict)
 
 
-def check_bat_inputs(settings: BatSettings) -> ResolvedInputs:
-    """Everything that can be checked before a model loads; returns the resolved inputs."""
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What :func:`check_bat_inputs` settled: the resolved inputs and the given surrogate's weights file."""
+
+    resolved: ResolvedInputs
+    surrogate: Path | None
+
+
+def check_bat_inputs(settings: BatSettings) -> CheckedInputs:
+    """Everything that can be checked before a model loads, each once."""
     resolved = check_training_inputs(settings.train)
-    if settings.selection.selection != "none" and settings.bat.selection_manifest is None:
+    if settings.selection.needs.candidates and settings.bat.selection_manifest is None:
         probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
     if settings.bat.selection_manifest is not None:
-        check_selection_manifest(settings.bat.selection_manifest, settings.selection.selection)
-    if settings.scoring.surrogate_lora is not None:
-        lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
-    return resolved
+        check_selection_manifest(settings.bat.selection_manifest, settings)
+    surrogate = settings.scoring.surrogate_lora
+    return CheckedInputs(resolved, lora_weights_file(surrogate, what="surrogate LoRA") if surrogate else None)
 
 
-def check_selection_manifest(path: str, selection: str) -> None:
-    """The user's ``--selection_manifest`` must be a manifest, with scores when ALBAT selects from it."""
+def check_selection_manifest(path: str, settings: BatSettings) -> None:
+    """The user's ``--selection_manifest`` must be a manifest, with scores when the rule ranks by them."""
     try:
         records = read_manifest(path)
     except DataError as error:
@@ -69,20 +75,22 @@ def check_selection_manifest(path: str, selection: str) -> None:
             f"--selection_manifest {path} is not a selection manifest: {error} Pass the selection.jsonl "
             "that `dreambat score` or an earlier train_dreambooth_bat.py run wrote."
         ) from None
-    if selection == "albat" and not any(r.has_score for r in records):
+    if settings.selection.needs.scores is not None and not any(r.has_score for r in records):
         raise ConfigError(
-            f"--selection_manifest {path} holds no ALBAT scores (it lists {len(records)} candidates without "
-            "them, as --selection random writes); pass a scored manifest, or use --selection random."
+            f"--selection_manifest {path} holds no scores (it lists {len(records)} candidates without "
+            f"them, as --selection random writes), and --selection {settings.selection.selection} ranks by "
+            "them; pass a scored manifest, or use --selection random."
         )
 
 
 def run_bat(settings: BatSettings) -> BatResult:
     """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``."""
-    resolved = check_bat_inputs(settings)
+    checked = check_bat_inputs(settings)
+    resolved = checked.resolved
     # The surrogate's saved config then compares equal on a rerun without --resolution.
     settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, resolution=resolved.resolution))
-    plan = plan_run_folder(settings, resolved, settings.bat.overwrite_output_dir)
-    train, selection_flags = settings.train, settings.selection
+    plan = plan_run_folder(settings, resolved, checked.surrogate, settings.bat.overwrite_output_dir)
+    train, needs = settings.train, settings.selection.needs
     state = process_state()
     output_dir = Path(train.output_dir)
     if state.is_main_process:  # every check passed: only now is anything written
@@ -90,31 +98,29 @@ def run_bat(settings: BatSettings) -> BatResult:
         settings.save(output_dir / RESOLVED_CONFIG_NAME)
     state.wait_for_everyone()
     timer = Timer()
-    stages: dict[str, str] = {}
+    stages: dict[str, str] = {"surrogate": "skipped", "score": "skipped"}
 
-    scored_manifest = Path(settings.bat.selection_manifest) if settings.bat.selection_manifest else None
-    score_report: dict | None = None
-    stages["surrogate"] = stages["score"] = "skipped"
-    surrogate_path = None
+    surrogate_path, scored = None, None
     if settings.needs_surrogate:
         with timer("surrogate"):
-            surrogate = surrogate_stage(settings, output_dir, resolved)
+            surrogate = surrogate_stage(settings, output_dir, resolved, given=checked.surrogate,
+                                        reusable="surrogate" in plan.reusable)
         stages["surrogate"], surrogate_path = surrogate.status, surrogate.path
         state.wait_for_everyone()
     if settings.needs_scoring:
         with timer("score"):
-            scoring = scoring_stage(settings, surrogate_path, resolved)
-        stages["score"] = scoring.status
-        scored_manifest, score_report = scoring.path, scoring.report
+            scored = scoring_stage(settings, surrogate_path, resolved)
+        stages["score"] = scored.run_status
 
-    records, selection = [], None
-    if selection_flags.selection != "none":
+    records, selection, score_report = [], None, None
+    if needs.candidates:
+        manifest = Path(settings.bat.selection_manifest) if settings.bat.selection_manifest else None
         with timer("select"):
-            records, selection = selection_stage(settings, output_dir, scored_manifest)
+            records, selection, score_report = selection_stage(settings, output_dir, scored=scored, manifest=manifest)
         stages["select"] = "ran"
         logger.info(
             "Stage 3/5: kept %d of %d backbone candidates (%s, %d with Z > 0).",
-            selection.kept, len(records), selection_flags.selection, selection.n_positive,
+            selection.kept, len(records), settings.selection.selection, selection.n_positive,
         )
     else:
         stages["select"] = "skipped"
@@ -137,7 +143,7 @@ def run_bat(settings: BatSettings) -> BatResult:
     stages["train"] = "resumed" if run.resumed_from else "ran"
 
     result = BatResult(output_dir=output_dir, lora_path=run.lora_path, grid_path=run.grid_path)
-    if selection_flags.selection != "none":
+    if needs.candidates:
         result.manifest_path = output_dir / SELECTION_MANIFEST_NAME
     if state.is_main_process:
         result.report = build_report(

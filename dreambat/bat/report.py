@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..albat.selection import SelectionResult
+from ..albat import SelectionResult, rule_class
 from .config import BatSettings
 
 
@@ -67,10 +67,9 @@ def bat_model_card_section(
 ) -> str:
     """Markdown for the model card: what was selected and how much of it was mixed in."""
     method = settings.selection.selection
-    if method == "none" or selection is None:
-        return "No backbone data: plain DreamBooth-LoRA (`--selection none`).\n"
-    rule = {"albat": "ALBAT influence scores", "clip": "CLIP similarity to the subject photos",
-            "random": "uniform random choice"}[method]
+    rule = rule_class(method).summary
+    if rule is None or selection is None:
+        return f"No backbone data: plain DreamBooth-LoRA (`--selection {method}`).\n"
     lines = [
         f"Backbone candidates considered: {pool}; kept {selection.kept} by {rule}"
         + (f" (η = {selection.threshold:.4g})" if selection.threshold is not None else "") + ".",

@@ -1,11 +1,12 @@
 """Stages 1-3 of a BAT run, each reusable from an earlier (possibly interrupted) run.
 
 * :func:`surrogate_stage` trains the surrogate LoRA into ``output_dir/surrogate`` (or takes the
-  one given), and reuses a finished surrogate trained with the same settings.
-* :func:`scoring_stage` scores the backbone candidates with ALBAT into ``output_dir/selection.jsonl``
-  (:func:`~dreambat.scoring.run.run_scoring` decides whether to score, resume or reuse).
-* :func:`selection_stage` applies the selection rule to the manifest's records (or lists the
-  candidates without scores for ``--selection random``) and writes ``selected`` flags.
+  one given), and reuses a finished surrogate that the run-folder plan found reusable.
+* :func:`scoring_stage` scores the backbone candidates (:func:`~dreambat.scoring.run.score_pool`
+  decides whether to score, resume or reuse).
+* :func:`selection_stage` applies the selection rule once, to the records just scored, to those of
+  ``--selection_manifest``, or to the pool listed without scores, and writes ``selection.jsonl``
+  once.
 
 Every function is called on every process; only the main process writes.
 """
@@ -20,22 +21,19 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from ..albat.manifest import ManifestRecord, meta_path, read_manifest, write_manifest
-from ..albat.selection import SelectionResult, apply_selection
-from ..constants import LORA_WEIGHTS_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
+from ..albat import SIMILARITY, ManifestRecord, SelectionResult, apply_selection, meta_path, read_manifest, write_manifest
+from ..constants import LORA_WEIGHTS_NAME, SELECTION_MANIFEST_NAME
+from ..data.records import candidate_record
 from ..data.shards import ShardReader
 from ..inputs import ResolvedInputs
 from ..launch import process_state
-from ..lora import lora_weights_file
-from ..scoring.config import PoolConfig
-from ..scoring.run import run_scoring
-from ..training.config import TrainConfig
+from ..reuse import unscored_fingerprint
+from ..scoring.config import PoolConfig, word_message
+from ..scoring.run import ScoredPool, finish_scoring, score_pool
 from ..training.dreambooth import run_dreambooth
 from .config import BatSettings
-from .run_folder import SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS, SURROGATE_DIR
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -44,114 +42,82 @@ class StageOutcome:
 
     status: str
     path: Path | None = None
-    report: dict | None = None
 
 
-def surrogate_config(settings: BatSettings, output_dir: Path) -> TrainConfig:
-    """Stage 1's run: the same DreamBooth settings on the subject alone, ``surrogate_steps`` long.
+def surrogate_stage(
+    settings: BatSettings, output_dir: Path, resolved: ResolvedInputs, *, given: Path | None, reusable: bool
+) -> StageOutcome:
+    """Stage 1: the surrogate LoRA's weights file, trained now, reused, or given by the user.
 
-    No validation, no prior preservation (the surrogate defines the *adaptation* loss), checkpoints
-    only for resuming an interrupted surrogate.
+    ``given``: the weights file of ``--surrogate_lora``; ``reusable``: the folder's surrogate was
+    trained with this run's settings (:func:`dreambat.reuse.plan_run_folder`).
     """
-    steps = settings.bat.surrogate_steps
-    return dataclasses.replace(
-        settings.train,
-        output_dir=str(output_dir / SURROGATE_DIR),
-        max_train_steps=steps,
-        validation_prompt=None,
-        validation_steps=None,
-        validation_epochs=None,
-        with_prior_preservation=False,
-        class_data_dir=None,
-        class_prompt=None,
-        resume_from_checkpoint="latest",
-        checkpointing_steps=max(steps // 4, 1),
-        checkpoints_total_limit=1,
-    )
-
-
-def _same_settings(saved: Path, config: TrainConfig) -> bool:
-    try:
-        stored = json.loads(saved.read_text())
-    except (OSError, ValueError):
-        return False
-    current = json.loads(json.dumps(config.to_dict(), sort_keys=True))
-    ignore = SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS
-    return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
-
-
-def surrogate_stage(settings: BatSettings, output_dir: Path, resolved: ResolvedInputs) -> StageOutcome:
-    """Stage 1: the surrogate LoRA's weights file, trained now, reused, or given by the user."""
-    if settings.scoring.surrogate_lora is not None:
-        return StageOutcome("given", lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA"))
-    config = surrogate_config(settings, output_dir)
-    folder = Path(config.output_dir)
-    weights = folder / LORA_WEIGHTS_NAME
-    if weights.is_file() and _same_settings(folder / RESOLVED_CONFIG_NAME, config):
-        logger.info("Stage 1/5: reusing the surrogate LoRA in %s (same settings).", folder)
+    if given is not None:
+        return StageOutcome("given", given)
+    config = settings.surrogate_config(output_dir)
+    weights = Path(config.output_dir) / LORA_WEIGHTS_NAME
+    if reusable and weights.is_file():
+        logger.info("Stage 1/5: reusing the surrogate LoRA in %s (same settings).", config.output_dir)
         return StageOutcome("reused", weights)
     logger.info("Stage 1/5: training the surrogate LoRA for %d steps on the subject.", settings.bat.surrogate_steps)
     result = run_dreambooth(config, resolved=resolved, description="surrogate")
     return StageOutcome("resumed" if result.resumed_from else "ran", weights)
 
 
-def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: ResolvedInputs) -> StageOutcome:
-    """Stage 2: ALBAT scores (or CLIP similarities) of every candidate, in ``output_dir/selection.jsonl``."""
-    scoring = settings.scoring
-    if surrogate is None:
+def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: ResolvedInputs) -> ScoredPool:
+    """Stage 2: the scores the selection rule ranks by, for every candidate (nothing selected yet)."""
+    if settings.selection.needs.scores == SIMILARITY:
         logger.info("Stage 2/5: ranking backbone candidates by CLIP similarity to the subject (%s).",
                     settings.selection.clip_model)
     else:
-        logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).", scoring.num_score_timesteps,
-                    scoring.curvature)
-    result = run_scoring(settings.score_settings(surrogate), resolved=resolved)
-    report = json.loads(result.report_path.read_text()) if result.report_path.is_file() else {}
-    return StageOutcome(result.status, result.manifest_path, report)
+        logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).",
+                    settings.scoring.num_score_timesteps, settings.scoring.curvature)
+    return score_pool(settings.score_settings(surrogate), resolved, surrogate)
 
 
 def list_candidates(pool: PoolConfig) -> list[ManifestRecord]:
-    """Every candidate of the pool without a score (``--selection random`` needs no surrogate)."""
+    """Every candidate of the pool without a score (a rule that reads no score needs no surrogate)."""
     reader = ShardReader(
         pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
         sample_ratio=pool.candidate_ratio,
     )
-    records = [ManifestRecord(s.index, s.key, s.url, s.caption, None) for s in reader]
+    records = [candidate_record(s.index, s.key, s.url, s.caption) for s in reader]
     logger.info("Listed %d backbone candidates (%s).", len(records), reader.stats.summary())
     return records
 
 
-def unscored_fingerprint(pool: PoolConfig) -> dict:
-    return {
-        "scored": False, "shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
-        "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio,
-    }
-
-
 def selection_stage(
-    settings: BatSettings, output_dir: Path, scored_manifest: Path | None
-) -> tuple[list[ManifestRecord], SelectionResult]:
-    """Stage 3: apply the selection rule; write the flags to ``output_dir/selection.jsonl``.
+    settings: BatSettings, output_dir: Path, *, scored: ScoredPool | None, manifest: Path | None
+) -> tuple[list[ManifestRecord], SelectionResult, dict | None]:
+    """Stage 3: apply the selection rule once and write ``output_dir/selection.jsonl`` once.
 
-    ``scored_manifest`` is the manifest of stage 2 or ``--selection_manifest``; ``None`` with
-    ``--selection random`` lists the pool without scores.
+    The records are ``scored`` (stage 2 of this run, whose report is written too), else those of
+    ``manifest`` (``--selection_manifest``), else the pool listed without scores. Returns the
+    flagged records, the rule's result and the scoring report (``None`` without stage 2), the same
+    on every process.
     """
     state = process_state()
-    target = output_dir / SELECTION_MANIFEST_NAME
-    if scored_manifest is not None:
-        records = read_manifest(scored_manifest)
-        meta = meta_path(scored_manifest)
-        fp = json.loads(meta.read_text()) if meta.is_file() else {"source": str(scored_manifest)}
-    else:
-        records = list_candidates(settings.pool) if state.is_main_process else []
-        fp = unscored_fingerprint(settings.pool)
-    if state.num_processes > 1:
-        records = broadcast_object_list([records], from_process=0)[0]
-    result = settings.selection.rule(settings.seed).select(records)
-    if result.message:
-        logger.warning(result.message)
-    records = apply_selection(records, result)
+    rule = settings.selection.rule(settings.seed)
+    records: list[ManifestRecord] = []
+    result, report = None, None
     if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(records, target, fingerprint=fp)
+        if scored is not None:
+            records, result, report = finish_scoring(scored, rule)
+        else:
+            if manifest is not None:
+                records = read_manifest(manifest)
+                meta = meta_path(manifest)
+                fp = json.loads(meta.read_text()) if meta.is_file() else {"source": str(manifest)}
+            else:
+                records, fp = list_candidates(settings.pool), unscored_fingerprint(settings.pool)
+            result = rule.select(records)
+            result = dataclasses.replace(result, message=word_message(result.message))
+            if result.message:
+                logger.warning(result.message)
+            records = apply_selection(records, result)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_manifest(records, output_dir / SELECTION_MANIFEST_NAME, fingerprint=fp)
+    if state.num_processes > 1:
+        records, result, report = broadcast_object_list([records, result, report], from_process=0)
     state.wait_for_everyone()
-    return records, result
+    return records, result, report

@@ -9,13 +9,29 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from ..albat.selection import SelectionRule, get_rule
+from ..albat import (
+    AUTO_EXACT_MAX_REF,
+    DEFAULT_DAMPING,
+    RULES,
+    SCORING_PATHS,
+    STRATEGIES,
+    INFLUENCE,
+    RuleNeeds,
+    SelectionRule,
+    SettingError,
+    check_damping,
+    get_rule,
+    rule_class,
+    rule_settings,
+)
 from ..errors import ConfigError
+from ..eval.constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from ..fields import build_groups, flag
 from ..inputs import RunInputs
-from .draws import DrawDesign
+from .diffusion_task import OUTPUT_FUNCTIONS
+from .draws import TIMESTEP_RULES, DrawDesign
 
 
 @dataclass
@@ -80,28 +96,30 @@ class ScoringConfig:
         "variance reduction measured). --no_antithetic turns it off.",
         default=True,
     )
-    score_timesteps: Literal["centres", "stratified"] = flag(
-        "Timesteps of the draws: the centre of each stratum, or uniform within it (seeded).", default="centres"
+    score_timesteps: str = flag(
+        "Timesteps of the draws: the centre of each stratum, or uniform within it (seeded).", default="centres",
+        choices=TIMESTEP_RULES,
     )
     normalize_timesteps: bool = flag(
         "Weight each timestep so its reference gradients have the same RMS norm (the gradients of "
         "some timesteps are orders of magnitude larger and otherwise dominate every score).",
         default=False,
     )
-    score_output: Literal["mse", "square"] = flag(
+    score_output: str = flag(
         "What is differentiated: mse, the training loss ‖ε_θ − ε‖²; or square, D-TRAK's ‖ε_θ‖².",
-        default="mse",
+        default="mse", choices=OUTPUT_FUNCTIONS,
     )
-    curvature: Literal["auto", "exact", "datainf", "identity"] = flag(
+    curvature: str = flag(
         "Inverse-curvature strategy: exact (Woodbury), datainf (Sherman-Morrison after swapping "
-        "inverse and average), identity (gradient similarity); auto = exact up to 1024 reference rows.",
-        default="auto",
+        "inverse and average), identity (gradient similarity); auto = exact while min(reference rows, "
+        f"largest LoRA block) is at most {AUTO_EXACT_MAX_REF}, else datainf.",
+        default="auto", choices=("auto", *STRATEGIES),
     )
-    damping: float = flag("c in the per-block damping λ_l = c · mean‖g‖² / d_l.", default=0.1)
+    damping: float = flag("c in the per-block damping λ_l = c · mean‖g‖² / d_l.", default=DEFAULT_DAMPING)
     score_batch_size: int = flag("Candidates per scoring forward/backward.", default=8)
-    scoring_path: Literal["fast", "reference"] = flag(
+    scoring_path: str = flag(
         "fast: hook-contracted scores; reference: plain per-sample backward loop (slow, for checks).",
-        default="fast",
+        default="fast", choices=SCORING_PATHS,
     )
     overwrite_manifest: bool = flag(
         "Discard a selection.jsonl in the output folder that was scored with other settings.", default=False
@@ -111,8 +129,10 @@ class ScoringConfig:
         for name in ("num_score_timesteps", "score_batch_size", "reference_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
-        if not self.damping > 0:
-            raise ConfigError(f"--damping must be > 0, got {self.damping}.")
+        try:
+            check_damping(self.damping)
+        except SettingError as error:
+            raise worded(error) from None
 
     def candidate_design(self) -> DrawDesign:
         """The draws of each candidate's loss."""
@@ -133,18 +153,56 @@ class ScoringConfig:
         return {name: getattr(self, name) for name in names}
 
 
+# The selection group's flags, by the core's names of the settings they carry.
+KEEP_FLAGS: dict[str, str] = {
+    "num_samples": "num_backbone_samples", "threshold": "score_threshold", "fraction": "backbone_fraction",
+}
+OPTION_FLAGS: dict[str, str] = {"force": "keep_nonpositive"}
+# Settings of the other core objects the flags configure (curvature strategy, scorer).
+CORE_FLAGS: dict[str, str] = {"damping": "damping"}
+
+
+def _flag(setting: str) -> str:
+    name = {**KEEP_FLAGS, **OPTION_FLAGS, **CORE_FLAGS}.get(setting, setting)
+    return f"--{name}"
+
+
+def worded(error: SettingError) -> ConfigError:
+    """The core's :class:`~dreambat.albat.errors.SettingError` in the command line's words."""
+    rule = error.owner.removeprefix("selection rule ").strip("'")
+    is_rule = error.owner.startswith("selection rule")
+    choices = [_flag(s.strip()) for s in error.expected.split(",") if s.strip() in {**KEEP_FLAGS, **OPTION_FLAGS}]
+    if error.problem == "unknown":
+        return ConfigError(f"Unknown --selection {error.value!r}; choose one of: {error.expected}.")
+    if error.problem == "missing" and is_rule:
+        return ConfigError(f"--selection {rule} keeps a count: pass {' or '.join(choices)}.")
+    if error.problem == "unexpected" and is_rule:
+        ways = f"use {' or '.join(choices)}" if choices else "drop it"
+        return ConfigError(f"--selection {rule} does not take {_flag(error.setting)}: {ways}.")
+    if error.problem == "conflict":
+        given = ", ".join(_flag(s.strip()) for s in error.setting.split(","))
+        return ConfigError(f"Give at most one of {given}: each sets how many candidates to keep.")
+    return ConfigError(f"{_flag(error.setting)} must be {error.expected}, got {error.value!r}.")
+
+
+def word_message(message: str | None) -> str | None:
+    """A rule's advice (``SelectionResult.message``) with the core's setting names as flags."""
+    if message is None:
+        return None
+    for setting, name in OPTION_FLAGS.items():
+        message = message.replace(f"{setting}=True", f"--{name}")
+    return message
+
+
+def _selection_help() -> str:
+    return "Backbone selection: " + ", ".join(f"{name} ({rule.help})" for name, rule in RULES.items()) + "."
+
+
 @dataclass
 class SelectionConfig:
     """Which scored candidates join the training mixture."""
 
-    KEEP_FLAGS: ClassVar[tuple[str, ...]] = ("num_backbone_samples", "score_threshold", "backbone_fraction")
-
-    selection: Literal["albat", "clip", "random", "none"] = flag(
-        "Backbone selection: albat (influence scores of a surrogate LoRA, Z ≥ η), clip (the N candidates "
-        "nearest to the subject photos by CLIP image embedding), random (the same count, seeded; no "
-        "scores needed), none (plain DreamBooth-LoRA).",
-        default="albat",
-    )
+    selection: str = flag(_selection_help(), default="albat", choices=RULES.keys())
     num_backbone_samples: int | None = flag("Keep the top N candidates (random: N at random).", default=None)
     score_threshold: float | None = flag("ALBAT: keep candidates with Z ≥ η.", default=None)
     backbone_fraction: float | None = flag("Keep this fraction of the scored pool.", default=None)
@@ -154,50 +212,40 @@ class SelectionConfig:
     clip_model: str = flag(
         "--selection clip: the open_clip model (a name such as ViT-B-32, a model-config JSON, or "
         "local-dir:FOLDER), read from local files or your Hugging Face cache.",
-        default="ViT-B-32",
+        default=DEFAULT_CLIP_MODEL,
     )
     clip_pretrained: str = flag(
         "--selection clip: the open_clip pretrained tag (read from the cache) or a checkpoint file.",
-        default="openai",
+        default=DEFAULT_CLIP_PRETRAINED,
     )
 
     def __post_init__(self) -> None:
-        keep = self.keep_flags_given
-        if self.selection != "none" and len(keep) > 1:
-            raise ConfigError(f"Give at most one of --{', --'.join(keep)}: each sets how many candidates to keep.")
-        if self.selection in ("random", "clip") and self.score_threshold is not None:
-            raise ConfigError(
-                f"--selection {self.selection} keeps a count, not a threshold: use --num_backbone_samples or "
-                "--backbone_fraction."
-            )
-        if self.backbone_fraction is not None and not 0 < self.backbone_fraction <= 1:
-            raise ConfigError(f"--backbone_fraction must be in (0, 1], got {self.backbone_fraction}.")
-        if self.num_backbone_samples is not None and self.num_backbone_samples < 1:
-            raise ConfigError(f"--num_backbone_samples must be >= 1, got {self.num_backbone_samples}.")
+        self.rule(seed=0)  # every check of the rule's declared needs, and of the values, in one place
 
     @property
-    def keep_flags_given(self) -> list[str]:
-        return [name for name in self.KEEP_FLAGS if getattr(self, name) is not None]
+    def needs(self) -> RuleNeeds:
+        """What the chosen rule declares it needs."""
+        try:
+            return rule_class(self.selection).needs
+        except SettingError as error:
+            raise worded(error) from None
 
-    def keep_rule(self, seed: int) -> dict[str, Any]:
-        """Keyword arguments of the selection rule; ALBAT without a count keeps every Z > 0."""
-        if self.selection == "none":
-            return {}
-        if self.selection == "random":
-            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction, "seed": seed}
-        if self.selection == "clip":
-            return {"num_samples": self.num_backbone_samples, "fraction": self.backbone_fraction}
-        rule = {
-            "threshold": self.score_threshold, "num_samples": self.num_backbone_samples,
-            "fraction": self.backbone_fraction, "force": self.keep_nonpositive,
-        }
-        if all(rule[k] is None for k in ("threshold", "num_samples", "fraction")):
-            rule["threshold"] = 0.0  # keep every candidate predicted to help; Z = 0 itself is dropped
-        return rule
+    @property
+    def keep_given(self) -> dict[str, Any]:
+        """The keep settings given, by the core's names (``num_samples``, ``threshold``, ``fraction``)."""
+        return {core: getattr(self, name) for core, name in KEEP_FLAGS.items() if getattr(self, name) is not None}
 
     def rule(self, seed: int) -> SelectionRule:
-        """The selection rule object (see :func:`dreambat.albat.selection.get_rule`)."""
-        return get_rule(self.selection, **self.keep_rule(seed))
+        """The selection rule object, built from the registry (a rule that keeps nothing ignores
+        the keep flags)."""
+        try:
+            cls = rule_class(self.selection)
+            if not cls.needs.candidates:
+                return cls()
+            options = {core: getattr(self, name) for core, name in OPTION_FLAGS.items()} | {"seed": seed}
+            return get_rule(self.selection, **rule_settings(self.selection, self.keep_given, options=options))
+        except SettingError as error:
+            raise worded(error) from None
 
 
 @dataclass
@@ -219,13 +267,16 @@ class ScoreSettings:
     GROUPS: ClassVar[tuple[type, ...]] = (ScoreInputs, PoolConfig, ScoringConfig, SelectionConfig)
 
     def __post_init__(self) -> None:
-        if self.selection.selection != "none" and not self.pool.backbone_shards:
+        if self.selection.needs.candidates and not self.pool.backbone_shards:
             raise ConfigError(
                 f"--selection {self.selection.selection} needs candidates: pass --backbone_shards "
                 "(e.g. 'laion/{00000..00009}.tar')."
             )
-        if self.selection.selection == "clip" and not self.selection.keep_flags_given:
-            raise ConfigError("--selection clip keeps a count: pass --num_backbone_samples or --backbone_fraction.")
+
+    @property
+    def scores(self) -> str:
+        """The scores this run computes: those its rule ranks by, else ALBAT's influence scores."""
+        return self.selection.needs.scores or INFLUENCE
 
     @property
     def seed(self) -> int:
@@ -252,7 +303,7 @@ class ScoreSettings:
 
 def check_score_command(settings: ScoreSettings) -> None:
     """What ``dreambat score`` needs beyond the groups' own checks."""
-    if settings.scoring.surrogate_lora is None and settings.selection.selection != "clip":
+    if settings.scoring.surrogate_lora is None and settings.scores == INFLUENCE:
         raise ConfigError(
             "dreambat score needs --surrogate_lora: the folder of a short DreamBooth-LoRA run on the "
             "subject (e.g. `train_dreambooth_bat.py --selection none --max_train_steps 200`)."

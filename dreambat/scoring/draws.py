@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError
 
 TimestepRule = Literal["centres", "stratified"]
+TIMESTEP_RULES: tuple[str, ...] = ("centres", "stratified")
 
 
 def noise_seed(key: str, k: int, draw: int = 0, seed: int = 0) -> int:
@@ -72,7 +73,7 @@ class DrawDesign:
             )
         if self.draws_per_timestep < 1:
             raise ConfigError(f"draws_per_timestep must be >= 1, got {self.draws_per_timestep}.")
-        if self.timesteps not in ("centres", "stratified"):
+        if self.timesteps not in TIMESTEP_RULES:
             raise ConfigError(f"timesteps must be 'centres' or 'stratified', got {self.timesteps!r}.")
 
     @property

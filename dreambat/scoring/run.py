@@ -7,8 +7,11 @@ Launch with several processes (``accelerate launch --multi_gpu --num_processes 2
 manifest, the main process merges them in candidate order. Scores do not depend on the split,
 so the merged manifest equals a single-process one.
 
-Whether the manifest in the output folder is new, an interrupted run to resume, a finished run to
-reuse, or a run of other settings to refuse is decided in one place, :func:`manifest_status`.
+A run has two steps, which a BAT run also takes one after the other: :func:`score_pool` scores (or
+resumes, or reuses) the candidates, and :func:`finish_scoring` applies the selection rule once and
+writes the manifest and the report once. Whether the folder's manifest is new, an interrupted run
+to resume, a finished run to reuse, or a run of other settings to refuse is decided by
+:func:`dreambat.reuse.manifest_status`.
 """
 
 from __future__ import annotations
@@ -17,37 +20,45 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from accelerate.utils import gather_object
 
-from ..albat.blocks import LoraBlocks
-from ..albat.curvature import get_strategy
-from ..albat.manifest import (
+from ..albat import (
+    INFLUENCE,
+    SIMILARITY,
+    AlbatScorer,
+    LoraBlocks,
     ManifestMismatchError,
+    ManifestRecord,
     ManifestWriter,
-    check_fingerprint,
-    merge_manifests,
+    SelectionResult,
+    SelectionRule,
+    apply_selection,
+    get_strategy,
+    merge_records,
     meta_path,
     read_manifest,
+    score_candidates,
+    score_statistics,
     write_manifest,
 )
-from ..albat.scorer import AlbatScorer, score_candidates
-from ..albat.selection import apply_selection, score_statistics
 from ..backbone.load import load_backbone
 from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
+from ..data.records import sample_source
 from ..data.shards import BackboneSample, ShardReader, probe_shards
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
-from ..inputs import ResolvedInputs, file_digest, resolve_inputs
+from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import process_state
 from ..lora import load_lora, lora_weights_file
+from ..progress import progress
+from ..reuse import PART_GLOB, ManifestStatus, manifest_status, scores_fingerprint
 from ..timing import Timer
-from .config import ScoreSettings
+from .config import ScoreSettings, word_message
 from .diffusion_task import DiffusionLossTask
 from .reliability import describe_reliability, reliability_advice, reliability_report
 from .retrieval import ClipSimilarity, collate_images, load_clip
@@ -55,9 +66,6 @@ from .retrieval import ClipSimilarity, collate_images, load_clip
 logger = logging.getLogger(__name__)
 
 SURROGATE_ADAPTER = "surrogate"
-PART_GLOB = "selection.rank*.jsonl"
-
-ManifestStatus = Literal["new", "partial", "finished"]
 
 
 @dataclass
@@ -70,65 +78,41 @@ class ScoringResult:
     status: str = "ran"
 
 
-def fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path | None) -> dict:
-    """Everything a score depends on; a manifest is resumed or reused only under the same fingerprint."""
-    pool, scoring, selection = settings.pool, settings.scoring, settings.selection
-    if surrogate is None:  # CLIP retrieval
-        return {
-            "scores": "clip", "clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained,
-            "subject_sha256": resolved.subject_digests, "shards": list(pool.backbone_shards),
-            "filters": list(pool.backbone_filter), "max_candidates": pool.max_candidates,
-            "candidate_ratio": pool.candidate_ratio,
-        }
-    return {
-        "backbone": str(settings.inputs.pretrained_model_name_or_path),
-        "surrogate_sha256": file_digest(surrogate),
-        "subject_sha256": resolved.subject_digests,
-        "instance_prompt": settings.inputs.instance_prompt,
-        "shards": list(pool.backbone_shards),
-        "filters": list(pool.backbone_filter),
-        "max_candidates": pool.max_candidates,
-        "candidate_ratio": pool.candidate_ratio,
-        "resolution": resolved.resolution,
-        **scoring.estimator(),
-    }
+@dataclass
+class ScoredPool:
+    """What :func:`score_pool` produced, before any selection.
 
-
-def manifest_status(output_dir: Path, fp: dict) -> ManifestStatus:
-    """``new`` (nothing to resume), ``partial`` (resume it) or ``finished`` (reuse it, nothing to score).
-
-    Raises:
-        ManifestMismatchError: the folder holds a manifest, or part manifests, of other settings.
+    Attributes:
+        status: the manifest's status when scoring started (``new``, ``partial``, ``finished``).
+        records: every candidate's record, merged over processes (main process only; ``[]`` elsewhere).
+        gathered: each process's reader counts and scoring summary (``None`` when reused).
+        earlier: the finished run's report, when reused.
     """
-    manifest = output_dir / SELECTION_MANIFEST_NAME
-    parts = sorted(output_dir.glob(PART_GLOB))
-    for path in [manifest, *parts]:
-        check_fingerprint(path, fp)
-    if parts:
-        return "partial"
-    if not (manifest.is_file() and manifest.stat().st_size):
-        return "new"
-    return "finished" if _finished_report(output_dir, fp, len(read_manifest(manifest))) is not None else "partial"
+
+    settings: ScoreSettings
+    resolution: int
+    fingerprint: dict
+    status: ManifestStatus
+    records: list[ManifestRecord]
+    gathered: list[dict] | None
+    curvature: dict | None
+    earlier: dict | None
+    timer: Timer = field(default_factory=Timer)
+
+    @property
+    def run_status(self) -> str:
+        """``reused``, ``resumed`` or ``ran``, as the run's stages report it."""
+        return {"finished": "reused", "partial": "resumed"}.get(self.status, "ran")
 
 
-def _finished_report(output_dir: Path, fp: dict, num_records: int) -> dict | None:
-    """The report of a run that finished with this fingerprint and wrote ``num_records`` records, else None."""
-    try:
-        report = json.loads((output_dir / SCORE_REPORT_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if report.get("fingerprint") != json.loads(json.dumps(fp)) or report.get("manifest_records") != num_records:
-        return None
-    return report
-
-
-def collate_candidates(samples: Sequence[BackboneSample], transform: ImageTransform) -> dict:
-    """Backbone candidates as a task batch: centre-cropped pixels, their own captions, keys."""
-    return {
-        "pixel_values": torch.stack([transform(s.image) for s in samples]),
-        "prompts": [s.caption for s in samples],
-        "keys": [s.key for s in samples],
-    }
+def check_score_inputs(settings: ScoreSettings, resolved: ResolvedInputs | None = None) -> tuple[ResolvedInputs, Path | None]:
+    """Everything a scoring run can check before a model loads: the inputs, the surrogate's weights
+    file (for influence scores) and the shards. Returns the resolved inputs and the weights file."""
+    resolved = resolved or resolve_inputs(settings.inputs)
+    surrogate = (lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
+                 if settings.scores == INFLUENCE else None)
+    probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+    return resolved, surrogate
 
 
 def run_scoring(
@@ -146,14 +130,30 @@ def run_scoring(
         settings: the run's setting groups; ``settings.scoring.surrogate_lora`` names the surrogate.
         resolved: :func:`~dreambat.inputs.resolve_inputs` of ``settings.inputs``, if the caller has it.
     """
-    resolved = resolved or resolve_inputs(settings.inputs)
-    retrieval = settings.selection.selection == "clip"
-    surrogate = None if retrieval else lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
-    probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+    resolved, surrogate = check_score_inputs(settings, resolved)
+    pool = score_pool(settings, resolved, surrogate, show_progress=show_progress)
+    report: dict = {}
+    if process_state().is_main_process:
+        _, _, report = finish_scoring(pool, settings.selection.rule(settings.seed))
+    process_state().wait_for_everyone()
+    output_dir = Path(settings.inputs.output_dir)
+    return ScoringResult(output_dir / SELECTION_MANIFEST_NAME, output_dir / SCORE_REPORT_NAME, report,
+                         pool.run_status)
+
+
+def score_pool(
+    settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path | None, *, show_progress: bool = True
+) -> ScoredPool:
+    """Score (resume, or reuse) every candidate of the pool; every process calls it.
+
+    The part manifests stay on disk until :func:`finish_scoring` has written the merged manifest,
+    so a crash in between loses no score. Raises :class:`ManifestMismatchError` (every process, so
+    all stop together) when the folder holds scores of other settings.
+    """
     state = process_state()
     output_dir = Path(settings.inputs.output_dir)
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
-    fp = fingerprint(settings, resolved, surrogate)
+    fp = scores_fingerprint(settings, resolved, surrogate)
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if settings.scoring.overwrite_manifest:
@@ -161,7 +161,7 @@ def run_scoring(
                 stale.unlink(missing_ok=True)
                 meta_path(stale).unlink(missing_ok=True)
     state.wait_for_everyone()
-    try:  # every process checks, so all stop together on a mismatch
+    try:
         status = manifest_status(output_dir, fp)
     except ManifestMismatchError:
         raise
@@ -172,67 +172,86 @@ def run_scoring(
     if status == "finished":
         logger.info("Reusing the finished manifest in %s (same settings; nothing rescored).", output_dir)
         earlier = json.loads((output_dir / SCORE_REPORT_NAME).read_text())
-        gathered, curvature = None, earlier.get("curvature")
-    else:
-        if state.is_main_process:
-            settings.save(output_dir / SCORE_CONFIG_NAME)
-        score = _retrieve if retrieval else _score
-        gathered, curvature = score(settings, resolved, surrogate, fp, timer, show_progress)
-
-    report: dict = {}
+        records = read_manifest(manifest_path) if state.is_main_process else []
+        return ScoredPool(settings, resolved.resolution, fp, status, records, None, earlier.get("curvature"),
+                          earlier, timer)
     if state.is_main_process:
-        with timer("select"):
-            if gathered is None:
-                records = read_manifest(manifest_path)
-            else:
-                parts = sorted(output_dir.glob(PART_GLOB))
-                records = merge_manifests(parts + ([manifest_path] if manifest_path.exists() else []),
-                                          manifest_path, fingerprint=fp)
-                if not records:
-                    raise DataError(
-                        f"No backbone candidate could be scored from {settings.pool.backbone_shards}: "
-                        f"{_sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
-                    )
-                for stale in parts:
-                    stale.unlink()
-                    meta_path(stale).unlink(missing_ok=True)
-            result = settings.selection.rule(settings.seed).select(records)
-            write_manifest(apply_selection(records, result), manifest_path, fingerprint=fp)
-            if result.message:
-                logger.warning(result.message)
-        counts = earlier["counts"] if gathered is None else {
-            **_sum_counts(g["reader"] for g in gathered),
-            "scored_this_run": sum(g["summary"]["scored"] for g in gathered),
-            "resumed": sum(g["summary"]["resumed"] for g in gathered),
-            "skipped_nonfinite_loss": sum(g["summary"]["skipped_nonfinite"] for g in gathered),
-        }
-        report = {
-            "settings": settings.to_dict(),
-            "fingerprint": fp,
-            "manifest_records": len(records),
-            "status": "reused" if gathered is None else ("resumed" if counts["resumed"] else "ran"),
-            "resolution": resolved.resolution,
-            "num_processes": state.num_processes if gathered is not None else earlier.get("num_processes"),
-            "counts": {**counts, "selected": result.kept},
-            "selection": dataclasses.asdict(result) | {"selected_indices": None},
-            "score_statistics": score_statistics(records),
-            "reliability": reliability_report(records, settings.scoring),
-            "curvature": curvature,
-            "timings": (earlier["timings"] if gathered is None else {}) | timer.seconds,
-        }
-        (output_dir / SCORE_REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        logger.info(
-            "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
-            len(records), counts.get("resumed", 0), result.kept,
-            "CLIP similarity to the subject photos" if retrieval else describe_reliability(report["reliability"]),
-            manifest_path,
-        )
-        advice = reliability_advice(report["reliability"], settings.scoring)
-        if advice:
-            logger.warning(advice)
-    state.wait_for_everyone()
-    run_status = "reused" if status == "finished" else ("resumed" if status == "partial" else "ran")
-    return ScoringResult(manifest_path, output_dir / SCORE_REPORT_NAME, report, run_status)
+        settings.save(output_dir / SCORE_CONFIG_NAME)
+    gathered, curvature = SCORERS[settings.scores](settings, resolved, surrogate, fp, timer, show_progress)
+    records: list[ManifestRecord] = []
+    if state.is_main_process:
+        with timer("select"):  # merging and selecting: one step of the main process in the report
+            parts = sorted(output_dir.glob(PART_GLOB))
+            records = merge_records(parts + ([manifest_path] if manifest_path.exists() else []), fingerprint=fp)
+        if not records:
+            raise DataError(
+                f"No backbone candidate could be scored from {settings.pool.backbone_shards}: "
+                f"{_sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
+            )
+    return ScoredPool(settings, resolved.resolution, fp, status, records, gathered, curvature, None, timer)
+
+
+def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[ManifestRecord], SelectionResult, dict]:
+    """Main process: apply ``rule`` once, write the manifest and ``score_report.json`` once, remove
+    the part manifests. Returns the flagged records, the rule's result and the report."""
+    settings, timer, fp = pool.settings, pool.timer, pool.fingerprint
+    output_dir = Path(settings.inputs.output_dir)
+    manifest_path = output_dir / SELECTION_MANIFEST_NAME
+    with timer("select"):
+        result = rule.select(pool.records)
+        result = dataclasses.replace(result, message=word_message(result.message))
+        records = apply_selection(pool.records, result)
+        write_manifest(records, manifest_path, fingerprint=fp)
+        for stale in sorted(output_dir.glob(PART_GLOB)):
+            stale.unlink()
+            meta_path(stale).unlink(missing_ok=True)
+        if result.message:
+            logger.warning(result.message)
+    earlier, gathered = pool.earlier, pool.gathered
+    counts = earlier["counts"] if gathered is None else {
+        **_sum_counts(g["reader"] for g in gathered),
+        "scored_this_run": sum(g["summary"]["scored"] for g in gathered),
+        "resumed": sum(g["summary"]["resumed"] for g in gathered),
+        "skipped_nonfinite_loss": sum(g["summary"]["skipped_nonfinite"] for g in gathered),
+    }
+    timings = timer.seconds
+    report = {
+        "settings": settings.to_dict(),
+        "fingerprint": fp,
+        "manifest_records": len(records),
+        "status": "reused" if gathered is None else ("resumed" if counts["resumed"] else "ran"),
+        "resolution": pool.resolution,
+        "num_processes": process_state().num_processes if gathered is not None else earlier.get("num_processes"),
+        "counts": {**counts, "selected": result.kept},
+        "selection": dataclasses.asdict(result) | {"selected_indices": None},
+        "score_statistics": score_statistics(records),
+        "reliability": reliability_report(records, settings.scoring),
+        "curvature": pool.curvature,
+        "timings": (earlier["timings"] if gathered is None else {}) | timings,
+    }
+    text = json.dumps(report, indent=2, default=str)
+    (output_dir / SCORE_REPORT_NAME).write_text(text + "\n")
+    report = json.loads(text)  # as a later reader of the file sees it
+    logger.info(
+        "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
+        len(records), counts.get("resumed", 0), result.kept,
+        "CLIP similarity to the subject photos" if settings.scores == SIMILARITY
+        else describe_reliability(report["reliability"]),
+        manifest_path,
+    )
+    advice = reliability_advice(report["reliability"], settings.scoring)
+    if advice:
+        logger.warning(advice)
+    return records, result, report
+
+
+def collate_candidates(samples: Sequence[BackboneSample], transform: ImageTransform) -> dict:
+    """Backbone candidates as a task batch: centre-cropped pixels, their own captions, keys."""
+    return {
+        "pixel_values": torch.stack([transform(s.image) for s in samples]),
+        "prompts": [s.caption for s in samples],
+        "keys": [s.key for s in samples],
+    }
 
 
 def _retrieve(
@@ -264,7 +283,8 @@ def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: b
             writer.done_indices.update(r.index for r in read_manifest(manifest_path))
         summary = score_candidates(
             scorer, reader, collate, writer, batch_size=settings.scoring.score_batch_size,
-            path=settings.scoring.scoring_path, show_progress=show_progress and state.is_local_main_process,
+            path=settings.scoring.scoring_path,
+            progress=progress if show_progress and state.is_local_main_process else None, source=sample_source,
         )
     return summary, reader
 
@@ -307,6 +327,10 @@ def _score(
                                   show_progress)
     return _gather(reader, summary), curvature
 
+
+# How each kind of score is computed: (settings, resolved, surrogate, fp, timer, show_progress)
+# -> (each process's counts and summary, the scorer's description for the report).
+SCORERS = {INFLUENCE: _score, SIMILARITY: _retrieve}
 
 # With split_by="sample" every process reads every shard: shard counts are per process, not summed.
 _PER_PROCESS_SHARD_COUNTS = frozenset({"shards_read", "truncated_shards", "unreadable_shards"})

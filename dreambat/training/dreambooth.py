@@ -112,7 +112,8 @@ def run_dreambooth(
 
     Args:
         config: the run; ``resolution=None`` means the backbone's native size.
-        resolved: :func:`~dreambat.inputs.resolve_inputs` of ``config``, when the caller has it.
+        resolved: what :func:`~dreambat.training.setup.check_training_inputs` returned for these
+            inputs, when the caller has already checked them (they are then not checked again).
         backbone_data: selected backbone samples, items ``{"pixel_values": [3,R,R] in [-1,1],
             "prompt": str, "key": str}`` at the training resolution (``resolved.resolution``).
         gamma: expected share of backbone rows in the instance part of each batch, in ``[0, 1)``.
@@ -133,7 +134,8 @@ def run_dreambooth(
     result = RunResult(output_dir=Path(config.output_dir))
     timer = Timer()
     with timer("load"):
-        resolved = check_training_inputs(config, resolved)
+        if resolved is None:  # a caller that passes ``resolved`` has checked the inputs already
+            resolved = check_training_inputs(config)
         backbone_path = resolved.backbone_path
         config = dataclasses.replace(config, resolution=resolved.resolution)
         check_mixture(backbone_data, gamma, config.resolution)

@@ -17,7 +17,7 @@ from dreambat.albat.curvature import (
     get_strategy,
     precondition,
 )
-from dreambat.constants import AUTO_EXACT_MAX_REF
+from dreambat.albat import AUTO_EXACT_MAX_REF
 from dreambat.errors import ConfigError, DataError
 
 F64 = torch.float64
@@ -200,7 +200,7 @@ def test_precondition_keeps_keys_and_order():
 def test_precondition_errors():
     with pytest.raises(ConfigError, match="(?i)no trainable LoRA parameters"):
         precondition({}, ExactInverse())
-    with pytest.raises(DataError, match="K=0 or no subject images"):
+    with pytest.raises(DataError, match="reference set has no row"):
         precondition({"x": torch.zeros(0, 5)}, ExactInverse())
     bad = _rows(4, 5)
     bad[2, 3] = math.nan

@@ -44,7 +44,7 @@ def _candidates(n, nan_at=()):
 def test_nonfinite_candidate_is_skipped_counted_and_recorded(mlp_task, tmp_path):
     scorer = _scorer(mlp_task)
     with ManifestWriter(tmp_path / "m.jsonl", fingerprint={"t": 1}) as writer:
-        summary = score_candidates(scorer, _candidates(7, nan_at={4}), _collate, writer, batch_size=3, show_progress=False)
+        summary = score_candidates(scorer, _candidates(7, nan_at={4}), _collate, writer, batch_size=3)
     assert summary.scored == 6 and summary.skipped_nonfinite == 1
     records = read_manifest(tmp_path / "m.jsonl")
     assert [r.index for r in records] == list(range(7))
@@ -57,12 +57,12 @@ def test_resume_skips_what_is_done_and_scores_the_same(mlp_task, tmp_path):
     scorer = _scorer(mlp_task)
     path = tmp_path / "m.jsonl"
     with ManifestWriter(path, fingerprint={"t": 1}) as writer:
-        score_candidates(scorer, _candidates(4), _collate, writer, batch_size=2, show_progress=False)
+        score_candidates(scorer, _candidates(4), _collate, writer, batch_size=2)
     with ManifestWriter(path, fingerprint={"t": 1}) as writer:
-        summary = score_candidates(scorer, _candidates(9), _collate, writer, batch_size=2, show_progress=False)
+        summary = score_candidates(scorer, _candidates(9), _collate, writer, batch_size=2)
     assert summary.resumed == 4 and summary.scored == 5
     with ManifestWriter(tmp_path / "fresh.jsonl", fingerprint={"t": 1}) as writer:
-        score_candidates(scorer, _candidates(9), _collate, writer, batch_size=5, show_progress=False)
+        score_candidates(scorer, _candidates(9), _collate, writer, batch_size=5)
     resumed, fresh = read_manifest(path), read_manifest(tmp_path / "fresh.jsonl")
     assert [r.key for r in resumed] == [r.key for r in fresh]
     for a, b in zip(resumed, fresh):
@@ -72,5 +72,5 @@ def test_resume_skips_what_is_done_and_scores_the_same(mlp_task, tmp_path):
 def test_no_candidates_writes_nothing(mlp_task, tmp_path):
     scorer = _scorer(mlp_task)
     with ManifestWriter(tmp_path / "m.jsonl", fingerprint={"t": 1}) as writer:
-        summary = score_candidates(scorer, [], _collate, writer, show_progress=False)
+        summary = score_candidates(scorer, [], _collate, writer)
     assert summary.scored == 0 and (tmp_path / "m.jsonl").read_text() == ""

@@ -20,7 +20,7 @@ from dreambat.errors import ConfigError
 
 
 def _rec(index, score, status="scored"):
-    return ManifestRecord(index=index, key=f"k{index}", url="s.tar", caption="c", score=score, status=status,
+    return ManifestRecord(index=index, key=f"k{index}", source={"url": "s.tar", "caption": "c"}, score=score, status=status,
                           reason=None if status == "scored" else "corrupt_image")
 
 
@@ -40,7 +40,7 @@ def test_threshold():
 def test_threshold_zero_keeps_only_positive():
     result = AlbatSelection(threshold=0.0).select(RECORDS)
     assert set(result.selected_indices) == POSITIVE
-    assert "1 candidates" in result.message and "--keep_nonpositive" in result.message  # Z == 0 at index 4
+    assert "1 candidates" in result.message and "force=True" in result.message  # Z == 0 at index 4
 
 
 def test_negative_threshold_needs_force():
@@ -72,7 +72,7 @@ def test_never_keeps_nonpositive_and_says_so():
     result = AlbatSelection(num_samples=8).select(RECORDS)
     assert set(result.selected_indices) == POSITIVE and result.kept == len(POSITIVE)
     assert result.requested == 8
-    assert "8" in result.message and str(len(POSITIVE)) in result.message and "--keep_nonpositive" in result.message
+    assert "8" in result.message and str(len(POSITIVE)) in result.message and "force=True" in result.message
     forced = AlbatSelection(num_samples=8, force=True).select(RECORDS)
     assert forced.selected_indices == sorted(POSITIVE | {4, 5}) and forced.message is None
     assert forced.threshold == -0.2
@@ -103,7 +103,7 @@ def test_exactly_one_of(kwargs):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"fraction": 0.0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"fraction": -0.1}, "fraction"),
-    ({"num_samples": 0}, "num_backbone_samples"), ({"num_samples": 2.5}, "num_backbone_samples"),
+    ({"num_samples": 0}, "num_samples"), ({"num_samples": 2.5}, "num_samples"),
     ({"threshold": math.nan}, "threshold"),
 ])
 def test_invalid_values(kwargs, match):
@@ -150,7 +150,7 @@ def test_registry():
     assert isinstance(get_rule("none"), NoSelection)
     with pytest.raises(ConfigError, match="albat, clip, random, none"):
         get_rule("influence")
-    with pytest.raises(ConfigError, match="--selection none"):
+    with pytest.raises(ConfigError, match="selection rule .none. does not take num_samples"):
         get_rule("none", num_samples=3)
 
 
@@ -180,7 +180,7 @@ def test_apply_selection():
 def test_clip_rule_keeps_the_most_similar_whatever_their_sign():
     from dreambat.albat.selection import NearestSelection
 
-    records = [ManifestRecord(i, f"k{i}", "u", "c", s) for i, s in enumerate([-0.2, -0.1, -0.5, -0.05])]
+    records = [ManifestRecord(i, f"k{i}", s) for i, s in enumerate([-0.2, -0.1, -0.5, -0.05])]
     assert get_rule("clip", num_samples=2).select(records).selected_indices == [1, 3]
-    with pytest.raises(ConfigError, match="keeps a count"):
+    with pytest.raises(ConfigError, match="needs one of: num_samples, fraction"):
         NearestSelection()

@@ -23,9 +23,9 @@ def test_bat_flags_parse_next_to_diffusers_flags():
     scoring = settings.scoring
     assert (settings.bat.surrogate_steps, scoring.num_score_timesteps, scoring.curvature) == (100, 4, "datainf")
     assert settings.gamma == 0.9 and settings.pool.candidate_ratio == 0.5
-    assert settings.selection.keep_rule(seed=0) == {
-        "threshold": None, "num_samples": 200, "fraction": None, "force": False,
-    }
+    rule = settings.selection.rule(seed=0)
+    assert (type(rule).__name__, rule.threshold, rule.num_samples, rule.fraction, rule.force) == (
+        "AlbatSelection", None, 200, None, False)
 
 
 def test_gamma_defaults():
@@ -42,7 +42,7 @@ def test_gamma_defaults():
         ([], "needs backbone candidates"),
         (["--selection", "random"], "needs backbone candidates"),
         (SHARDS + ["--selection", "random"], "needs a count"),
-        (SHARDS + ["--selection", "random", "--score_threshold", "0.1"], "keeps a count"),
+        (SHARDS + ["--selection", "random", "--score_threshold", "0.1"], "does not take --score_threshold"),
         (["--selection", "none", "--augmentation_ratio", "0.5"], "no effect"),
         (SHARDS + ["--num_backbone_samples", "5", "--backbone_fraction", "0.5"], "at most one"),
         (SHARDS + ["--surrogate_steps", "0"], "surrogate_steps"),

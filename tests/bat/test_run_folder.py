@@ -139,5 +139,5 @@ def test_a_malformed_selection_manifest_is_the_users_input_error(finished, tmp_p
         r.to_json().replace(f'"score": {r.score}', '"score": null') + "\n"
         for r in read_manifest(finished["out"] / "selection.jsonl")))
     flags[flags.index(str(bad))] = str(unscored)
-    with pytest.raises(ConfigError, match="holds no ALBAT scores"):
+    with pytest.raises(ConfigError, match="holds no scores"):
         run_bat(parse_run_config(flags))

@@ -51,7 +51,7 @@ def test_agreement_spearman_and_top_overlap():
 
 def test_negated_manifest_makes_the_top_rule_keep_the_lowest_scores(tmp_path):
     scores = [0.3, -2.0, 1.5, -0.1, None, 0.7, -1.0]
-    records = [ManifestRecord(index=i, key=f"k{i}", url="shard.tar", caption="c", score=z,
+    records = [ManifestRecord(index=i, key=f"k{i}", source={"url": "shard.tar", "caption": "c"}, score=z,
                               status="scored" if z is not None else "skipped",
                               reason=None if z is not None else "nonfinite_loss", selected=bool(i % 2))
                for i, z in enumerate(scores)]

@@ -56,7 +56,7 @@ def test_clip_needs_a_count(world, subject_dir, tmp_path, clip):
     del flags["num_backbone_samples"]
     with pytest.raises(ConfigError, match="keeps a count"):
         ScoreSettings.from_flags(**flags)
-    with pytest.raises(ConfigError, match="needs a count"):
+    with pytest.raises(ConfigError, match="keeps a count"):
         BatSettings.from_flags(**flags)
 
 
