@@ -2,11 +2,13 @@
 
 It knows nothing about diffusion. A model enters through one contract, :class:`ScoringTask`
 (per-sample, per-term losses of a batch); its trainable LoRA factors (found by peft's layer
-types) are the :class:`LoraBlocks`; an :class:`InverseStrategy` turns the adaptation gradients
-into the preconditioned direction ``h = G⁻¹ v``; :class:`AlbatScorer` fits ``h`` on the adaptation
-(reference) data and scores candidates with one forward and one backward per batch; selection
-rules and the crash-safe manifest turn scores into a kept set. The Stable Diffusion task and the
-scoring run over LAION-style shards live in :mod:`dreambat.scoring`, on top of this package.
+types and their declared adapter weights) are the :class:`LoraBlocks`, and an adapter it cannot
+score is refused with :class:`UnsupportedAdapterError`; an :class:`InverseStrategy` turns the
+adaptation gradients into the preconditioned direction ``h = G⁻¹ v``; :class:`AlbatScorer` fits
+``h`` on the adaptation (reference) data and scores candidates with one forward and one backward
+per batch; selection rules and the crash-safe manifest turn scores into a kept set. The Stable
+Diffusion task and the scoring run over LAION-style shards live in :mod:`dreambat.scoring`, on
+top of this package.
 
 Example (a peft LoRA on a small regression MLP)::
 
@@ -29,7 +31,7 @@ from .curvature import (
     precondition,
 )
 from .gradients import contracted_scores, contracted_terms, reference_rows, reference_scores, reference_term_scores
-from .layers import register_layer
+from .layers import UnsupportedAdapterError, register_layer
 from .manifest import (
     ManifestMismatchError,
     ManifestRecord,
@@ -57,7 +59,8 @@ __all__ = [
     "STRATEGIES", "RULES", "AlbatScorer", "AlbatSelection", "DataInfInverse", "ExactInverse",
     "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError", "ManifestRecord",
     "ManifestWriter", "NoSelection", "RandomSelection", "ScoreSummary", "ScoringTask",
-    "SelectionResult", "SelectionRule", "apply_selection", "contracted_scores", "get_rule",
+    "SelectionResult", "SelectionRule", "UnsupportedAdapterError", "apply_selection", "contracted_scores",
+    "get_rule",
     "get_strategy", "lora_factors", "merge_manifests", "precondition", "read_manifest",
     "reference_rows", "reference_scores", "register_layer", "score_candidates", "score_statistics",
     "write_manifest", "Reliability", "ScoredBatch", "contracted_terms", "reference_term_scores", "spearman",
