@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from benchmarks.bench_scoring import Setup
+    import torch
+
+    from dreambat.albat.blocks import LoraBlocks
+    from dreambat.albat.task import ScoringTask
 
 
-def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 0.1):
+def datainf_pipeline_scores(task: ScoringTask, blocks: LoraBlocks, subject_gradient: Mapping[str, torch.Tensor],
+                            batches: list[dict], damping: float = 0.1):
     """DataInf's own recipe, for comparison with the fast path. Returns ``(scores [N], info)``.
 
     1. One ``loss.backward()`` per candidate; its flattened LoRA gradient is *kept*
@@ -17,13 +22,18 @@ def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 
     2. Per block, the closed form ``h = (1/(Nλ)) Σ_i (v − (vᵀg_i / (λ + ‖g_i‖²)) g_i)`` with the
        candidates' own gradients as the curvature set and ``v`` the subject's mean gradient.
     3. ``Z_i = ⟨g_i, h⟩`` summed over blocks.
+
+    Args:
+        task: the candidates' losses.
+        blocks: the LoRA blocks differentiated.
+        subject_gradient: ``{block name: v_l [d_l]}``, the subject's mean gradient.
+        batches: the candidate batches.
     """
     import torch
 
     from dreambat.albat.curvature import DataInfInverse
     from dreambat.albat.task import as_matrix, split_batch
 
-    task, blocks = setup.task, setup.blocks
     kept: dict[str, list] = {name: [] for name in blocks.names}
     started = time.perf_counter()
     for batch in batches:
@@ -40,7 +50,7 @@ def datainf_pipeline_scores(setup: Setup, batches: list[dict], damping: float = 
     strategy = DataInfInverse(damping)
     scores = torch.zeros(len(rows[blocks.names[0]]), dtype=torch.float64, device=rows[blocks.names[0]].device)
     for name in blocks.names:
-        h = strategy.solve(rows[name], setup.subject_gradient[name].double())
+        h = strategy.solve(rows[name], subject_gradient[name].double())
         scores += rows[name].double() @ h.double()
     closed_form_seconds = time.perf_counter() - started
     stored = sum(r.numel() * r.element_size() for r in rows.values())

@@ -434,7 +434,8 @@ def part_scaling(args, workdir: Path) -> dict:
         def datainf(setup=setup, batches=batches, out=out):
             with RssSampler() as rss:
                 started = time.perf_counter()
-                out["datainf"], info = datainf_pipeline_scores(setup, batches)
+                out["datainf"], info = datainf_pipeline_scores(setup.task, setup.blocks,
+                                                              setup.subject_gradient, batches)
                 seconds = time.perf_counter() - started
             return {"seconds": round(seconds, 3), "candidates_per_s": round(n / seconds, 3),
                     "working_mb": round(rss.working_mb, 1),

@@ -70,7 +70,13 @@ def add_text_encoder_lora(text_encoder, rank: int, **kwargs) -> None:
 
 
 def lora_parameters(*models: torch.nn.Module | None) -> list[torch.nn.Parameter]:
-    """The trainable LoRA weights of ``models`` (``None`` entries ignored), in module order."""
+    """The trainable LoRA weights of ``models`` (``None`` entries ignored), in module order.
+
+    Raises:
+        UnsupportedAdapterError: an adapter that the scoring core cannot score (an ``nn.Embedding``
+            LoRA, DoRA, a factor of an unregistered type), refused by
+            :func:`~dreambat.albat.blocks.lora_factors` rather than left untrained.
+    """
     return [
         module.weight
         for model in models

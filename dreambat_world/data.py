@@ -2,7 +2,8 @@
 
 The pool is the pre-training set of the world backbone: captioned scenes of random objects
 (:func:`dreambat_world.synthetic.random_scene`) that never show a world subject's design
-(:func:`~dreambat_world.subjects.matches_any_subject`). Record ``i`` of seed ``s`` depends on
+(:func:`~dreambat_world.subjects.matches_any_subject`), one record each
+(:func:`~dreambat_world.pool_record.world_record`). Record ``i`` of seed ``s`` depends on
 ``(s, i)`` alone, so shards can be written in any order or in parallel and always agree.
 Metadata is img2dataset-like plus the ground-truth ``"attributes"`` of the scene.
 """
@@ -20,10 +21,9 @@ from dreambat.data.shard_writer import write_shards
 from dreambat.errors import ConfigError
 
 from .noisy_pool import NoiseConfig, noisy_record
+from .pool_record import POOL_URL_PREFIX, world_record  # noqa: F401 (also public here)
 from .subjects import N_PHOTOS, PHOTO_SIZE, SPLITS, WORLD_SUBJECTS, subject_photos
-from .synthetic import caption, random_scene, record_rng, render
 
-POOL_URL_PREFIX = "synthetic://world"
 SHARD_PATTERN = "shard-{:05d}.tar"
 DEFAULT_POOL_DIR = Path("outputs/world/shards")
 DEFAULT_NOISY_POOL_DIR = Path("outputs/world/shards-noisy")
@@ -64,30 +64,6 @@ class PoolConfig:
             raise ConfigError(f"PoolConfig needs n >= 1, per_shard >= 1, size >= 8; got {self}.")
         if self.image_format not in ("png", "jpg"):
             raise ConfigError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}.")
-
-
-def world_record(index: int, seed: int, size: int = PHOTO_SIZE, max_objects: int = 2) -> dict[str, Any]:
-    """Backbone record ``index``: ``{"key", "image", "caption", "metadata"}`` for ``write_shards``.
-
-    ``image`` is a ``size`` x ``size`` RGB PIL image; ``metadata["attributes"]`` is the scene's
-    :meth:`~dreambat_world.synthetic.SceneSpec.attributes`. No object shows a world subject's design.
-    """
-    from .subjects import matches_any_subject
-
-    rng = record_rng(seed, index)
-    scene = random_scene(rng, exclude=matches_any_subject, max_objects=max_objects)
-    text = caption(scene, rng)
-    key = f"{index:09d}"
-    return {
-        "key": key,
-        "image": render(scene, size, rng),
-        "caption": text,
-        "metadata": {
-            "key": key, "status": "success", "url": f"{POOL_URL_PREFIX}/{seed}/{key}",
-            "caption": text, "width": size, "height": size, "original_width": size,
-            "original_height": size, "error_message": None, "attributes": scene.attributes(),
-        },
-    }
 
 
 def world_records(n: int, seed: int, size: int = PHOTO_SIZE, *, start: int = 0,

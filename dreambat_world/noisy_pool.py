@@ -3,7 +3,7 @@
 Real LAION pairs are noisy. Many alt-texts barely describe their image or name a wrong detail,
 images carry watermarks and text overlays or are heavily compressed, some are off-domain, and
 near-duplicates recur. :func:`noisy_record` gives record ``i`` of the clean pool
-(:func:`dreambat_world.data.world_record`) such a fate with the probabilities of
+(:func:`dreambat_world.pool_record.world_record`) such a fate with the probabilities of
 :class:`NoiseConfig`. The draw is seeded by ``(seed + NoiseConfig.seed_offset, i)``, so a record's
 noise does not depend on which shard writes it. The clean pool stays available, and the world
 backbone is the one pretrained on the clean pool.
@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dreambat.errors import ConfigError
 
+from .pool_record import world_record
 from .synthetic import COLORS, SHAPES, SceneSpec, caption, random_scene, record_rng, render
 
 CAPTION_FATES = ("clean", "mismatched", "partly_wrong")
@@ -82,10 +83,8 @@ class NoiseConfig:
 def noisy_record(index: int, seed: int, noise: NoiseConfig, size: int = 32, max_objects: int = 2) -> dict[str, Any]:
     """Record ``index`` of the noisy pool of ``seed``: the clean record with its drawn noise applied.
 
-    Returns the same fields as :func:`dreambat_world.data.world_record`, with ``metadata["noise"]``.
+    Returns the same fields as :func:`dreambat_world.pool_record.world_record`, with ``metadata["noise"]``.
     """
-    from .data import world_record
-
     rng = record_rng(seed + noise.seed_offset, index)
     draws = rng.random(5)
     duplicate_of = None

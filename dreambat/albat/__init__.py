@@ -2,11 +2,13 @@
 
 It knows nothing about diffusion. A model enters through one contract, :class:`ScoringTask`
 (per-sample, per-term losses of a batch); its trainable LoRA factors (found by peft's layer
-types) are the :class:`LoraBlocks`; an :class:`InverseStrategy` turns the adaptation gradients
-into the preconditioned direction ``h = G⁻¹ v``; :class:`AlbatScorer` fits ``h`` on the adaptation
-(reference) data and scores candidates with one forward and one backward per batch; selection
-rules and the crash-safe manifest turn scores into a kept set. The Stable Diffusion task and the
-scoring run over LAION-style shards live in :mod:`dreambat.scoring`, on top of this package.
+types and their declared adapter weights) are the :class:`LoraBlocks`, and an adapter it cannot
+score is refused with :class:`UnsupportedAdapterError`; an :class:`InverseStrategy` turns the
+adaptation gradients into the preconditioned direction ``h = G⁻¹ v``; :class:`AlbatScorer` fits
+``h`` on the adaptation (reference) data and scores candidates with one forward and one backward
+per batch; selection rules and the crash-safe manifest turn scores into a kept set. The Stable
+Diffusion task and the scoring run over LAION-style shards live in :mod:`dreambat.scoring`, on
+top of this package.
 
 Example (a peft LoRA on a small regression MLP)::
 
@@ -34,7 +36,7 @@ from .curvature import (
 )
 from .errors import SettingError
 from .gradients import contracted_scores, contracted_terms, reference_rows, reference_scores, reference_term_scores
-from .layers import register_layer
+from .layers import UnsupportedAdapterError, register_layer
 from .manifest import (
     ManifestMismatchError,
     ManifestRecord,
@@ -77,7 +79,7 @@ __all__ = [
     "ExactInverse", "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError",
     "ManifestRecord", "ManifestWriter", "NearestSelection", "NoSelection", "RandomSelection",
     "Reliability", "RuleNeeds", "ScoreSummary", "ScoredBatch", "ScoringTask", "SelectionResult",
-    "SelectionRule", "SettingError", "apply_selection", "check_damping", "check_fingerprint",
+    "SelectionRule", "SettingError", "UnsupportedAdapterError", "apply_selection", "check_damping", "check_fingerprint",
     "contracted_scores", "contracted_terms", "describe", "get_rule", "get_strategy", "lora_factors",
     "merge_manifests", "merge_records", "meta_path", "precondition", "read_manifest", "reference_rows",
     "reference_scores", "reference_term_scores", "register_layer", "register_rule", "rule_class",

@@ -10,32 +10,61 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import UnsupportedAdapterError, supports, unsupported_factor
 
-# The low-rank factors of a peft LoRA layer. DoRA magnitudes and embedding factors are not blocks.
-LORA_FACTORS: tuple[str, ...] = ("lora_A", "lora_B")
+
+def _refusal(name: str, layer: LoraLayer, adapter: str, entry: object) -> UnsupportedAdapterError:
+    """Why the adapter entry ``name`` of ``layer`` cannot be a block."""
+    if getattr(layer, "use_dora", {}).get(adapter):
+        return UnsupportedAdapterError(
+            name, type(layer).__name__,
+            "DoRA adds a magnitude vector that is not a low-rank factor, and the core scores plain LoRA only",
+            "create the adapter with use_dora=False",
+        )
+    if not isinstance(entry, nn.Module):
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+        return UnsupportedAdapterError(
+            name, type(base).__name__,
+            "peft keeps the LoRA factors of this layer as bare parameters, not as layers, so the core has "
+            "no factor input and output gradient to contract",
+            "leave this layer out of the adapter's target_modules",
+        )
+    return unsupported_factor(name, entry)
 
 
 def lora_factors(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, factor)`` for every ``lora_A`` / ``lora_B`` module of every adapter, in module order.
+    """``(name, factor)`` for every low-rank factor of every adapter, in module order.
 
-    Layers are found by peft's own type (:class:`peft.tuners.lora.LoraLayer`), never by parameter
-    names. ``name`` is the factor's module path (e.g. ``...to_k.lora_A.default``); within one
-    layer ``lora_A`` comes before ``lora_B``, as in ``named_parameters()``.
+    Layers are found by peft's own type (:class:`peft.tuners.lora.LoraLayer`), and their adapter
+    weights by peft's own declaration, the layer's ``adapter_layer_names`` (``lora_A`` and
+    ``lora_B`` for Linear and Conv2d targets), never by parameter names. ``name`` is the factor's
+    module path (e.g. ``...to_k.lora_A.default``); within one layer the declaration's order holds,
+    so ``lora_A`` comes before ``lora_B`` as in ``named_parameters()``.
+
+    Raises:
+        UnsupportedAdapterError: an adapter entry is not a layer of a registered type
+            (:mod:`.layers`): the factors of an ``nn.Embedding`` LoRA (bare parameters), a DoRA
+            magnitude vector, or a factor of an unregistered type such as ``nn.Conv1d``. Frozen
+            adapters are refused too: nothing peft declares is passed over.
     """
     for layer_name, layer in model.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
-        for factor in LORA_FACTORS:
-            for adapter, module in getattr(layer, factor).items():
-                yield f"{layer_name}.{factor}.{adapter}", module
+        for declared in layer.adapter_layer_names:
+            for adapter, entry in (getattr(layer, declared, None) or {}).items():
+                name = f"{layer_name}.{declared}.{adapter}"
+                if not (isinstance(entry, nn.Module) and supports(entry)):
+                    raise _refusal(name, layer, adapter, entry)
+                yield name, entry
 
 
 @dataclass(frozen=True)
 class LoraBlocks:
     """The trainable LoRA matrices of one or more models, in a fixed order.
 
-    Block l is one ``lora_A`` or ``lora_B`` weight (as DataInf splits them); ``names[l]`` is its
-    parameter name, prefixed with the model's index when several models are given.
+    Block l is the weight of one factor found by :func:`lora_factors` (one ``lora_A`` or ``lora_B``
+    matrix, as DataInf splits them); ``names[l]`` is its parameter name, prefixed with the model's
+    index when several models are given.
     """
 
     names: tuple[str, ...]
@@ -47,6 +76,7 @@ class LoraBlocks:
         """Collect the trainable LoRA factors of ``models`` (``None`` entries ignored).
 
         Raises:
+            UnsupportedAdapterError: an adapter cannot be scored (see :func:`lora_factors`).
             ConfigError: no trainable LoRA parameter was found.
         """
         present = [m for m in models if m is not None]
@@ -60,7 +90,7 @@ class LoraBlocks:
                     modules.append(module)
         if not params:
             raise ConfigError(
-                "The model has no trainable LoRA parameters (no peft LoRA layer whose lora_A/lora_B "
+                "The model has no trainable LoRA parameters (no peft LoRA layer with a factor whose "
                 "weight has requires_grad=True). Add an adapter first (peft's get_peft_model or "
                 "inject_adapter_in_model, or diffusers' add_adapter) and load the surrogate weights into it."
             )

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import LoraBlocks
-from .layers import directional_output_for, per_row_gradient_for
+from .layers import UnsupportedAdapterError, directional_output_for, per_row_gradient_for
 from .task import ScoringTask, as_matrix, split_batch
 
 
@@ -65,6 +65,25 @@ def _weighted_terms(task: ScoringTask, batch: Any, weights: torch.Tensor | None)
     """The task's ``[B, K]`` losses, each term multiplied by its weight (``None``: all 1)."""
     losses = as_matrix(task.loss_matrix(batch))
     return losses if weights is None else losses * weights.to(losses)[None, :]
+
+
+def _check_hooked(blocks: LoraBlocks, grads: tuple[torch.Tensor | None, ...], hooked: set[int]) -> None:
+    """Refuse a block whose weight got a gradient that its factor's forward did not carry.
+
+    Hooks see a factor only through its forward call. A peft layer that uses the factor weights
+    directly (its LoRA for ``nn.MultiheadAttention`` merges them into the attention weights) would
+    otherwise give that block zero rows and zero scores.
+    """
+    for index, grad in enumerate(grads):
+        if grad is not None and index not in hooked:
+            module = blocks.modules[index]
+            raise UnsupportedAdapterError(
+                blocks.names[index], type(module).__name__,
+                "its weight receives a gradient, but the factor layer's forward never runs: the LoRA layer "
+                "that holds it uses the weight directly, so the core cannot read the factor's input and "
+                "output gradient",
+                "leave this layer out of the adapter's target_modules",
+            )
 
 
 def _rows_per_term(rows: int, n: int, k: int, name: str) -> None:
@@ -103,9 +122,10 @@ def reference_rows(
         try:
             losses = _weighted_terms(task, batch, weights)
             n, k = losses.shape
-            torch.autograd.grad(losses.sum(), list(blocks.params), allow_unused=True)
+            grads = torch.autograd.grad(losses.sum(), list(blocks.params), allow_unused=True)
         finally:
             hooks.remove()
+        _check_hooked(blocks, grads, set(found))
         for index, name in enumerate(blocks.names):
             if index not in found:
                 rows[name].append(torch.zeros(n * k, blocks.params[index].numel(), dtype=_compute_dtype(blocks.modules[index])))
@@ -169,9 +189,10 @@ def contracted_terms(
         n, k = losses.shape
         finite = torch.isfinite(losses).all(dim=1)
         per_sample = torch.where(finite[:, None], losses, torch.zeros_like(losses)).mean(dim=1)
-        torch.autograd.grad(per_sample.sum(), list(blocks.params), allow_unused=True)
+        grads = torch.autograd.grad(per_sample.sum(), list(blocks.params), allow_unused=True)
     finally:
         hooks.remove()
+    _check_hooked(blocks, grads, {index for index, _ in partials})
     terms = torch.zeros(n, k, len(matrices[0]) if matrices else 1, dtype=torch.float64, device=losses.device)
     for index, partial in partials:
         _rows_per_term(partial.shape[0], n, k, blocks.names[index])

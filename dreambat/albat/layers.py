@@ -14,8 +14,8 @@ The explicit per-row weight gradients of the reference set come from the same ho
 gradient is the contraction of its output gradient with its input, ``Σ_t g_t x_tᵀ`` for a Linear
 factor, the same over unfolded patches for a Conv2d one (``PerRowGradient``).
 
-Another type is supported by :func:`register_layer` with its own functions; an unsupported type
-is refused with the reference path as the way out.
+Another type is supported by :func:`register_layer` with its own functions. A factor of any other
+type is refused with :class:`UnsupportedAdapterError`, never left out of the scores.
 """
 
 from __future__ import annotations
@@ -27,6 +27,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+
+
+class UnsupportedAdapterError(ConfigError):
+    """A LoRA adapter the scoring core cannot score. It is refused rather than left out of the scores.
+
+    Attributes:
+        module: module path of the adapter's factor (e.g. ``"...emb.lora_embedding_A.default"``).
+        layer_type: class name of what the core met there: the factor layer's type, or the adapted
+            layer's type when peft keeps its factors as bare parameters.
+        reason: why it cannot be scored.
+        remedy: what to do instead.
+
+    The message says all four in the library's terms; a command line may word its own advice
+    from the attributes.
+    """
+
+    def __init__(self, module: str, layer_type: str, reason: str, remedy: str):
+        self.module = module
+        self.layer_type = layer_type
+        self.reason = reason
+        self.remedy = remedy
+        super().__init__(
+            f"Cannot score the LoRA adapter '{module}' ({layer_type}): {reason}. To go on, {remedy}."
+        )
+
+    def __reduce__(self):
+        return type(self), (self.module, self.layer_type, self.reason, self.remedy)
+
 
 DirectionalOutput = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(layer, input x, direction H shaped like the weight) -> f(x; H)``, the output's shape."""
@@ -79,23 +107,34 @@ def register_layer(
     _REGISTRY[layer_type] = (directional_output, per_row_gradient)
 
 
+def supports(layer: nn.Module) -> bool:
+    """Whether ``layer``'s type (or a base class of it) is registered."""
+    return any(layer_type in _REGISTRY for layer_type in type(layer).__mro__)
+
+
+def unsupported_factor(name: str, layer: nn.Module) -> UnsupportedAdapterError:
+    """The error for a LoRA factor ``name`` whose layer type is not registered."""
+    supported = ", ".join(t.__name__ for t in _REGISTRY)
+    return UnsupportedAdapterError(
+        name, type(layer).__name__,
+        f"no scoring functions are registered for {type(layer).__name__} factors (registered: {supported})",
+        "if the factor is linear in its weight, register its type with dreambat.albat.register_layer "
+        "before collecting the LoRA blocks; otherwise leave this layer out of the adapter's target_modules",
+    )
+
+
 def _lookup(name: str, layer: nn.Module) -> tuple[DirectionalOutput, PerRowGradient]:
     for layer_type in type(layer).__mro__:
         if layer_type in _REGISTRY:
             return _REGISTRY[layer_type]
-    supported = ", ".join(t.__name__ for t in _REGISTRY)
-    raise ConfigError(
-        f"LoRA block '{name}' is a {type(layer).__name__}; the fast scoring path handles {supported} "
-        "factors. Use the reference path (--scoring_path reference) or register the layer type with "
-        "dreambat.albat.layers.register_layer."
-    )
+    raise unsupported_factor(name, layer)
 
 
 def directional_output_for(name: str, layer: nn.Module) -> DirectionalOutput:
     """The registered ``f(x; H)`` of ``layer``'s type (most specific first).
 
     Raises:
-        ConfigError: no registered type matches; the message names the block.
+        UnsupportedAdapterError: no registered type matches; it names the block and its type.
     """
     return _lookup(name, layer)[0]
 

@@ -126,5 +126,6 @@ def test_fast_path_dispatches_conv2d_lora_factors_by_type():
 def test_unregistered_factor_type_names_the_way_out(mlp_task):
     from dreambat.albat.layers import directional_output_for
 
-    with pytest.raises(ConfigError, match="reference path.*register_layer"):
+    with pytest.raises(ConfigError, match=r"'x\.lora_A\.default\.weight' \(Embedding\).*register_layer") as info:
         directional_output_for("x.lora_A.default.weight", nn.Embedding(3, 2))
+    assert "--" not in str(info.value)
