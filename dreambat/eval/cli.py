@@ -16,8 +16,13 @@ from ..errors import DreambatError
 from .constants import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DEVICE,
     DEFAULT_DINO_MODEL,
+    DEFAULT_DTYPE,
+    DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_GRID_LAYOUT,
     DTYPES,
+    GRID_INFERENCE_STEPS,
     GRID_LAYOUTS,
     METRIC_NAMES,
     SCHEDULER_NAMES,
@@ -50,8 +55,8 @@ def _common_generation_arguments(parser: argparse.ArgumentParser, *, steps: int)
     parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None,
                         help="sampler (default: the backbone folder's)")
     parser.add_argument("--batch_size", type=int, default=4, help="images per pipeline call")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:1', ...")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="'auto' (CUDA if available), 'cpu', 'cuda:1', ...")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES,
                         help="dtype of the diffusion pipeline")
 
 
@@ -74,7 +79,7 @@ def add_dreambench_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
                         help="open_clip name, model-config JSON, or local-dir:FOLDER")
     parser.add_argument("--clip_pretrained", default=DEFAULT_CLIP_PRETRAINED,
                         help="open_clip pretrained tag (from the HF cache) or checkpoint file")
-    parser.add_argument("--eval_batch_size", type=int, default=32, help="images per evaluator forward")
+    parser.add_argument("--eval_batch_size", type=int, default=DEFAULT_EVAL_BATCH_SIZE, help="images per evaluator forward")
     parser.add_argument("--output_dir", default="dreambench_results", help="images, tables and plot go here")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -132,9 +137,9 @@ def run_dreambench_command(args: argparse.Namespace) -> int:
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of the sample grid."""
-    _common_generation_arguments(parser, steps=25)
+    _common_generation_arguments(parser, steps=GRID_INFERENCE_STEPS)
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    parser.add_argument("--layout", default="prompts_x_seeds", choices=GRID_LAYOUTS,
+    parser.add_argument("--layout", default=DEFAULT_GRID_LAYOUT, choices=GRID_LAYOUTS,
                         help="rows (prompt, method) x columns seeds, or rows methods x columns prompts")
     parser.add_argument("--cell_size", type=int, default=None, help="cell side in pixels (default: max(96, image))")
     parser.add_argument("--output", default="sample_grid.png", help="PNG file to write")

@@ -19,7 +19,10 @@ from .constants import (
     BASE_METHOD,
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DEVICE,
     DEFAULT_DINO_MODEL,
+    DEFAULT_DTYPE,
+    DEFAULT_EVAL_BATCH_SIZE,
     DTYPES,
     MAX_IMAGES_PER_PROMPT,
     METRIC_NAMES,
@@ -212,7 +215,7 @@ class EncoderSettings:
     dino_model: str = DEFAULT_DINO_MODEL
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
-    batch_size: int = 32
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -239,8 +242,8 @@ class DreamBenchConfig:
     encoders: EncoderSettings = field(default_factory=EncoderSettings)
     metrics: tuple[str, ...] = METRIC_NAMES
     prompts_file: Path | None = None
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
     revision: str | None = None
 
     def __post_init__(self):

@@ -19,7 +19,7 @@ from ..backbone.load import resolve_backbone
 from ..errors import ConfigError
 from ..image_grid import image_grid
 from .config import GenerationSettings, Method
-from .constants import DTYPES
+from .constants import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_GRID_LAYOUT, DTYPES
 from .constants import GRID_LAYOUTS as LAYOUTS
 from .encoders import resolve_device
 from .generation import LoraSwitch, generate_images, load_pipeline, torch_dtype
@@ -33,10 +33,10 @@ class GridConfig:
     methods: list[Method]
     prompts: list[str]
     generation: GenerationSettings
-    layout: str = "prompts_x_seeds"
+    layout: str = DEFAULT_GRID_LAYOUT
     cell_size: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -85,7 +85,7 @@ def render_grid(config: GridConfig) -> tuple[Image.Image, dict[str, list[list[Im
 
 
 def layout_grid(images: dict[str, list[list[Image.Image]]], prompts: Sequence[str], seeds: Sequence[int],
-                layout: str = "prompts_x_seeds", *, cell_size: int | None = None) -> Image.Image:
+                layout: str = DEFAULT_GRID_LAYOUT, *, cell_size: int | None = None) -> Image.Image:
     """Arrange ``images[method][prompt_index][seed_index]`` into one captioned grid (see module doc)."""
     first = next(iter(images.values()))[0][0]
     cell = cell_size or max(96, first.width)

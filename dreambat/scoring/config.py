@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from ..albat.selection import SelectionRule, get_rule
 from ..errors import ConfigError
+from ..eval.constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from ..fields import build_groups, flag
 from ..inputs import RunInputs
 from .draws import DrawDesign
@@ -154,11 +155,11 @@ class SelectionConfig:
     clip_model: str = flag(
         "--selection clip: the open_clip model (a name such as ViT-B-32, a model-config JSON, or "
         "local-dir:FOLDER), read from local files or your Hugging Face cache.",
-        default="ViT-B-32",
+        default=DEFAULT_CLIP_MODEL,
     )
     clip_pretrained: str = flag(
         "--selection clip: the open_clip pretrained tag (read from the cache) or a checkpoint file.",
-        default="openai",
+        default=DEFAULT_CLIP_PRETRAINED,
     )
 
     def __post_init__(self) -> None:
