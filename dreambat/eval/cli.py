@@ -165,9 +165,8 @@ def run_grid_command(args: argparse.Namespace) -> int:
         ),
         layout=args.layout, cell_size=args.cell_size, device=args.device, dtype=args.dtype,
     )
-    config.check_files()
     setup_logging()
-    grid, images = render_grid(config)
+    grid, images = render_grid(config)  # checks the inputs (and resolves the backbone) before loading
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(output)

@@ -260,20 +260,27 @@ class DreamBenchConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}.")
 
-    def check_files(self) -> dict[str, list[Path]]:
+    def check_files(self) -> CheckedInputs:
         """Check the file system before any model loads: backbone, subject photos, every LoRA.
 
-        Returns:
-            ``{subject name: its photo files}``.
+        The backbone is resolved here, once; the run passes :attr:`CheckedInputs.backbone` on.
 
         Raises:
             ModelNotFoundError, SubjectDataError: with what to fix.
         """
         from ..backbone.load import resolve_backbone
 
-        resolve_backbone(self.pretrained_model_name_or_path, self.revision)
+        backbone = resolve_backbone(self.pretrained_model_name_or_path, self.revision)
         photos = {subject.name: subject.images() for subject in self.subjects}
         for method in self.methods:
             for subject in self.subjects:
                 method.lora_for(subject.name)
-        return photos
+        return CheckedInputs(backbone, photos)
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What :meth:`DreamBenchConfig.check_files` found: the local backbone folder and each subject's photos."""
+
+    backbone: Path
+    photos: dict[str, list[Path]]

@@ -51,7 +51,10 @@ class GridConfig:
             raise ConfigError(f"--cell_size must be at least 8 pixels, got {self.cell_size}.")
 
     def check_files(self) -> Path:
-        """The backbone folder, after checking it and every LoRA (before any model loads)."""
+        """The backbone folder, after checking it and every LoRA (before any model loads).
+
+        :func:`render_grid` calls it, once: the only place a grid resolves its backbone.
+        """
         folder = resolve_backbone(self.pretrained_model_name_or_path)
         for method in self.methods:
             method.single_lora()
