@@ -178,16 +178,22 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .eval.cli import run_dreambench_command
+def eval_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dreambat eval`` (same flags as ``eval/dreambench.py``): see :mod:`dreambat.eval.cli`."""
+    from .eval.cli import dreambench_main
 
-    return run_dreambench_command(args)
+    return dreambench_main(argv, prog)
 
 
-def _grid(args: argparse.Namespace) -> int:
-    from .eval.cli import run_grid_command
+def grid_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dreambat grid`` (same flags as ``eval/sample_grid.py``): see :mod:`dreambat.eval.cli`."""
+    from .eval.cli import grid_main as main
 
-    return run_grid_command(args)
+    return main(argv, prog)
+
+
+# Commands whose flags are setting groups, each parsed by its own parser (``dreambat CMD --help``).
+SETTINGS_COMMANDS = {"train": train_main, "score": score_main, "eval": eval_main, "grid": grid_main}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,35 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--show", type=int, default=0, help="print the first N samples")
     shards.set_defaults(func=_shards)
 
-    from .eval.cli import (
-        DREAMBENCH_EXAMPLE,
-        add_dreambench_arguments,
-        add_grid_arguments,
-    )
-
-    evaluate = commands.add_parser(
-        "eval", help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot",
-        description="Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T "
-                    "and write CSV / JSON / Markdown tables and a bar chart (same flags as eval/dreambench.py).",
-        epilog=DREAMBENCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dreambench_arguments(evaluate).set_defaults(func=_eval)
-    grid = commands.add_parser(
-        "grid", help="captioned sample grid: base model and LoRAs, prompts x seeds",
-        description="Render prompts x seeds (or methods x prompts) with the base model and LoRAs side by side "
-                    "into one captioned PNG (same flags as eval/sample_grid.py).",
-    )
-    add_grid_arguments(grid).set_defaults(func=_grid)
+    commands.add_parser("eval", add_help=False,
+                        help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot")
+    commands.add_parser("grid", add_help=False, help="captioned sample grid: base model and LoRAs, prompts x seeds")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``dreambat`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        return train_main(argv[1:], prog="dreambat train")
-    if argv and argv[0] == "score":
-        return score_main(argv[1:], prog="dreambat score")
+    if argv and argv[0] in SETTINGS_COMMANDS:
+        return SETTINGS_COMMANDS[argv[0]](argv[1:], prog=f"dreambat {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

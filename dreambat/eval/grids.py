@@ -18,7 +18,7 @@ from PIL import Image
 from ..backbone.load import resolve_backbone
 from ..errors import ConfigError
 from ..image_grid import image_grid
-from .config import GenerationSettings, Method
+from .config import Method, SamplingSettings
 from .constants import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_GRID_LAYOUT, DTYPES
 from .constants import GRID_LAYOUTS as LAYOUTS
 from .encoders import resolve_device
@@ -32,7 +32,7 @@ class GridConfig:
     pretrained_model_name_or_path: str
     methods: list[Method]
     prompts: list[str]
-    generation: GenerationSettings
+    generation: SamplingSettings
     layout: str = DEFAULT_GRID_LAYOUT
     cell_size: int | None = None
     device: str = DEFAULT_DEVICE
