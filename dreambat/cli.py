@@ -3,26 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import DreambatError
+from .fields import build_groups
 from .logs import setup_logging
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of setting groups: description and examples as written, each flag's default after
+    its help; not for required flags (none), nor where the help says it in words ``(default: ...)``."""
+
+    def _get_help_string(self, action):
+        if action.required or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def config_parser(groups: Sequence[type], prog: str | None, description: str, *, epilog: str | None = None,
+                  defaults: Mapping[str, Any] | None = None):
+    """The ``HfArgumentParser`` of ``groups``: one flag per field, its help and default in ``--help``.
+
+    ``defaults`` overrides field defaults for this command only (``dreambat grid`` samples with
+    fewer steps than a DreamBench run); ``--help`` shows the overridden values.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(groups, prog=prog, description=description, epilog=epilog,
+                              formatter_class=HelpFormatter)
+    if defaults:
+        fields = {f.name for group in groups for f in dataclasses.fields(group) if f.init}
+        unknown = sorted(set(defaults) - fields)
+        if unknown:
+            raise ValueError(f"defaults {unknown} name no field of {[group.__name__ for group in groups]}")
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def parse_groups(parser, argv: Sequence[str] | None) -> list:
+    """One validated instance per group of ``parser`` (from :func:`config_parser`).
+
+    An unknown flag or a value of the wrong type or choice exits 2 with argparse's message.
+
+    Raises:
+        DreambatError: a group's own validation refused a value.
+    """
+    namespace = parser.parse_args(list(argv) if argv is not None else None)
+    return build_groups(parser.dataclass_types, vars(namespace))
+
+
 def parse_config(groups: tuple[type, ...], argv: Sequence[str] | None, prog: str | None, description: str,
-                 bundle=None):
+                 bundle=None, *, epilog: str | None = None, defaults: Mapping[str, Any] | None = None):
     """Parse flags once into validated setting groups (argparse-style exit 2 on bad input).
 
     ``groups`` are dataclasses parsed side by side by ``HfArgumentParser``; with ``bundle`` the
     parsed groups are passed to it (e.g. :class:`~dreambat.bat.config.BatSettings`, which also
     refuses contradicting combinations) and its result is returned, else the tuple of groups.
+    ``epilog`` and ``defaults``: see :func:`config_parser`.
     """
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(groups, prog=prog, description=description)
+    parser = config_parser(groups, prog, description, epilog=epilog, defaults=defaults)
     try:
-        configs = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        configs = parse_groups(parser, argv)
         return bundle(*configs) if bundle is not None else tuple(configs)
     except DreambatError as exc:
         parser.error(str(exc))
@@ -134,16 +178,22 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .eval.cli import run_dreambench_command
+def eval_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dreambat eval`` (same flags as ``eval/dreambench.py``): see :mod:`dreambat.eval.cli`."""
+    from .eval.cli import dreambench_main
 
-    return run_dreambench_command(args)
+    return dreambench_main(argv, prog)
 
 
-def _grid(args: argparse.Namespace) -> int:
-    from .eval.cli import run_grid_command
+def grid_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dreambat grid`` (same flags as ``eval/sample_grid.py``): see :mod:`dreambat.eval.cli`."""
+    from .eval.cli import grid_main as main
 
-    return run_grid_command(args)
+    return main(argv, prog)
+
+
+# Commands whose flags are setting groups, each parsed by its own parser (``dreambat CMD --help``).
+SETTINGS_COMMANDS = {"train": train_main, "score": score_main, "eval": eval_main, "grid": grid_main}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,35 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--show", type=int, default=0, help="print the first N samples")
     shards.set_defaults(func=_shards)
 
-    from .eval.cli import (
-        DREAMBENCH_EXAMPLE,
-        add_dreambench_arguments,
-        add_grid_arguments,
-    )
-
-    evaluate = commands.add_parser(
-        "eval", help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot",
-        description="Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T "
-                    "and write CSV / JSON / Markdown tables and a bar chart (same flags as eval/dreambench.py).",
-        epilog=DREAMBENCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dreambench_arguments(evaluate).set_defaults(func=_eval)
-    grid = commands.add_parser(
-        "grid", help="captioned sample grid: base model and LoRAs, prompts x seeds",
-        description="Render prompts x seeds (or methods x prompts) with the base model and LoRAs side by side "
-                    "into one captioned PNG (same flags as eval/sample_grid.py).",
-    )
-    add_grid_arguments(grid).set_defaults(func=_grid)
+    commands.add_parser("eval", add_help=False,
+                        help="DreamBench evaluation: generate, score DINO / CLIP-I / CLIP-T, tables and plot")
+    commands.add_parser("grid", add_help=False, help="captioned sample grid: base model and LoRAs, prompts x seeds")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``dreambat`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        return train_main(argv[1:], prog="dreambat train")
-    if argv and argv[0] == "score":
-        return score_main(argv[1:], prog="dreambat score")
+    if argv and argv[0] in SETTINGS_COMMANDS:
+        return SETTINGS_COMMANDS[argv[0]](argv[1:], prog=f"dreambat {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

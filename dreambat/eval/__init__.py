@@ -7,6 +7,8 @@ Modules, one role each:
   ``embed_images`` / ``embed_texts``.
 - :mod:`~dreambat.eval.prompts`: the DreamBench templates shipped in ``assets/dreambench/``.
 - :mod:`~dreambat.eval.config`: methods, subjects and settings, validated.
+- :mod:`~dreambat.eval.flags`: the setting groups of ``dreambat eval`` / ``dreambat grid``;
+  :mod:`~dreambat.eval.cli`: their entry points.
 - :mod:`~dreambat.eval.generation`: seeded, batched, resumable generation with LoRA swapping.
 - :mod:`~dreambat.eval.runner`: :func:`run_dreambench`; :mod:`~dreambat.eval.tables`,
   :mod:`~dreambat.eval.plots`: what it writes.
@@ -26,6 +28,7 @@ _EXPORTS = {
     "mean_pairwise_cosine": "metrics", "mean_paired_cosine": "metrics",
     "DreamBenchPrompts": "prompts", "clip_t_prompt": "prompts", "generation_prompt": "prompts",
     "DreamBenchConfig": "config", "EncoderSettings": "config", "GenerationSettings": "config",
+    "SamplingSettings": "config", "DreamBenchSettings": "flags", "GridSettings": "flags",
     "Method": "config", "DreamBenchSubject": "config", "build_methods": "config",
     "run_dreambench": "runner", "DreamBenchResult": "runner",
     "GridConfig": "grids", "render_grid": "grids",

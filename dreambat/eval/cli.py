@@ -1,30 +1,28 @@
-"""Flags of ``dreambat eval`` / ``eval/dreambench.py`` and ``dreambat grid`` / ``eval/sample_grid.py``.
+"""Entry points of ``dreambat eval`` / ``eval/dreambench.py`` and ``dreambat grid`` / ``eval/sample_grid.py``.
 
-Both entry points share these parsers; flags are turned into a typed config once, here, and the
-argparse namespace goes no further.
+Both pairs parse the setting groups of :mod:`dreambat.eval.flags` with the parser that training and
+scoring use (:func:`dreambat.cli.config_parser`), once, into a typed config; nothing below sees a flag.
+An unknown flag or a value of the wrong type exits 2 with argparse's usage message; a value the
+settings refuse (a bad --subject, an unknown metric, a missing LoRA file) prints ``PROG: error:
+...`` and returns 2. Either way, before any model loads.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from ..constants import LORA_WEIGHTS_NAME
+from ..cli import config_parser, parse_config, parse_groups
 from ..errors import DreambatError
-from .constants import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
-    DEFAULT_DINO_MODEL,
-    DTYPES,
-    GRID_LAYOUTS,
-    METRIC_NAMES,
-    SCHEDULER_NAMES,
-)
+from .constants import GRID_INFERENCE_STEPS
+from .flags import DreamBenchSettings, GridSettings
 
-if TYPE_CHECKING:
-    from .config import DreamBenchConfig
+DREAMBENCH_DESCRIPTION = """\
+Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T, and write
+CSV / JSON / Markdown tables and a bar chart. `dreambat eval` and eval/dreambench.py take the same flags."""
 
 DREAMBENCH_EXAMPLE = """example:
   dreambat eval --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -34,95 +32,62 @@ DREAMBENCH_EXAMPLE = """example:
 A --lora_dir holds pytorch_lora_weights.safetensors, or one such folder per subject
 (<lora_dir>/<subject>/). --subject FOLDER=CLASS[:live|object] adds a subject of your own."""
 
-
-def _common_generation_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None:
-    parser.add_argument("--pretrained_model_name_or_path", required=True, help="backbone folder or cached hub id")
-    parser.add_argument("--lora_dir", action="append", default=[],
-                        help=f"folder holding {LORA_WEIGHTS_NAME} (repeat to compare several)")
-    parser.add_argument("--method_name", action="append", default=[],
-                        help="name of each --lora_dir, in the same order (default: the folder names)")
-    parser.add_argument("--no_base", action="store_true", help="leave the base model (method 'base') out")
-    parser.add_argument("--num_images", type=int, default=4, help="images (seeds) per prompt")
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
-    parser.add_argument("--num_inference_steps", type=int, default=steps, help="sampler steps")
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--resolution", type=int, default=None, help="image size (default: the backbone's)")
-    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None,
-                        help="sampler (default: the backbone folder's)")
-    parser.add_argument("--batch_size", type=int, default=4, help="images per pipeline call")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:1', ...")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help="dtype of the diffusion pipeline")
+GRID_DESCRIPTION = """\
+Render prompts x seeds (or methods x prompts) with the base model and one or more LoRAs side by side
+into one captioned PNG. `dreambat grid` and eval/sample_grid.py take the same flags."""
 
 
-def add_dreambench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of the DreamBench runner."""
-    _common_generation_arguments(parser, steps=50)
-    parser.add_argument("--revision", default=None, help="revision of a cached hub backbone")
-    parser.add_argument("--subject", action="append", default=[], metavar="FOLDER=CLASS[:live|object]",
-                        help="a subject folder and its class noun (repeatable); live subjects get the "
-                             "live prompt set (default: class noun cat/dog)")
-    parser.add_argument("--dreambench_dir", default=None, help="DreamBench dataset/ folder (its 30 subjects)")
-    parser.add_argument("--dreambench_subject", action="append", default=[],
-                        help="with --dreambench_dir: only these subjects (repeatable)")
-    parser.add_argument("--prompts_file", default=None, help="prompt templates JSON (default: assets/dreambench)")
-    parser.add_argument("--num_prompts", type=int, default=None, help="use only the first N templates")
-    parser.add_argument("--unique_token", default="sks", help="the token the LoRAs were trained with")
-    parser.add_argument("--metrics", nargs="+", default=list(METRIC_NAMES), help="subset of dino clip_i clip_t")
-    parser.add_argument("--dino_model", default=DEFAULT_DINO_MODEL, help="transformers folder or cached hub id")
-    parser.add_argument("--clip_model", default=DEFAULT_CLIP_MODEL,
-                        help="open_clip name, model-config JSON, or local-dir:FOLDER")
-    parser.add_argument("--clip_pretrained", default=DEFAULT_CLIP_PRETRAINED,
-                        help="open_clip pretrained tag (from the HF cache) or checkpoint file")
-    parser.add_argument("--eval_batch_size", type=int, default=32, help="images per evaluator forward")
-    parser.add_argument("--output_dir", default="dreambench_results", help="images, tables and plot go here")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
+@dataclass(frozen=True)
+class Command:
+    """One command: its bundle of setting groups and its ``--help`` text, defined once for both
+    entry points (``dreambat eval`` and ``eval/dreambench.py``, say)."""
+
+    settings: type
+    description: str
+    epilog: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # overrides of group defaults (see config_parser)
+
+    def parser(self, prog: str | None = None):
+        """The command's ``HfArgumentParser`` (:func:`dreambat.cli.config_parser`)."""
+        return config_parser(self.settings.GROUPS, prog, self.description, epilog=self.epilog, defaults=self.defaults)
+
+    def parse(self, argv: Sequence[str] | None = None, prog: str | None = None):
+        """Flags -> validated settings, nothing loaded; exits 2 on bad flags, like :func:`dreambat.cli.parse_config`."""
+        return parse_config(self.settings.GROUPS, argv, prog, self.description, bundle=self.settings,
+                            epilog=self.epilog, defaults=self.defaults)
+
+    def main(self, run: Callable[[Any], int], argv: Sequence[str] | None, prog: str | None) -> int:
+        """Parse and ``run``; a :class:`DreambatError` while checking or running is ``PROG: error: ...``, code 2."""
+        parser = self.parser(prog)
+        try:
+            return run(self.settings(*parse_groups(parser, argv)))
+        except DreambatError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
 
 
-def dreambench_config(args: argparse.Namespace) -> DreamBenchConfig:
-    """Validated :class:`~dreambat.eval.config.DreamBenchConfig` from parsed flags (raises ``DreambatError``)."""
-    from .config import (
-        DreamBenchConfig,
-        EncoderSettings,
-        GenerationSettings,
-        build_methods,
-        dreambench_subjects,
-        parse_subject,
-    )
-    from .prompts import DreamBenchPrompts
-
-    prompts = DreamBenchPrompts.load(args.prompts_file)
-    subjects = [parse_subject(spec, prompts) for spec in args.subject]
-    if args.dreambench_dir:
-        subjects += dreambench_subjects(args.dreambench_dir, prompts, args.dreambench_subject)
-    return DreamBenchConfig(
-        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
-        methods=build_methods(args.lora_dir, args.method_name, include_base=not args.no_base),
-        subjects=subjects,
-        output_dir=args.output_dir,
-        generation=GenerationSettings(
-            num_images=args.num_images, seed=args.seed, num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale, resolution=args.resolution, unique_token=args.unique_token,
-            scheduler=args.scheduler, num_prompts=args.num_prompts, batch_size=args.batch_size,
-        ),
-        encoders=EncoderSettings(args.dino_model, args.clip_model, args.clip_pretrained, args.eval_batch_size),
-        metrics=tuple(args.metrics),
-        prompts_file=args.prompts_file,
-        device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-    )
+DREAMBENCH = Command(DreamBenchSettings, DREAMBENCH_DESCRIPTION, DREAMBENCH_EXAMPLE)
+# A grid is a quick look: fewer sampler steps than DreamBench's default (--help shows 25).
+GRID = Command(GridSettings, GRID_DESCRIPTION, defaults={"num_inference_steps": GRID_INFERENCE_STEPS})
 
 
-def run_dreambench_command(args: argparse.Namespace) -> int:
-    """Parse flags into a config, run, print the table and where everything went."""
+def parse_dreambench_settings(argv: Sequence[str] | None = None, prog: str | None = None) -> DreamBenchSettings:
+    """``dreambat eval`` flags -> :class:`~dreambat.eval.flags.DreamBenchSettings`, validated, no model loaded."""
+    return DREAMBENCH.parse(argv, prog)
+
+
+def parse_grid_settings(argv: Sequence[str] | None = None, prog: str | None = None) -> GridSettings:
+    """``dreambat grid`` flags -> :class:`~dreambat.eval.flags.GridSettings`, validated, no model loaded."""
+    return GRID.parse(argv, prog)
+
+
+def run_dreambench_command(settings: DreamBenchSettings) -> int:
+    """Run the parsed ``dreambat eval``, print the table and where everything went."""
     from ..logs import setup_logging
     from .runner import run_dreambench
 
-    config = dreambench_config(args)
     setup_logging()
-    result = run_dreambench(config, progress=not args.no_progress)
+    result = run_dreambench(settings.config, progress=not settings.output.no_progress)
     print(result.paths["md"].read_text())
     print(f"Generated {result.generated} image(s), reused {result.reused} already on disk.")
     for kind, path in result.paths.items():
@@ -130,68 +95,26 @@ def run_dreambench_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of the sample grid."""
-    _common_generation_arguments(parser, steps=25)
-    parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    parser.add_argument("--layout", default="prompts_x_seeds", choices=GRID_LAYOUTS,
-                        help="rows (prompt, method) x columns seeds, or rows methods x columns prompts")
-    parser.add_argument("--cell_size", type=int, default=None, help="cell side in pixels (default: max(96, image))")
-    parser.add_argument("--output", default="sample_grid.png", help="PNG file to write")
-    return parser
-
-
-def run_grid_command(args: argparse.Namespace) -> int:
-    """Parse flags into a :class:`GridConfig`, render, save the PNG."""
-    from pathlib import Path
-
+def run_grid_command(settings: GridSettings) -> int:
+    """Render the parsed ``dreambat grid`` (its inputs are checked before the pipeline loads), save the PNG."""
     from ..logs import setup_logging
-    from .config import GenerationSettings, build_methods
-    from .grids import GridConfig, render_grid
+    from .grids import render_grid
 
-    config = GridConfig(
-        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
-        methods=build_methods(args.lora_dir, args.method_name, include_base=not args.no_base),
-        prompts=args.prompt,
-        generation=GenerationSettings(
-            num_images=args.num_images, seed=args.seed, num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale, resolution=args.resolution, scheduler=args.scheduler,
-            batch_size=args.batch_size,
-        ),
-        layout=args.layout, cell_size=args.cell_size, device=args.device, dtype=args.dtype,
-    )
-    config.check_files()
     setup_logging()
-    grid, images = render_grid(config)
-    output = Path(args.output)
+    grid, images = render_grid(settings.config)
+    output = Path(settings.grid.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(output)
-    print(f"Wrote {output} ({grid.width}x{grid.height}: {len(images)} method(s) x {len(args.prompt)} prompt(s) "
-          f"x {args.num_images} seed(s))")
+    print(f"Wrote {output} ({grid.width}x{grid.height}: {len(images)} method(s) x {len(settings.grid.prompt)} "
+          f"prompt(s) x {settings.sampling.num_images} seed(s))")
     return 0
 
 
-def _main(add_arguments, run, argv: Sequence[str] | None, prog: str | None, description: str,
-          epilog: str | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(
-        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
-    ))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except DreambatError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-
-
 def dreambench_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``eval/dreambench.py``: the DreamBench runner."""
-    return _main(add_dreambench_arguments, run_dreambench_command, argv, prog,
-                 "Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T, "
-                 "and write CSV / JSON / Markdown tables and a bar chart.", DREAMBENCH_EXAMPLE)
+    """``eval/dreambench.py`` / ``dreambat eval``: the DreamBench runner."""
+    return DREAMBENCH.main(run_dreambench_command, argv, prog)
 
 
 def grid_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``eval/sample_grid.py``: one captioned PNG of prompts x seeds (or methods x prompts)."""
-    return _main(add_grid_arguments, run_grid_command, argv, prog,
-                 "Render prompts x seeds with the base model and one or more LoRAs into one captioned PNG grid.")
+    """``eval/sample_grid.py`` / ``dreambat grid``: one captioned PNG of prompts x seeds (or methods x prompts)."""
+    return GRID.main(run_grid_command, argv, prog)

@@ -2,7 +2,9 @@
 
 Dataclasses validate their own values in ``__post_init__`` (no file system access); the file
 system is checked by :meth:`DreamBenchConfig.check_files`, which the runner calls before it loads
-any model, so a typo costs seconds, not an hour of generation.
+any model, so a typo costs seconds, not an hour of generation. :class:`SamplingSettings` and
+:class:`GenerationSettings` are also setting groups of ``dreambat grid`` / ``dreambat eval``: each
+field is a flag (see :mod:`dreambat.eval.flags`).
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..constants import LORA_WEIGHTS_NAME
 from ..data.subject import list_subject_images
 from ..errors import ConfigError, ModelNotFoundError, SubjectDataError
+from ..fields import flag
 from .constants import (
     BASE_METHOD,
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DEVICE,
     DEFAULT_DINO_MODEL,
+    DEFAULT_DTYPE,
+    DEFAULT_EVAL_BATCH_SIZE,
     DTYPES,
     MAX_IMAGES_PER_PROMPT,
     METRIC_NAMES,
@@ -136,16 +143,24 @@ class DreamBenchSubject:
         return list_subject_images(self.folder)
 
 
-def parse_subject(spec: str, prompts: DreamBenchPrompts) -> DreamBenchSubject:
-    """``FOLDER=CLASS``, optionally ``FOLDER=CLASS:live`` or ``:object`` (default: by class noun)."""
+def split_subject_spec(spec: str) -> tuple[Path, str, str]:
+    """``FOLDER=CLASS[:live|object]`` -> ``(folder, class noun, kind)``, ``kind`` '' when not given.
+
+    Only the spelling is checked (no file system access, no prompt file needed).
+    """
     folder, sep, rest = spec.rpartition("=")
     if not sep or not folder or not rest:
         raise ConfigError(f"--subject {spec!r}: write FOLDER=CLASS, e.g. --subject ./dog2=dog.")
     noun, _, kind = rest.partition(":")
     if kind not in ("", "live", "object"):
         raise ConfigError(f"--subject {spec!r}: the suffix after ':' must be 'live' or 'object'.")
+    return Path(folder).expanduser(), noun, kind
+
+
+def parse_subject(spec: str, prompts: DreamBenchPrompts) -> DreamBenchSubject:
+    """``FOLDER=CLASS``, optionally ``FOLDER=CLASS:live`` or ``:object`` (default: by class noun)."""
+    path, noun, kind = split_subject_spec(spec)
     live = prompts.is_live(noun) if not kind else kind == "live"
-    path = Path(folder).expanduser()
     return DreamBenchSubject(path.resolve().name, path, noun.strip(), live)
 
 
@@ -166,31 +181,51 @@ def dreambench_subjects(root: str | Path, prompts: DreamBenchPrompts,
 
 
 @dataclass
-class GenerationSettings:
-    """How images are generated. Image ``i`` of prompt ``p`` uses seed ``seed + 1000 * p + i``, for
-    every method and subject, whatever the batch size."""
+class SamplingSettings:
+    """How images are drawn: the flags a sample grid and a DreamBench run share.
 
-    num_images: int = 4
-    seed: int = 0
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    resolution: int | None = None
-    unique_token: str = "sks"
-    scheduler: str | None = None
-    num_prompts: int | None = None
-    batch_size: int = 4
+    The defaults are DreamBench's (``dreambat grid`` lowers ``num_inference_steps`` to
+    :data:`~dreambat.eval.constants.GRID_INFERENCE_STEPS`).
+    """
+
+    _argument_group_name: ClassVar[str] = "sampling"
+
+    num_images: int = flag("Images (seeds) per prompt.", default=4)
+    seed: int = flag("First seed.", default=0)
+    num_inference_steps: int = flag("Sampler steps.", default=50)
+    guidance_scale: float = flag("Classifier-free guidance scale.", default=7.5)
+    resolution: int | None = flag("Image size, a multiple of 8 (default: the backbone's).", default=None)
+    scheduler: str | None = flag("Sampler (default: the backbone folder's).", default=None,
+                                 choices=SCHEDULER_NAMES)
+    batch_size: int = flag("Images per pipeline call.", default=4)
 
     def __post_init__(self):
         if not 1 <= self.num_images <= MAX_IMAGES_PER_PROMPT:
             raise ConfigError(f"--num_images must be in [1, {MAX_IMAGES_PER_PROMPT}], got {self.num_images}.")
-        for flag, value in (("--num_inference_steps", self.num_inference_steps), ("--batch_size", self.batch_size),
-                            ("--num_prompts", self.num_prompts), ("--resolution", self.resolution)):
+        for name in ("num_inference_steps", "batch_size", "resolution"):
+            value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{flag} must be a positive integer, got {value}.")
+                raise ConfigError(f"--{name} must be a positive integer, got {value}.")
         if self.resolution is not None and self.resolution % 8:
             raise ConfigError(f"--resolution must be a multiple of 8, got {self.resolution}.")
         if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"Unknown --scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_NAMES)}.")
+
+
+@dataclass
+class GenerationSettings(SamplingSettings):
+    """How DreamBench images are generated. Image ``i`` of prompt ``p`` uses seed ``seed + 1000 * p + i``,
+    for every method and subject, whatever the batch size."""
+
+    _argument_group_name: ClassVar[str] = "generation"
+
+    unique_token: str = flag("The token the LoRAs were trained with.", default="sks")
+    num_prompts: int | None = flag("Use only the first N prompt templates.", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ConfigError(f"--num_prompts must be a positive integer, got {self.num_prompts}.")
         if not self.unique_token.strip():
             raise ConfigError("--unique_token is empty; pass the token the LoRA was trained with, e.g. sks.")
 
@@ -212,7 +247,7 @@ class EncoderSettings:
     dino_model: str = DEFAULT_DINO_MODEL
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
-    batch_size: int = 32
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -239,8 +274,8 @@ class DreamBenchConfig:
     encoders: EncoderSettings = field(default_factory=EncoderSettings)
     metrics: tuple[str, ...] = METRIC_NAMES
     prompts_file: Path | None = None
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
     revision: str | None = None
 
     def __post_init__(self):
@@ -257,20 +292,27 @@ class DreamBenchConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}.")
 
-    def check_files(self) -> dict[str, list[Path]]:
+    def check_files(self) -> CheckedInputs:
         """Check the file system before any model loads: backbone, subject photos, every LoRA.
 
-        Returns:
-            ``{subject name: its photo files}``.
+        The backbone is resolved here, once; the run passes :attr:`CheckedInputs.backbone` on.
 
         Raises:
             ModelNotFoundError, SubjectDataError: with what to fix.
         """
         from ..backbone.load import resolve_backbone
 
-        resolve_backbone(self.pretrained_model_name_or_path, self.revision)
+        backbone = resolve_backbone(self.pretrained_model_name_or_path, self.revision)
         photos = {subject.name: subject.images() for subject in self.subjects}
         for method in self.methods:
             for subject in self.subjects:
                 method.lora_for(subject.name)
-        return photos
+        return CheckedInputs(backbone, photos)
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What :meth:`DreamBenchConfig.check_files` found: the local backbone folder and each subject's photos."""
+
+    backbone: Path
+    photos: dict[str, list[Path]]

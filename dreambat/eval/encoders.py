@@ -26,7 +26,13 @@ from PIL import Image
 from torchvision import transforms
 
 from ..errors import ConfigError, ModelNotFoundError
-from .constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_DINO_MODEL
+from .constants import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_DEVICE,
+    DEFAULT_DINO_MODEL,
+    DEFAULT_EVAL_BATCH_SIZE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE_RATIO = 256 / 224
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,7 +86,7 @@ class DinoEncoder:
     """DINO CLS embeddings ``[N, hidden]`` (384 for ViT-S/16) of a ``transformers`` ViT."""
 
     def __init__(self, model: torch.nn.Module, *, image_size: int, device: torch.device,
-                 batch_size: int = 32, name: str = "dino"):
+                 batch_size: int = DEFAULT_EVAL_BATCH_SIZE, name: str = "dino"):
         self.model = model.eval().to(device)
         self.transform = dino_transform(image_size)
         self.device = device
@@ -88,8 +94,8 @@ class DinoEncoder:
         self.name = name
 
     @classmethod
-    def load(cls, name_or_path: str = DEFAULT_DINO_MODEL, *, device: str | torch.device = "auto",
-             batch_size: int = 32, revision: str | None = None) -> DinoEncoder:
+    def load(cls, name_or_path: str = DEFAULT_DINO_MODEL, *, device: str | torch.device = DEFAULT_DEVICE,
+             batch_size: int = DEFAULT_EVAL_BATCH_SIZE, revision: str | None = None) -> DinoEncoder:
         """Load a ViT from a local folder or the Hugging Face cache (``local_files_only``)."""
         from transformers import AutoModel
 
@@ -150,7 +156,7 @@ class ClipEncoder:
     """open_clip image ``[N, D]`` and text ``[N, D]`` embeddings (``D`` = 512 for ViT-B-32)."""
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, *,
-                 device: torch.device, batch_size: int = 32, name: str = "clip"):
+                 device: torch.device, batch_size: int = DEFAULT_EVAL_BATCH_SIZE, name: str = "clip"):
         self.model = model.eval().to(device)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -160,7 +166,8 @@ class ClipEncoder:
 
     @classmethod
     def load(cls, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_PRETRAINED, *,
-             device: str | torch.device = "auto", batch_size: int = 32) -> ClipEncoder:
+             device: str | torch.device = DEFAULT_DEVICE, batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+             ) -> ClipEncoder:
         """Load an open_clip model with its evaluation transform and tokenizer, offline.
 
         Args:

@@ -18,8 +18,8 @@ from PIL import Image
 from ..backbone.load import resolve_backbone
 from ..errors import ConfigError
 from ..image_grid import image_grid
-from .config import GenerationSettings, Method
-from .constants import DTYPES
+from .config import Method, SamplingSettings
+from .constants import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_GRID_LAYOUT, DTYPES
 from .constants import GRID_LAYOUTS as LAYOUTS
 from .encoders import resolve_device
 from .generation import LoraSwitch, generate_images, load_pipeline, torch_dtype
@@ -32,11 +32,11 @@ class GridConfig:
     pretrained_model_name_or_path: str
     methods: list[Method]
     prompts: list[str]
-    generation: GenerationSettings
-    layout: str = "prompts_x_seeds"
+    generation: SamplingSettings
+    layout: str = DEFAULT_GRID_LAYOUT
     cell_size: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -51,7 +51,10 @@ class GridConfig:
             raise ConfigError(f"--cell_size must be at least 8 pixels, got {self.cell_size}.")
 
     def check_files(self) -> Path:
-        """The backbone folder, after checking it and every LoRA (before any model loads)."""
+        """The backbone folder, after checking it and every LoRA (before any model loads).
+
+        :func:`render_grid` calls it, once: the only place a grid resolves its backbone.
+        """
         folder = resolve_backbone(self.pretrained_model_name_or_path)
         for method in self.methods:
             method.single_lora()
@@ -85,7 +88,7 @@ def render_grid(config: GridConfig) -> tuple[Image.Image, dict[str, list[list[Im
 
 
 def layout_grid(images: dict[str, list[list[Image.Image]]], prompts: Sequence[str], seeds: Sequence[int],
-                layout: str = "prompts_x_seeds", *, cell_size: int | None = None) -> Image.Image:
+                layout: str = DEFAULT_GRID_LAYOUT, *, cell_size: int | None = None) -> Image.Image:
     """Arrange ``images[method][prompt_index][seed_index]`` into one captioned grid (see module doc)."""
     first = next(iter(images.values()))[0][0]
     cell = cell_size or max(96, first.width)

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..backbone.load import resolve_backbone
 from ..data.transforms import load_rgb
 from ..errors import ConfigError, SubjectDataError
 from ..progress import progress as show_progress
@@ -79,10 +78,13 @@ def plan(config: DreamBenchConfig, prompts: DreamBenchPrompts) -> dict[tuple[str
     return planned
 
 
-def check_settings(config: DreamBenchConfig, prompts: DreamBenchPrompts) -> dict:
-    """Refuse an ``output_dir`` whose images came from other settings; returns the settings to record."""
+def check_settings(config: DreamBenchConfig, prompts: DreamBenchPrompts, backbone: Path) -> dict:
+    """Refuse an ``output_dir`` whose images came from other settings; returns the settings to record.
+
+    ``backbone`` is the folder :meth:`DreamBenchConfig.check_files` resolved.
+    """
     current = {
-        "backbone": str(resolve_backbone(config.pretrained_model_name_or_path, config.revision).resolve()),
+        "backbone": str(backbone.resolve()),
         "dtype": config.dtype,
         "generation": config.generation.fingerprint(),
         "prompts": {"object": list(prompts.object), "live": list(prompts.live)},
@@ -167,13 +169,14 @@ class _Scorer:
         return values
 
 
-def _generate(config: DreamBenchConfig, todo: list, progress: bool) -> int:
-    """Generate the images of ``todo`` (one pipeline, loaded only when there is work); returns the count."""
+def _generate(config: DreamBenchConfig, backbone: Path, todo: list, progress: bool) -> int:
+    """Generate the images of ``todo`` with the backbone folder ``backbone`` (one pipeline, loaded only
+    when there is work); returns the count."""
     if not todo:
         return 0
     device = resolve_device(config.device)
-    pipeline = load_pipeline(resolve_backbone(config.pretrained_model_name_or_path, config.revision),
-                             device=device, dtype=torch_dtype(config.dtype), scheduler=config.generation.scheduler)
+    pipeline = load_pipeline(backbone, device=device, dtype=torch_dtype(config.dtype),
+                             scheduler=config.generation.scheduler)
     with show_progress(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
         generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
     del pipeline
@@ -187,10 +190,10 @@ def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamB
     timer = Timer()
     with timer("checks_and_loading"):
         prompts = DreamBenchPrompts.load(config.prompts_file)
-        photo_files = config.check_files()
-        photos = {s.name: load_photos(s, photo_files[s.name]) for s in config.subjects}
+        checked = config.check_files()  # the one place the backbone is resolved
+        photos = {s.name: load_photos(s, checked.photos[s.name]) for s in config.subjects}
         planned = plan(config, prompts)
-        recorded = check_settings(config, prompts)
+        recorded = check_settings(config, prompts, checked.backbone)
         scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
         config.output_dir.mkdir(parents=True, exist_ok=True)
         (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
@@ -198,7 +201,7 @@ def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamB
     jobs = [item.job for items in planned.values() for item in items]
     todo = [job for job in jobs if not job.path.is_file()]
     with timer("generation"):
-        generated = _generate(config, todo, progress)
+        generated = _generate(config, checked.backbone, todo, progress)
     logger.info("Generated %d image(s); %d were already on disk.", generated, len(jobs) - len(todo))
 
     with timer("scoring"):

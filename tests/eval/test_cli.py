@@ -43,3 +43,32 @@ def test_entry_point_scripts_parse_their_flags(capsys):
             entry["main"](["--help"])
         assert exit_info.value.code == 0
     assert "--lora_dir" in capsys.readouterr().out
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_a_run_resolves_its_backbone_once(tiny_backbone, tiny_evaluators, subject_dir, lora_dirs, tmp_path,
+                                          monkeypatch):
+    from dreambat.backbone import load
+    from dreambat.eval import grids
+
+    calls = _count_calls(monkeypatch, load, "resolve_backbone")
+    flags = _flags(tiny_backbone, tiny_evaluators, subject_dir, tmp_path / "out")
+    assert main([*flags, "--no_base", "--lora_dir", str(lora_dirs[0]), "--metrics", "clip_t"]) == 0
+    assert calls == [(str(tiny_backbone), None)]
+
+    calls = _count_calls(monkeypatch, grids, "resolve_backbone")
+    assert main(["grid", "--pretrained_model_name_or_path", str(tiny_backbone), "--prompt", "a sks star",
+                 "--num_images", "1", "--num_inference_steps", "1", "--device", "cpu",
+                 "--output", str(tmp_path / "grid.png")]) == 0
+    assert len(calls) == 1
