@@ -19,7 +19,7 @@ from pathlib import Path
 from ..albat.selection import score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
 from ..albat.manifest import read_manifest
-from ..data.shards import probe_shards
+from ..data.shard_probe import ShardProbe, shared_shard_probe
 from ..errors import ConfigError, DataError
 from ..inputs import ResolvedInputs
 from ..launch import process_state
@@ -51,13 +51,21 @@ class BatResult:
 def check_bat_inputs(settings: BatSettings) -> ResolvedInputs:
     """Everything that can be checked before a model loads; returns the resolved inputs."""
     resolved = check_training_inputs(settings.train)
-    if settings.selection.selection != "none" and settings.bat.selection_manifest is None:
-        probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+    probe_pool(settings)
     if settings.bat.selection_manifest is not None:
         check_selection_manifest(settings.bat.selection_manifest, settings.selection.selection)
     if settings.scoring.surrogate_lora is not None:
         lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
     return resolved
+
+
+def probe_pool(settings: BatSettings) -> ShardProbe | None:
+    """The probe of the run's backbone shards (the main process's, on every process; computed once per
+    process, so calling it again is free); ``None`` when the run reads no shard."""
+    pool = settings.pool
+    if settings.selection.selection == "none" or settings.bat.selection_manifest is not None:
+        return None
+    return shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
 
 
 def check_selection_manifest(path: str, selection: str) -> None:

@@ -23,6 +23,7 @@ from accelerate.utils import broadcast_object_list
 from ..albat.manifest import ManifestRecord, meta_path, read_manifest, write_manifest
 from ..albat.selection import SelectionResult, apply_selection
 from ..constants import LORA_WEIGHTS_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
+from ..data.shard_probe import probe_shards
 from ..data.shards import ShardReader
 from ..inputs import ResolvedInputs
 from ..launch import process_state
@@ -110,9 +111,13 @@ def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: Resol
 
 
 def list_candidates(pool: PoolConfig) -> list[ManifestRecord]:
-    """Every candidate of the pool without a score (``--selection random`` needs no surrogate)."""
+    """Every candidate of the pool without a score (``--selection random`` needs no surrogate).
+
+    Reads the usable shards of the probe that ``check_bat_inputs`` ran (cached), as scoring does.
+    """
+    usable = probe_shards(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards).usable
     reader = ShardReader(
-        pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
+        usable, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
         sample_ratio=pool.candidate_ratio,
     )
     records = [ManifestRecord(s.index, s.key, s.url, s.caption, None) for s in reader]

@@ -39,7 +39,8 @@ from ..albat.scorer import AlbatScorer, score_candidates
 from ..albat.selection import apply_selection, score_statistics
 from ..backbone.load import load_backbone
 from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
-from ..data.shards import BackboneSample, ShardReader, probe_shards
+from ..data.shard_probe import shared_shard_probe
+from ..data.shards import BackboneSample, ShardReader
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
@@ -149,7 +150,8 @@ def run_scoring(
     resolved = resolved or resolve_inputs(settings.inputs)
     retrieval = settings.selection.selection == "clip"
     surrogate = None if retrieval else lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
-    probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+    pool = settings.pool
+    shards = shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
     state = process_state()
     output_dir = Path(settings.inputs.output_dir)
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
@@ -177,7 +179,9 @@ def run_scoring(
         if state.is_main_process:
             settings.save(output_dir / SCORE_CONFIG_NAME)
         score = _retrieve if retrieval else _score
-        gathered, curvature = score(settings, resolved, surrogate, fp, timer, show_progress)
+        usable = dataclasses.replace(pool, backbone_shards=list(shards.usable))  # no process reads an empty shard
+        gathered, curvature = score(dataclasses.replace(settings, pool=usable), resolved, surrogate, fp, timer,
+                                    show_progress)
 
     report: dict = {}
     if state.is_main_process:

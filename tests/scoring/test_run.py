@@ -101,13 +101,33 @@ def test_invalid_settings(world, subject_dir, tmp_path, overrides, message):
     [],  # an empty shard: no candidates at all
 ])
 def test_no_scorable_candidates_are_found_before_any_model_loads(world, subject_dir, tmp_path, records, monkeypatch):
+    """A pool whose only shard yields nothing is refused (an empty shard beside others is skipped)."""
     from dreambat.scoring import run
 
     monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the shard probe"))
     write_shards(records, tmp_path / "bad.tar")
-    with pytest.raises(DataError, match="bad.tar: (no usable sample: 3 corrupt image|holds no samples)"):
+    with pytest.raises(DataError, match="(?s)None of the 1 backbone shard.*bad.tar: (no usable sample: 3 corrupt "
+                                        "image|holds no samples)"):
         run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[str(tmp_path / "bad.tar")]),
                     show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spoil, error, message", [
+    (None, ShardNotFoundError, "not found"),
+    (lambda path: path.write_bytes(b""), DataError, "the file is empty"),
+    (lambda path: path.write_text("<html>404</html>"), DataError, "not a tar archive"),
+])
+def test_garbage_beside_a_good_shard_is_refused_before_any_model_loads(world, subject_dir, tmp_path, spoil, error,
+                                                                        message, monkeypatch):
+    from dreambat.scoring import run
+
+    monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the shard probe"))
+    if spoil is not None:
+        spoil(tmp_path / "bad.tar")
+    settings = _config(world, subject_dir, tmp_path / "out", backbone_shards=[world["shard"], str(tmp_path / "bad.tar")])
+    with pytest.raises(error, match=f"bad.tar: {message}" if spoil else "bad.tar"):
+        run_scoring(settings, show_progress=False)
     assert not (tmp_path / "out").exists()
 
 
