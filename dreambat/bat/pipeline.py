@@ -87,6 +87,7 @@ def check_selection_manifest(path: str, selection: str) -> None:
 def run_bat(settings: BatSettings) -> BatResult:
     """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``."""
     resolved = check_bat_inputs(settings)
+    shards = probe_pool(settings)  # the probe check_bat_inputs ran, for the report
     # The surrogate's saved config then compares equal on a rerun without --resolution.
     settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, resolution=resolved.resolution))
     plan = plan_run_folder(settings, resolved, settings.bat.overwrite_output_dir)
@@ -152,6 +153,7 @@ def run_bat(settings: BatSettings) -> BatResult:
             settings, num_processes=state.num_processes, resolution=resolved.resolution, gamma=gamma,
             score_report=score_report, statistics=score_statistics(records) if records else None,
             selection=selection, source_counts=run.source_counts, stages=stages,
+            shards=shards.report() if shards else None,
             timings=timer.seconds | {f"train/{k}": v for k, v in run.timings.items()},
         )
         result.report_path = output_dir / BAT_REPORT_NAME

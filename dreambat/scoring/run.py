@@ -138,7 +138,8 @@ def run_scoring(
     """Score every candidate of the pool and write the selection manifest and report.
 
     Writes ``selection.jsonl`` (one line per candidate, ``selected`` set by the rule),
-    ``score_report.json`` (settings, counts, score statistics, curvature, timings) and
+    ``score_report.json`` (settings, counts, the ``shards`` section of
+    :meth:`~dreambat.data.shard_probe.ShardProbe.report`, score statistics, curvature, timings) and
     ``score_config.json`` to ``settings.inputs.output_dir``. An interrupted run resumes without
     rescoring finished candidates; a finished run with the same fingerprint is reused (only the
     selection rule is applied again).
@@ -218,6 +219,7 @@ def run_scoring(
             "resolution": resolved.resolution,
             "num_processes": state.num_processes if gathered is not None else earlier.get("num_processes"),
             "counts": {**counts, "selected": result.kept},
+            "shards": shards.report(),
             "selection": dataclasses.asdict(result) | {"selected_indices": None},
             "score_statistics": score_statistics(records),
             "reliability": reliability_report(records, settings.scoring),

@@ -98,6 +98,7 @@ def test_albat_run_writes_every_output(albat_run):
     assert report["counts"]["skipped_corrupt_image"] == 1
     assert report["stages"] == {"surrogate": "ran", "score": "ran", "select": "ran", "train": "ran"}
     assert report["gamma"]["requested"] == 0.5
+    assert report["shards"]["given"] == 1 and report["shards"]["empty_shards"] == []
     assert (albat_run["out"] / "surrogate" / "pytorch_lora_weights.safetensors").is_file()
     assert "pytorch_lora_weights.safetensors" in albat_run["stdout"]
     # The ranking's split-half reliability reaches the report and the model card.
