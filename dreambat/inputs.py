@@ -51,11 +51,17 @@ class RunInputs:
             self.output_dir = self.DEFAULT_OUTPUT_DIR
         if not self.instance_prompt or not self.instance_prompt.strip():
             raise ConfigError("--instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'.")
-        if self.resolution is not None:
-            if self.resolution < 1:
-                raise ConfigError(f"--resolution must be >= 1 when given, got {self.resolution}.")
-            if self.resolution % 8:
-                raise ConfigError(f"--resolution {self.resolution} is not a multiple of 8; the VAE needs it to be.")
+        check_resolution(self.resolution)
+
+
+def check_resolution(resolution: int | None) -> None:
+    """The one check of ``--resolution``: unset, or a positive multiple of 8 (the VAE's factor)."""
+    if resolution is None:
+        return
+    if resolution < 1:
+        raise ConfigError(f"--resolution must be >= 1 when given, got {resolution}.")
+    if resolution % 8:
+        raise ConfigError(f"--resolution {resolution} is not a multiple of 8; the VAE needs it to be.")
 
 
 def file_digest(path: str | Path) -> str:

@@ -35,6 +35,14 @@ from .constants import (
 from .errors import ConfigError, ModelNotFoundError
 
 
+def check_lora_settings(rank: int, dropout: float) -> None:
+    """The one check of a LoRA's shape settings (``--rank``, ``--lora_dropout``)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"--rank must be >= 1, got {rank}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+
+
 def lora_config(
     rank: int,
     target_modules: Sequence[str],
@@ -44,10 +52,7 @@ def lora_config(
     init_lora_weights: bool | str = "gaussian",
 ) -> LoraConfig:
     """A peft ``LoraConfig``; ``alpha`` defaults to ``rank`` (scale 1) as in diffusers' script."""
-    if rank < 1:
-        raise ConfigError(f"--rank must be a positive integer, got {rank}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+    check_lora_settings(rank, dropout)
     return LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else rank,

@@ -64,6 +64,7 @@ SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS = frozenset({
     "resume_from_checkpoint", "report_to", "logging_dir", "dataloader_num_workers", "local_rank",
     "allow_tf32", "num_validation_images", "num_inference_steps", "output_dir", "validation_prompt",
     "validation_steps", "validation_epochs", "checkpointing_steps", "checkpoints_total_limit",
+    "strict_shards",  # refuses or skips empty shards, which hold no candidate either way
 })
 FINAL_OUTPUTS = (LORA_WEIGHTS_NAME, BAT_REPORT_NAME, MODEL_CARD_NAME, VALIDATION_GRID_NAME, "logs")
 SCORE_OUTPUTS = (SELECTION_MANIFEST_NAME, SELECTION_MANIFEST_NAME + ".meta.json", SCORE_REPORT_NAME,
@@ -168,7 +169,7 @@ def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs, surrogat
     method = settings.selection
     scorer = ({"clip_model": method.clip_model, "clip_pretrained": method.clip_pretrained}
               if method.needs.scores == SIMILARITY else {"estimator": settings.scoring.estimator()})
-    scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": dataclasses.asdict(settings.pool)} | scorer
+    scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": weights_settings(settings.pool)} | scorer
     if settings.bat.selection_manifest:
         scores = inputs | {"selection_manifest_sha256": file_digest(settings.bat.selection_manifest)}
     final = scores | {"train": weights_settings(settings.train), "selection": dataclasses.asdict(settings.selection),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..albat import read_manifest, score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
-from ..data.shards import probe_shards
+from ..data.shard_probe import ShardProbe, shared_shard_probe
 from ..errors import ConfigError, DataError
 from ..inputs import ResolvedInputs
 from ..launch import process_state
@@ -49,21 +49,26 @@ class BatResult:
 
 @dataclass(frozen=True)
 class CheckedInputs:
-    """What :func:`check_bat_inputs` settled: the resolved inputs and the given surrogate's weights file."""
+    """What :func:`check_bat_inputs` settled: the resolved inputs, the given surrogate's weights file,
+    and the probe of the backbone shards (``None`` when the run reads no shard)."""
 
     resolved: ResolvedInputs
     surrogate: Path | None
+    shards: ShardProbe | None
 
 
 def check_bat_inputs(settings: BatSettings) -> CheckedInputs:
     """Everything that can be checked before a model loads, each once."""
     resolved = check_training_inputs(settings.train)
+    shards = None
     if settings.selection.needs.candidates and settings.bat.selection_manifest is None:
-        probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
+        pool = settings.pool  # every process gets the main process's probe
+        shards = shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
     if settings.bat.selection_manifest is not None:
         check_selection_manifest(settings.bat.selection_manifest, settings)
     surrogate = settings.scoring.surrogate_lora
-    return CheckedInputs(resolved, lora_weights_file(surrogate, what="surrogate LoRA") if surrogate else None)
+    return CheckedInputs(resolved, lora_weights_file(surrogate, what="surrogate LoRA") if surrogate else None,
+                         shards)
 
 
 def check_selection_manifest(path: str, settings: BatSettings) -> None:
@@ -109,14 +114,15 @@ def run_bat(settings: BatSettings) -> BatResult:
         state.wait_for_everyone()
     if settings.needs_scoring:
         with timer("score"):
-            scored = scoring_stage(settings, surrogate_path, resolved)
+            scored = scoring_stage(settings, surrogate_path, resolved, checked.shards)
         stages["score"] = scored.run_status
 
     records, selection, score_report = [], None, None
     if needs.candidates:
         manifest = Path(settings.bat.selection_manifest) if settings.bat.selection_manifest else None
         with timer("select"):
-            records, selection, score_report = selection_stage(settings, output_dir, scored=scored, manifest=manifest)
+            records, selection, score_report = selection_stage(settings, output_dir, scored=scored, manifest=manifest,
+                                                               shards=checked.shards)
         stages["select"] = "ran"
         logger.info(
             "Stage 3/5: kept %d of %d backbone candidates (%s, %d with Z > 0).",
@@ -150,6 +156,7 @@ def run_bat(settings: BatSettings) -> BatResult:
             settings, num_processes=state.num_processes, resolution=resolved.resolution, gamma=gamma,
             score_report=score_report, statistics=score_statistics(records) if records else None,
             selection=selection, source_counts=run.source_counts, stages=stages,
+            shards=checked.shards.report() if checked.shards else None,
             timings=timer.seconds | {f"train/{k}": v for k, v in run.timings.items()},
         )
         result.report_path = output_dir / BAT_REPORT_NAME

@@ -20,11 +20,15 @@ def build_report(
     source_counts: dict[str, int],
     stages: dict[str, str],
     timings: dict[str, float],
+    shards: dict | None = None,
 ) -> dict:
     """The run's report: settings, counts, score statistics, γ (asked and measured), timings.
 
     ``stages`` says for each stage whether it ``ran``, ``resumed``, was ``reused`` from an
-    earlier run in the same folder, ``given`` by the user, or ``skipped``.
+    earlier run in the same folder, ``given`` by the user, or ``skipped``. ``shards`` is the
+    backbone shards' account (:meth:`~dreambat.data.shard_probe.ShardProbe.report`: given, used,
+    empty shards skipped, img2dataset's expected vs found samples, short shards); ``None`` when
+    the run read no shard (``--selection none`` or ``--selection_manifest``).
     """
     drawn = sum(v for k, v in source_counts.items() if k in ("subject", "backbone"))
     counts: dict = {}
@@ -52,6 +56,7 @@ def build_report(
             "measured_backbone_share": (source_counts.get("backbone", 0) / drawn) if drawn else None,
         },
         "counts": counts,
+        "shards": shards,
         "selection": None if selection is None else dataclasses.asdict(selection) | {"selected_indices": None},
         "score_statistics": statistics,
         "reliability": (score_report or {}).get("reliability"),

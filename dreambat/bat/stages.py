@@ -24,6 +24,7 @@ from accelerate.utils import broadcast_object_list
 from ..albat import SIMILARITY, ManifestRecord, SelectionResult, apply_selection, meta_path, read_manifest, write_manifest
 from ..constants import LORA_WEIGHTS_NAME, SELECTION_MANIFEST_NAME
 from ..data.records import candidate_record
+from ..data.shard_probe import ShardProbe
 from ..data.shards import ShardReader
 from ..inputs import ResolvedInputs
 from ..launch import process_state
@@ -64,7 +65,9 @@ def surrogate_stage(
     return StageOutcome("resumed" if result.resumed_from else "ran", weights)
 
 
-def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: ResolvedInputs) -> ScoredPool:
+def scoring_stage(
+    settings: BatSettings, surrogate: Path | None, resolved: ResolvedInputs, shards: ShardProbe
+) -> ScoredPool:
     """Stage 2: the scores the selection rule ranks by, for every candidate (nothing selected yet)."""
     if settings.selection.needs.scores == SIMILARITY:
         logger.info("Stage 2/5: ranking backbone candidates by CLIP similarity to the subject (%s).",
@@ -72,13 +75,14 @@ def scoring_stage(settings: BatSettings, surrogate: Path | None, resolved: Resol
     else:
         logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).",
                     settings.scoring.num_score_timesteps, settings.scoring.curvature)
-    return score_pool(settings.score_settings(surrogate), resolved, surrogate)
+    return score_pool(settings.score_settings(surrogate), resolved, surrogate, shards)
 
 
-def list_candidates(pool: PoolConfig) -> list[ManifestRecord]:
-    """Every candidate of the pool without a score (a rule that reads no score needs no surrogate)."""
+def list_candidates(pool: PoolConfig, shards: ShardProbe) -> list[ManifestRecord]:
+    """Every candidate of the pool without a score (a rule that reads no score needs no surrogate),
+    read from the probe's usable shards, as scoring reads them."""
     reader = ShardReader(
-        pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
+        list(shards.usable), max_candidates=pool.max_candidates, filters=pool.backbone_filter,
         sample_ratio=pool.candidate_ratio,
     )
     records = [candidate_record(s.index, s.key, s.url, s.caption) for s in reader]
@@ -87,12 +91,14 @@ def list_candidates(pool: PoolConfig) -> list[ManifestRecord]:
 
 
 def selection_stage(
-    settings: BatSettings, output_dir: Path, *, scored: ScoredPool | None, manifest: Path | None
+    settings: BatSettings, output_dir: Path, *, scored: ScoredPool | None, manifest: Path | None,
+    shards: ShardProbe | None = None,
 ) -> tuple[list[ManifestRecord], SelectionResult, dict | None]:
     """Stage 3: apply the selection rule once and write ``output_dir/selection.jsonl`` once.
 
     The records are ``scored`` (stage 2 of this run, whose report is written too), else those of
-    ``manifest`` (``--selection_manifest``), else the pool listed without scores. Returns the
+    ``manifest`` (``--selection_manifest``), else the pool listed without scores (from the usable
+    ``shards``). Returns the
     flagged records, the rule's result and the scoring report (``None`` without stage 2), the same
     on every process.
     """
@@ -109,7 +115,7 @@ def selection_stage(
                 meta = meta_path(manifest)
                 fp = json.loads(meta.read_text()) if meta.is_file() else {"source": str(manifest)}
             else:
-                records, fp = list_candidates(settings.pool), unscored_fingerprint(settings.pool)
+                records, fp = list_candidates(settings.pool, shards), unscored_fingerprint(settings.pool)
             result = rule.select(records)
             result = dataclasses.replace(result, message=word_message(result.message))
             if result.message:

@@ -3,6 +3,8 @@
 Shards are read in the order given, members grouped into samples by key as webdataset does.
 Bad samples are counted in ``ShardStats`` and skipped; nothing ever sleeps or retries.
 Local paths, ``file://`` URLs and ``pipe:`` commands are opened with ``webdataset.gopen``.
+What a run checks before it reads (garbage refused, empty shards skipped, img2dataset's stats) is
+in :mod:`dreambat.data.shard_probe`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
 from dreambat.constants import SHARD_CAPTION_KEY, SHARD_IMAGE_KEYS, SHARD_METADATA_KEY
-from dreambat.errors import ConfigError, DataError, ShardNotFoundError
+from dreambat.errors import ConfigError, ShardNotFoundError
 
 from .filters import MetadataFilter
 
@@ -133,55 +135,6 @@ def check_shards_exist(urls: str | Path | Sequence[str | Path]) -> list[str]:
             "Check the paths and that the brace range (e.g. '{00000..00009}') matches the files."
         )
     return expanded
-
-
-def probe_shards(urls: str | Path | Sequence[str | Path], filters: Sequence[MetadataFilter | str] = ()) -> list[str]:
-    """Check, before any model loads, that every shard is usable: it exists, is a tar archive and
-    yields at least one candidate (decodable image, caption, passing ``filters``).
-
-    Reading stops at each shard's first candidate, so a probe costs a few kilobytes per shard.
-
-    Returns:
-        The expanded shard list.
-
-    Raises:
-        ShardNotFoundError: missing shards (see :func:`check_shards_exist`).
-        DataError: every unusable shard, named with what is wrong and what to do.
-    """
-    expanded = check_shards_exist(urls)
-    problems = [f"{url}: {problem}" for url in expanded if (problem := _shard_problem(url, filters))]
-    if problems:
-        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise DataError(
-            f"{len(problems)} of {len(expanded)} backbone shard(s) cannot be used:\n  {shown}\n"
-            "Remove them from --backbone_shards (or repair them: LAION-style shards are tar files of "
-            "<key>.jpg + <key>.txt [+ <key>.json] samples, as img2dataset writes them)."
-        )
-    return expanded
-
-
-def _shard_problem(url: str, filters: Sequence[MetadataFilter | str]) -> str | None:
-    """What makes one shard unusable, in words; ``None`` when it yields a candidate."""
-    path = _local_path(url)
-    if path is not None:
-        if os.path.getsize(path) == 0:
-            return "the file is empty (0 bytes; an interrupted copy?)"
-        if not tarfile.is_tarfile(path):
-            return "not a tar archive (is it a shard at all?)"
-    reader = ShardReader([url], filters=filters)
-    if next(iter(reader), None) is not None:  # stops reading at the first candidate
-        return None
-    stats = reader.stats
-    if stats.unreadable_shards:
-        return "cannot be read (I/O error, or the pipe: command failed)"
-    reasons = [f"{value} {name.removeprefix('skipped_').replace('_', ' ')}"
-               for name, value in stats.as_dict().items() if name.startswith("skipped_") and value]
-    if stats.truncated_shards and not reasons:
-        return "truncated before its first complete sample"
-    if not reasons:
-        return "holds no samples"
-    hint = " (check --backbone_filter)" if stats.skipped_filtered else ""
-    return f"no usable sample: {', '.join(reasons)}{hint}"
 
 
 def in_sample(key: str, ratio: float) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli import config_parser, parse_config, parse_groups
+from ..parsing import config_parser, parse_config, parse_groups
 from ..errors import DreambatError
 from .constants import GRID_INFERENCE_STEPS
 from .flags import DreamBenchSettings, GridSettings

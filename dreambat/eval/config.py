@@ -19,6 +19,7 @@ from ..constants import LORA_WEIGHTS_NAME
 from ..data.subject import list_subject_images
 from ..errors import ConfigError, ModelNotFoundError, SubjectDataError
 from ..fields import flag
+from ..inputs import check_resolution
 from .constants import (
     BASE_METHOD,
     DEFAULT_CLIP_MODEL,
@@ -202,12 +203,11 @@ class SamplingSettings:
     def __post_init__(self):
         if not 1 <= self.num_images <= MAX_IMAGES_PER_PROMPT:
             raise ConfigError(f"--num_images must be in [1, {MAX_IMAGES_PER_PROMPT}], got {self.num_images}.")
-        for name in ("num_inference_steps", "batch_size", "resolution"):
+        for name in ("num_inference_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {value}.")
-        if self.resolution is not None and self.resolution % 8:
-            raise ConfigError(f"--resolution must be a multiple of 8, got {self.resolution}.")
+        check_resolution(self.resolution)
         if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"Unknown --scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_NAMES)}.")
 

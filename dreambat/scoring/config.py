@@ -52,6 +52,11 @@ class PoolConfig:
         "(the paper's sample ratio).",
         default=1.0,
     )
+    strict_shards: bool = flag(
+        "Refuse the run when a backbone shard holds no usable sample (an empty tar, as img2dataset "
+        "writes when every download of a shard failed) instead of skipping it with a warning.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < 1:

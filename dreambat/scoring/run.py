@@ -48,7 +48,8 @@ from ..albat import (
 from ..backbone.load import load_backbone
 from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
 from ..data.records import sample_source
-from ..data.shards import BackboneSample, ShardReader, probe_shards
+from ..data.shard_probe import ShardProbe, shared_shard_probe
+from ..data.shards import BackboneSample, ShardReader
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
@@ -90,6 +91,7 @@ class ScoredPool:
     """
 
     settings: ScoreSettings
+    shards: ShardProbe
     resolution: int
     fingerprint: dict
     status: ManifestStatus
@@ -105,14 +107,18 @@ class ScoredPool:
         return {"finished": "reused", "partial": "resumed"}.get(self.status, "ran")
 
 
-def check_score_inputs(settings: ScoreSettings, resolved: ResolvedInputs | None = None) -> tuple[ResolvedInputs, Path | None]:
+def check_score_inputs(
+    settings: ScoreSettings, resolved: ResolvedInputs | None = None
+) -> tuple[ResolvedInputs, Path | None, ShardProbe]:
     """Everything a scoring run can check before a model loads: the inputs, the surrogate's weights
-    file (for influence scores) and the shards. Returns the resolved inputs and the weights file."""
+    file (for influence scores) and the shards (every process gets the main process's probe).
+    Returns the resolved inputs, the weights file and the probe."""
     resolved = resolved or resolve_inputs(settings.inputs)
     surrogate = (lora_weights_file(settings.scoring.surrogate_lora, what="surrogate LoRA")
                  if settings.scores == INFLUENCE else None)
-    probe_shards(settings.pool.backbone_shards, settings.pool.backbone_filter)
-    return resolved, surrogate
+    pool = settings.pool
+    shards = shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
+    return resolved, surrogate, shards
 
 
 def run_scoring(
@@ -121,7 +127,8 @@ def run_scoring(
     """Score every candidate of the pool and write the selection manifest and report.
 
     Writes ``selection.jsonl`` (one line per candidate, ``selected`` set by the rule),
-    ``score_report.json`` (settings, counts, score statistics, curvature, timings) and
+    ``score_report.json`` (settings, counts, the ``shards`` section of
+    :meth:`~dreambat.data.shard_probe.ShardProbe.report`, score statistics, curvature, timings) and
     ``score_config.json`` to ``settings.inputs.output_dir``. An interrupted run resumes without
     rescoring finished candidates; a finished run with the same fingerprint is reused (only the
     selection rule is applied again).
@@ -130,8 +137,8 @@ def run_scoring(
         settings: the run's setting groups; ``settings.scoring.surrogate_lora`` names the surrogate.
         resolved: :func:`~dreambat.inputs.resolve_inputs` of ``settings.inputs``, if the caller has it.
     """
-    resolved, surrogate = check_score_inputs(settings, resolved)
-    pool = score_pool(settings, resolved, surrogate, show_progress=show_progress)
+    resolved, surrogate, shards = check_score_inputs(settings, resolved)
+    pool = score_pool(settings, resolved, surrogate, shards, show_progress=show_progress)
     report: dict = {}
     if process_state().is_main_process:
         _, _, report = finish_scoring(pool, settings.selection.rule(settings.seed))
@@ -142,9 +149,13 @@ def run_scoring(
 
 
 def score_pool(
-    settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path | None, *, show_progress: bool = True
+    settings: ScoreSettings, resolved: ResolvedInputs, surrogate: Path | None, shards: ShardProbe, *,
+    show_progress: bool = True,
 ) -> ScoredPool:
     """Score (resume, or reuse) every candidate of the pool; every process calls it.
+
+    Only the probe's usable shards are read (an empty shard is skipped on every process); the
+    fingerprint keeps the shards as the user gave them, so a resumed run matches.
 
     The part manifests stay on disk until :func:`finish_scoring` has written the merged manifest,
     so a crash in between loses no score. Raises :class:`ManifestMismatchError` (every process, so
@@ -173,11 +184,12 @@ def score_pool(
         logger.info("Reusing the finished manifest in %s (same settings; nothing rescored).", output_dir)
         earlier = json.loads((output_dir / SCORE_REPORT_NAME).read_text())
         records = read_manifest(manifest_path) if state.is_main_process else []
-        return ScoredPool(settings, resolved.resolution, fp, status, records, None, earlier.get("curvature"),
-                          earlier, timer)
+        return ScoredPool(settings, shards, resolved.resolution, fp, status, records, None,
+                          earlier.get("curvature"), earlier, timer)
     if state.is_main_process:
         settings.save(output_dir / SCORE_CONFIG_NAME)
-    gathered, curvature = SCORERS[settings.scores](settings, resolved, surrogate, fp, timer, show_progress)
+    usable = dataclasses.replace(settings, pool=dataclasses.replace(settings.pool, backbone_shards=list(shards.usable)))
+    gathered, curvature = SCORERS[settings.scores](usable, resolved, surrogate, fp, timer, show_progress)
     records: list[ManifestRecord] = []
     if state.is_main_process:
         with timer("select"):  # merging and selecting: one step of the main process in the report
@@ -188,7 +200,7 @@ def score_pool(
                 f"No backbone candidate could be scored from {settings.pool.backbone_shards}: "
                 f"{_sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
             )
-    return ScoredPool(settings, resolved.resolution, fp, status, records, gathered, curvature, None, timer)
+    return ScoredPool(settings, shards, resolved.resolution, fp, status, records, gathered, curvature, None, timer)
 
 
 def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[ManifestRecord], SelectionResult, dict]:
@@ -223,6 +235,7 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
         "resolution": pool.resolution,
         "num_processes": process_state().num_processes if gathered is not None else earlier.get("num_processes"),
         "counts": {**counts, "selected": result.kept},
+        "shards": pool.shards.report(),
         "selection": dataclasses.asdict(result) | {"selected_indices": None},
         "score_statistics": score_statistics(records),
         "reliability": reliability_report(records, settings.scoring),

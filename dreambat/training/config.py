@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..fields import flag
 from ..inputs import RunInputs
+from ..lora import check_lora_settings
 
 LrScheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -113,7 +114,6 @@ class TrainConfig(RunInputs):
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "num_validation_images": self.num_validation_images,
             "num_inference_steps": self.num_inference_steps,
-            "rank": self.rank,
             "num_class_images": self.num_class_images,
             "sample_batch_size": self.sample_batch_size,
             "checkpointing_steps": self.checkpointing_steps,
@@ -129,8 +129,7 @@ class TrainConfig(RunInputs):
             raise ConfigError(f"--learning_rate must be a positive number, got {self.learning_rate}.")
         if self.lr_warmup_steps < 0:
             raise ConfigError(f"--lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        check_lora_settings(self.rank, self.lora_dropout)
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"--snr_gamma must be > 0 when given, got {self.snr_gamma}.")
         if self.noise_offset < 0:

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from dreambat.albat.manifest import read_manifest
-from dreambat.bat.pipeline import run_bat
+from dreambat.bat.pipeline import check_bat_inputs, run_bat
 from dreambat.cli import parse_run_config
 from dreambat.data.shard_writer import write_shards
-from dreambat.errors import ShardNotFoundError
+from dreambat.errors import DataError, ShardNotFoundError
 from dreambat_world.synthetic import backbone_records
 from tests.conftest import REPO
 
@@ -98,6 +98,7 @@ def test_albat_run_writes_every_output(albat_run):
     assert report["counts"]["skipped_corrupt_image"] == 1
     assert report["stages"] == {"surrogate": "ran", "score": "ran", "select": "ran", "train": "ran"}
     assert report["gamma"]["requested"] == 0.5
+    assert report["shards"]["given"] == 1 and report["shards"]["empty_shards"] == []
     assert (albat_run["out"] / "surrogate" / "pytorch_lora_weights.safetensors").is_file()
     assert "pytorch_lora_weights.safetensors" in albat_run["stdout"]
     # The ranking's split-half reliability reaches the report and the model card.
@@ -172,6 +173,21 @@ def test_missing_shard_is_reported_before_any_model_loads(tmp_path, tiny_backbon
                                          str(tmp_path / "missing-{00000..00001}.tar")))
     with pytest.raises(ShardNotFoundError):
         run_bat(settings)
+
+
+def test_strict_shards_refuses_an_empty_shard_before_any_model_loads(tmp_path, tiny_backbone, shard, monkeypatch):
+    monkeypatch.setattr("dreambat.backbone.load.load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "shard-00000.tar").write_bytes(open(shard, "rb").read())
+    write_shards([], pool / "shard-00001.tar")  # every download of this shard failed
+    flags = _flags(tiny_backbone, REPO / "assets" / "subject", tmp_path / "out", str(pool / "shard-{00000..00001}.tar"))
+    settings = parse_run_config(flags)
+    checked = check_bat_inputs(settings)  # skipped by default ...
+    assert checked.shards.empty == {str(pool / "shard-00001.tar"): "holds no samples"}
+    with pytest.raises(DataError, match="(?s)--strict_shards: 1 of 2 backbone shard.*shard-00001.tar"):
+        run_bat(parse_run_config(flags + ["--strict_shards"]))  # ... refused with the flag
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_processes_give_the_single_process_manifest(albat_run, tmp_path, shard):

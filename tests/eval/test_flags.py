@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dreambat.cli import HelpFormatter, main
+from dreambat.cli import main
+from dreambat.parsing import HelpFormatter
 from dreambat.errors import ConfigError
 from dreambat.eval.cli import DREAMBENCH, GRID, parse_dreambench_settings, parse_grid_settings
 from dreambat.eval.config import (

@@ -13,8 +13,11 @@ from dreambat.scoring.config import ScoreSettings
 from dreambat.albat.manifest import read_manifest
 from dreambat.scoring.run import run_scoring
 from dreambat.data.shard_writer import write_shards
+from dreambat.data.shards import ShardReader
 from dreambat.errors import ConfigError, DataError, ModelNotFoundError, ShardNotFoundError
+from dreambat_world.synthetic import backbone_records
 from tests.conftest import REPO
+from tests.data.img2dataset import write_img2dataset_shard
 
 from tests.scoring.conftest import N_GOOD
 
@@ -101,14 +104,56 @@ def test_invalid_settings(world, subject_dir, tmp_path, overrides, message):
     [],  # an empty shard: no candidates at all
 ])
 def test_no_scorable_candidates_are_found_before_any_model_loads(world, subject_dir, tmp_path, records, monkeypatch):
+    """A pool whose only shard yields nothing is refused (an empty shard beside others is skipped)."""
     from dreambat.scoring import run
 
     monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the shard probe"))
     write_shards(records, tmp_path / "bad.tar")
-    with pytest.raises(DataError, match="bad.tar: (no usable sample: 3 corrupt image|holds no samples)"):
+    with pytest.raises(DataError, match="(?s)None of the 1 backbone shard.*bad.tar: (no usable sample: 3 corrupt "
+                                        "image|holds no samples)"):
         run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[str(tmp_path / "bad.tar")]),
                     show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spoil, error, message", [
+    (None, ShardNotFoundError, "not found"),
+    (lambda path: path.write_bytes(b""), DataError, "the file is empty"),
+    (lambda path: path.write_text("<html>404</html>"), DataError, "not a tar archive"),
+])
+def test_garbage_beside_a_good_shard_is_refused_before_any_model_loads(world, subject_dir, tmp_path, spoil, error,
+                                                                        message, monkeypatch):
+    from dreambat.scoring import run
+
+    monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the shard probe"))
+    if spoil is not None:
+        spoil(tmp_path / "bad.tar")
+    settings = _config(world, subject_dir, tmp_path / "out", backbone_shards=[world["shard"], str(tmp_path / "bad.tar")])
+    with pytest.raises(error, match=f"bad.tar: {message}" if spoil else "bad.tar"):
+        run_scoring(settings, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_img2dataset_pool_skips_its_empty_shard_and_reports_it(world, subject_dir, tmp_path, caplog):
+    """img2dataset output as it comes: 00000 whole, 00001 cut short, 00002 empty (every download failed)."""
+    records = list(backbone_records(12, seed=3, size=32))
+    folder = tmp_path / "laion"
+    write_img2dataset_shard(folder, 0, records[:5], failures={"HTTP Error 404": 1})
+    cut = write_img2dataset_shard(folder, 1, records[5:])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    write_img2dataset_shard(folder, 2, [], failures={"HTTP Error 404": 1, "Image decoding error": 1})
+    pattern = str(folder / "{00000..00002}.tar")
+    result = run_scoring(_config(world, subject_dir, tmp_path / "out", backbone_shards=[pattern]), show_progress=False)
+    everything = [(s.index, s.key, s.url) for s in ShardReader(pattern)]
+    assert 5 < len(everything) < 12
+    assert [(r.index, r.key, r.source["url"]) for r in read_manifest(result.manifest_path)] == everything
+    shards = json.loads(result.report_path.read_text())["shards"]
+    assert shards["given"] == 3 and shards["used"] == 2
+    assert shards["empty_shards"] == [str(folder / "00002.tar")]
+    assert shards["expected_samples"] == 12 and shards["found_samples"] == len(everything)
+    assert shards["short_shards"] == [{"url": str(cut), "expected": 7, "found": len(everything) - 5}]
+    skips = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "00002.tar" in r.getMessage()]
+    assert len(skips) == 1 and skips[0].startswith("Skipping 1 of 3 backbone shard(s)")
 
 
 def test_two_processes_equal_one_bit_for_bit(world, subject_dir, tmp_path):
