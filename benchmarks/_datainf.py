@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from dreambat.albat.blocks import LoraBlocks
-    from dreambat.albat.task import ScoringTask
+    from dreambat.albat import LoraBlocks
+    from dreambat.albat import ScoringTask
 
 
 def datainf_pipeline_scores(task: ScoringTask, blocks: LoraBlocks, subject_gradient: Mapping[str, torch.Tensor],
@@ -31,8 +31,8 @@ def datainf_pipeline_scores(task: ScoringTask, blocks: LoraBlocks, subject_gradi
     """
     import torch
 
-    from dreambat.albat.curvature import DataInfInverse
-    from dreambat.albat.task import as_matrix, split_batch
+    from dreambat.albat import DataInfInverse
+    from dreambat.albat import as_matrix, split_batch
 
     kept: dict[str, list] = {name: [] for name in blocks.names}
     started = time.perf_counter()

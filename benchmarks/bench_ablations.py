@@ -46,7 +46,7 @@ import numpy as np
 
 
 from benchmarks import bench_quality  # noqa: E402
-from dreambat.albat.manifest import read_manifest  # noqa: E402
+from dreambat.albat import read_manifest  # noqa: E402
 
 
 @dataclass(frozen=True)

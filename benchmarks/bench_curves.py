@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks._measure import REPO, git_head, machine_info
 from benchmarks.bench_quality import diff_text, fmt, paired, pick_subjects, subject_dir
-from dreambat.albat.manifest import read_manifest
+from dreambat.albat import read_manifest
 from dreambat.bat.config import BatSettings
 from dreambat.bat.pipeline import run_bat
 from dreambat.constants import LORA_WEIGHTS_NAME

@@ -34,9 +34,9 @@ from torch import nn
 
 
 from benchmarks._measure import REPO  # noqa: E402
-from dreambat.albat.blocks import LoraBlocks  # noqa: E402
-from dreambat.albat.curvature import damping_lambda, get_strategy, precondition  # noqa: E402
-from dreambat.albat.gradients import contracted_scores, reference_rows  # noqa: E402
+from dreambat.albat import LoraBlocks  # noqa: E402
+from dreambat.albat import damping_lambda, get_strategy, precondition  # noqa: E402
+from dreambat.albat import contracted_scores, reference_rows  # noqa: E402
 
 F64 = torch.float64
 D_IN, HIDDEN = 8, 32

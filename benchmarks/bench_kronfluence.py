@@ -135,9 +135,9 @@ class Surrogate(ScoringSurrogate):
 
 def albat_scores(surrogate: Surrogate, strategy: str, damping: float) -> tuple[torch.Tensor, dict]:
     """ALBAT's fast-path scores ``[N]`` (float64) along ``strategy``'s direction, with timings."""
-    from dreambat.albat.curvature import get_strategy
-    from dreambat.albat.gradients import contracted_scores
-    from dreambat.albat.scorer import AlbatScorer
+    from dreambat.albat import get_strategy
+    from dreambat.albat import contracted_scores
+    from dreambat.albat import AlbatScorer
 
     scorer = AlbatScorer(surrogate.task, surrogate.blocks, get_strategy(strategy, damping))
     meter = Interference()
@@ -156,9 +156,9 @@ def samples_layout_check(surrogate: Surrogate, args, kf_identity: torch.Tensor) 
 
     Term k's share is ``⟨v, ∇ℓ_k(x) / K⟩`` (``contracted_terms``); ALBAT's identity score is their sum.
     """
-    from dreambat.albat.curvature import get_strategy
-    from dreambat.albat.gradients import contracted_terms
-    from dreambat.albat.scorer import AlbatScorer
+    from dreambat.albat import get_strategy
+    from dreambat.albat import contracted_terms
+    from dreambat.albat import AlbatScorer
 
     scorer = AlbatScorer(surrogate.task, surrogate.blocks, get_strategy("identity", args.damping))
     scorer.fit(surrogate.reference)
@@ -326,7 +326,7 @@ class Kronfluence:
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.utils.dataset import DataLoaderKwargs
 
-        from dreambat.albat.blocks import lora_factors
+        from dreambat.albat import lora_factors
 
         self.layout = args.layout
         self.num_terms = surrogate.task.num_terms
@@ -481,7 +481,7 @@ def parse_args(argv=None):
 
 def run(args) -> dict:
     """All measurements of one invocation; returns the results (scores included)."""
-    from dreambat.albat.gradients import contracted_scores
+    from dreambat.albat import contracted_scores
 
     if kronfluence is None:
         raise SystemExit("kronfluence is not installed: pip install -e '.[bench]' (kronfluence==1.0.1)")
@@ -505,8 +505,8 @@ def run(args) -> dict:
         results["model"] = surrogate.describe()
         log(f"[setup] {results['model']}")
         # Warm-up, not timed (the first forward/backward pays for oneDNN and allocator set-up).
-        from dreambat.albat.curvature import get_strategy
-        from dreambat.albat.scorer import AlbatScorer
+        from dreambat.albat import get_strategy
+        from dreambat.albat import AlbatScorer
 
         warm = AlbatScorer(surrogate.task, surrogate.blocks, get_strategy("identity", args.damping))
         warm.fit(surrogate.reference[:1])

@@ -37,7 +37,7 @@ import numpy as np
 
 
 from benchmarks._measure import REPO  # noqa: E402
-from dreambat.albat.manifest import read_manifest, write_manifest  # noqa: E402
+from dreambat.albat import read_manifest, write_manifest  # noqa: E402
 from dreambat.bat.config import BatSettings  # noqa: E402
 from dreambat.bat.pipeline import run_bat  # noqa: E402
 from dreambat.constants import LORA_WEIGHTS_NAME  # noqa: E402

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from benchmarks._measure import REPO, git_head, log, machine_info
-from dreambat.albat.manifest import read_manifest
-from dreambat.albat.reliability import spearman
+from dreambat.albat import read_manifest
+from dreambat.albat import spearman
 from dreambat.scoring.config import ScoreSettings
 from dreambat.scoring.run import run_scoring
 from dreambat.training.config import TrainConfig

@@ -77,7 +77,7 @@ class Surrogate:
     def __init__(self, args, workdir: Path, rank: int | None = None, candidates: int | None = None):
         import torch
 
-        from dreambat.albat.blocks import LoraBlocks
+        from dreambat.albat import LoraBlocks
         from dreambat.backbone.load import load_backbone
         from dreambat.backbone.sd15 import SD15_RESOLUTION
         from dreambat.backbone.tiny import get_tiny_size, write_tiny_backbone
@@ -112,9 +112,9 @@ class Setup(Surrogate):
     and the subject's mean gradient (for the DataInf-style pipeline)."""
 
     def __init__(self, args, workdir: Path, rank: int | None = None, candidates: int | None = None):
-        from dreambat.albat.curvature import get_strategy
-        from dreambat.albat.gradients import reference_rows
-        from dreambat.albat.scorer import AlbatScorer
+        from dreambat.albat import get_strategy
+        from dreambat.albat import reference_rows
+        from dreambat.albat import AlbatScorer
 
         super().__init__(args, workdir, rank, candidates)
         scorer = AlbatScorer(self.task, self.blocks, get_strategy("exact", 0.1))
@@ -234,7 +234,7 @@ def _agreement(scores, reference) -> dict:
 def part_throughput(args, setup: Setup) -> dict:
     import torch
 
-    from dreambat.albat.gradients import contracted_scores, reference_scores
+    from dreambat.albat import contracted_scores, reference_scores
 
     batches = setup.candidates
     n = sum(len(b["keys"]) for b in batches)
@@ -303,7 +303,7 @@ def part_throughput(args, setup: Setup) -> dict:
 def part_cost(args, setup: Setup) -> dict:
     import torch
 
-    from dreambat.albat.gradients import contracted_scores
+    from dreambat.albat import contracted_scores
     from dreambat.training.config import TrainConfig
     from dreambat.training.loop import training_loss
 
@@ -413,7 +413,7 @@ def part_cost(args, setup: Setup) -> dict:
 
 def part_scaling(args, workdir: Path) -> dict:
     """Fast path vs the DataInf-style pipeline for each LoRA rank of ``--ranks``."""
-    from dreambat.albat.gradients import contracted_scores
+    from dreambat.albat import contracted_scores
 
     rows = []
     for rank in args.ranks:

@@ -37,8 +37,8 @@ import torch
 from benchmarks._measure import REPO, git_head, log, machine_info
 from benchmarks.bench_quality import diff_text, paired
 from benchmarks.bench_reliability import SETTINGS, surrogate
-from dreambat.albat.manifest import read_manifest, write_manifest
-from dreambat.albat.reliability import spearman
+from dreambat.albat import read_manifest, write_manifest
+from dreambat.albat import spearman
 from dreambat.bat.config import BatSettings
 from dreambat.bat.pipeline import run_bat
 from dreambat.constants import LORA_WEIGHTS_NAME

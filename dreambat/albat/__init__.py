@@ -30,6 +30,7 @@ from .curvature import (
     IdentityInverse,
     InverseStrategy,
     check_damping,
+    damping_lambda,
     describe,
     get_strategy,
     precondition,
@@ -71,7 +72,7 @@ from .selection import (
     score_statistics,
     unregister_rule,
 )
-from .task import ScoringTask
+from .task import ScoringTask, as_matrix, split_batch
 
 __all__ = [
     "AUTO_EXACT_MAX_REF", "DEFAULT_DAMPING", "INFLUENCE", "KEEP_SETTINGS", "RULES", "SCORE_KINDS",
@@ -80,9 +81,9 @@ __all__ = [
     "ManifestRecord", "ManifestWriter", "NearestSelection", "NoSelection", "RandomSelection",
     "Reliability", "RuleNeeds", "ScoreSummary", "ScoredBatch", "ScoringTask", "SelectionResult",
     "SelectionRule", "SettingError", "UnsupportedAdapterError", "apply_selection", "check_damping", "check_fingerprint",
-    "contracted_scores", "contracted_terms", "describe", "get_rule", "get_strategy", "lora_factors",
+    "contracted_scores", "contracted_terms", "damping_lambda", "describe", "get_rule", "get_strategy", "lora_factors",
     "merge_manifests", "merge_records", "meta_path", "precondition", "read_manifest", "reference_rows",
     "reference_scores", "reference_term_scores", "register_layer", "register_rule", "rule_class",
-    "rule_settings", "score_candidates", "score_statistics", "spearman", "split_half_reliability",
+    "rule_settings", "as_matrix", "split_batch", "score_candidates", "score_statistics", "spearman", "split_half_reliability",
     "unregister_rule", "write_manifest",
 ]
