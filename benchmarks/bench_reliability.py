@@ -73,16 +73,16 @@ SETTINGS: dict[str, dict] = {
 SURROGATE_STEPS = 100
 
 
-def surrogate(subject, root: Path) -> Path:
-    """The demo's surrogate recipe for ``subject`` (trained once, then reused)."""
+def surrogate(subject, root: Path, steps: int = SURROGATE_STEPS) -> Path:
+    """The demo's surrogate recipe for ``subject``, ``steps`` long (trained once, then reused)."""
     out = root / subject.name / "surrogate"
     if not (out / "pytorch_lora_weights.safetensors").is_file():
         run_dreambooth(TrainConfig(
             pretrained_model_name_or_path=str(ASSETS_DIR / BACKBONE_DIR),
             instance_data_dir=str(ASSETS_DIR / SUBJECTS_DIR / subject.name / "train"),
             instance_prompt=f"a photo of sks {subject.class_word}", output_dir=str(out), seed=0,
-            resolution=32, random_flip=True, train_batch_size=4, max_train_steps=SURROGATE_STEPS,
-            learning_rate=1e-3, rank=8, checkpointing_steps=10**9, report_to="none",
+            resolution=32, random_flip=True, train_batch_size=4,
+            learning_rate=1e-3, rank=8, max_train_steps=steps, checkpointing_steps=10**9, report_to="none",
         ), description="surrogate")
     return out
 

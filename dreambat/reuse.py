@@ -47,12 +47,13 @@ from .constants import (
     SURROGATE_DIR,
     VALIDATION_GRID_NAME,
 )
+from .data.shards import DEFAULT_MIN_IMAGE_SIZE
 from .errors import ConfigError
 from .inputs import ResolvedInputs, file_digest
 
 if TYPE_CHECKING:
     from .bat.config import BatSettings
-    from .scoring.config import PoolConfig, ScoreSettings
+    from .scoring.config import PoolConfig, ScoreSettings, SelectionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,32 @@ def weights_settings(config: Any) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS}
 
 
-def _pool_fingerprint(pool: PoolConfig) -> dict:
-    return {"shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
-            "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio}
+def _pool_settings(pool: PoolConfig, selection: SelectionConfig) -> dict:
+    """The pool's settings in a run record (a setting at the value it had before it existed is left
+    out, so that folders recorded before it came still match)."""
+    settings = weights_settings(pool)
+    return {k: v for k, v in settings.items() if k not in _settings_at_old_behaviour(pool)} | _filter_model(pool, selection)
+
+
+def _settings_at_old_behaviour(pool: PoolConfig) -> set[str]:
+    """Pool settings still at what dreambat did before they were flags."""
+    return ({"min_image_size"} if pool.min_image_size == DEFAULT_MIN_IMAGE_SIZE else set()) | (
+        {"min_clip_score"} if pool.min_clip_score is None else set())
+
+
+def _filter_model(pool: PoolConfig, selection: SelectionConfig) -> dict:
+    """The encoder of the caption–image filter, when it is on (its scores depend on it)."""
+    if pool.min_clip_score is None:
+        return {}
+    return {"clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained}
+
+
+def _pool_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
+    fingerprint = {"shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
+                   "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio}
+    changed = {"min_image_size", "min_clip_score"} - _settings_at_old_behaviour(pool)
+    fingerprint |= {name: getattr(pool, name) for name in sorted(changed)}
+    return fingerprint | {f"filter_{k}": v for k, v in _filter_model(pool, selection).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +123,7 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
     Influence scores depend on the backbone, the surrogate's weights, the subject, the pool, the
     resolution and the estimator; similarity scores on the encoder, the subject and the pool.
     """
-    pool = _pool_fingerprint(settings.pool)
+    pool = _pool_fingerprint(settings.pool, settings.selection)
     if settings.scores == SIMILARITY:
         selection = settings.selection
         return {"scores": "clip", "clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained,
@@ -115,9 +139,9 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
     }
 
 
-def unscored_fingerprint(pool: PoolConfig) -> dict:
+def unscored_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
     """The fingerprint of a pool listed without scores (``--selection random`` from scratch)."""
-    return {"scored": False, **_pool_fingerprint(pool)}
+    return {"scored": False, **_pool_fingerprint(pool, selection)}
 
 
 def manifest_status(output_dir: Path, fp: dict) -> ManifestStatus:
@@ -169,7 +193,7 @@ def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs, surrogat
     method = settings.selection
     scorer = ({"clip_model": method.clip_model, "clip_pretrained": method.clip_pretrained}
               if method.needs.scores == SIMILARITY else {"estimator": settings.scoring.estimator()})
-    scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": weights_settings(settings.pool)} | scorer
+    scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": _pool_settings(settings.pool, settings.selection)} | scorer
     if settings.bat.selection_manifest:
         scores = inputs | {"selection_manifest_sha256": file_digest(settings.bat.selection_manifest)}
     final = scores | {"train": weights_settings(settings.train), "selection": dataclasses.asdict(settings.selection),

@@ -36,7 +36,16 @@ from .curvature import (
     precondition,
 )
 from .errors import SettingError
-from .gradients import contracted_scores, contracted_terms, reference_rows, reference_scores, reference_term_scores
+from .gradients import (
+    ContractedTerms,
+    contract_batch,
+    contracted_scores,
+    contracted_terms,
+    reference_rows,
+    reference_scores,
+    reference_term_norms,
+    reference_term_scores,
+)
 from .layers import UnsupportedAdapterError, register_layer
 from .manifest import (
     ManifestMismatchError,
@@ -50,7 +59,7 @@ from .manifest import (
     write_manifest,
 )
 from .reliability import Reliability, split_half_reliability, spearman
-from .scorer import SCORING_PATHS, AlbatScorer, ScoredBatch, ScoreSummary, score_candidates
+from .scorer import NORMALIZATIONS, SCORING_PATHS, AlbatScorer, ScoredBatch, ScoreSummary, score_candidates
 from .selection import (
     INFLUENCE,
     KEEP_SETTINGS,
@@ -75,6 +84,7 @@ from .selection import (
 from .task import ScoringTask, as_matrix, split_batch
 
 __all__ = [
+    "NORMALIZATIONS", "ContractedTerms", "contract_batch", "reference_term_norms",
     "AUTO_EXACT_MAX_REF", "DEFAULT_DAMPING", "INFLUENCE", "KEEP_SETTINGS", "RULES", "SCORE_KINDS",
     "SCORING_PATHS", "SIMILARITY", "STRATEGIES", "AlbatScorer", "AlbatSelection", "DataInfInverse",
     "ExactInverse", "IdentityInverse", "InverseStrategy", "LoraBlocks", "ManifestMismatchError",

@@ -22,6 +22,7 @@ tests. Layer types are dispatched by :mod:`dreambat.albat.layers`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -150,6 +151,27 @@ def _stack_directions(blocks: LoraBlocks, directions: Mapping[str, torch.Tensor]
     return stacked
 
 
+@dataclass(frozen=True)
+class ContractedTerms:
+    """What one forward and one backward of a candidate batch give (:func:`contract_batch`).
+
+    Attributes:
+        terms: ``[B, K, n_dir]`` float64, entry ``(i, k, j) = ⟨h_j, g_ik⟩`` with
+            ``g_ik = ∇ (weights[k] · ℓ_k(x_i)) / K``, so summing over k gives the score of the mean loss.
+        losses: ``[B]`` float64, each sample's mean unweighted loss over its K terms.
+        term_norms: ``[B, K]`` float64 ``‖g_ik‖`` over all blocks (``None`` unless asked for).
+        sample_norms: ``[B]`` float64 ``‖Σ_k g_ik‖``, the norm of the sample's loss gradient
+            (``None`` unless asked for).
+
+    Rows of samples whose loss is not finite are NaN.
+    """
+
+    terms: torch.Tensor
+    losses: torch.Tensor
+    term_norms: torch.Tensor | None = None
+    sample_norms: torch.Tensor | None = None
+
+
 def contracted_terms(
     task: ScoringTask,
     blocks: LoraBlocks,
@@ -170,8 +192,28 @@ def contracted_terms(
     Returns:
         NaN rows for samples whose loss is not finite.
     """
+    return contract_batch(task, blocks, directions, batch, weights=weights).terms
+
+
+def contract_batch(
+    task: ScoringTask,
+    blocks: LoraBlocks,
+    directions: Mapping[str, torch.Tensor],
+    batch: Any,
+    *,
+    weights: torch.Tensor | None = None,
+    norms: bool = False,
+) -> ContractedTerms:
+    """:func:`contracted_terms`, the samples' losses and, with ``norms``, the gradient norms of every
+    term and every sample, from the same forward and backward.
+
+    The norms need each row's gradient of each block (``[B·K, d_l]``, one block at a time kept
+    until the backward ends), as :func:`reference_rows` computes them for the reference set; the
+    scores themselves never materialise a gradient.
+    """
     matrices = _stack_directions(blocks, directions)
     partials: list[tuple[int, torch.Tensor]] = []
+    row_grads: dict[int, torch.Tensor] = {}
 
     def on_backward(index: int, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
         directional_output = directional_output_for(blocks.names[index], module)
@@ -182,10 +224,14 @@ def contracted_terms(
             for h in matrices[index]
         ]
         partials.append((index, torch.stack(contributions, dim=1)))
+        if norms:  # a factor called twice in one forward adds up, as its weight gradient does
+            per_row = per_row_gradient_for(blocks.names[index], module)(module, x, grad).reshape(grad.shape[0], -1)
+            row_grads[index] = row_grads[index] + per_row if index in row_grads else per_row
 
     hooks = _Hooks(blocks, on_backward)
     try:
-        losses = _weighted_terms(task, batch, weights)
+        raw = as_matrix(task.loss_matrix(batch))
+        losses = raw if weights is None else raw * weights.to(raw)[None, :]
         n, k = losses.shape
         finite = torch.isfinite(losses).all(dim=1)
         per_sample = torch.where(finite[:, None], losses, torch.zeros_like(losses)).mean(dim=1)
@@ -198,7 +244,20 @@ def contracted_terms(
         _rows_per_term(partial.shape[0], n, k, blocks.names[index])
         terms += partial.reshape(n, k, -1).double()
     terms[~finite] = float("nan")
-    return terms.cpu()
+    sample_losses = raw.detach().double().mean(dim=1)
+    sample_losses[~finite] = float("nan")
+    term_norms = sample_norms = None
+    if norms:
+        term_sq = torch.zeros(n, k, dtype=torch.float64, device=losses.device)
+        sample_sq = torch.zeros(n, dtype=torch.float64, device=losses.device)
+        for index in list(row_grads):
+            per_row = row_grads.pop(index).double().reshape(n, k, -1)
+            term_sq += per_row.pow(2).sum(dim=2)
+            sample_sq += per_row.sum(dim=1).pow(2).sum(dim=1)
+        term_norms, sample_norms = term_sq.sqrt(), sample_sq.sqrt()
+        term_norms[~finite], sample_norms[~finite] = float("nan"), float("nan")
+        term_norms, sample_norms = term_norms.cpu(), sample_norms.cpu()
+    return ContractedTerms(terms.cpu(), sample_losses.cpu(), term_norms, sample_norms)
 
 
 def contracted_scores(
@@ -246,6 +305,33 @@ def reference_term_scores(
         out.append(torch.stack(per_term))
     blocks.zero_grad()
     return torch.stack(out)
+
+
+def reference_term_norms(
+    task: ScoringTask, blocks: LoraBlocks, batch: Any, *, weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`ContractedTerms`' ``term_norms`` ``[B, K]`` and ``sample_norms`` ``[B]`` by the plain
+    loop: per sample and term, ``backward()`` of ``weights[k] · ℓ_k / K``, the norm of every block's
+    ``.grad`` together, and of their sum over the sample's terms."""
+    term_norms, sample_norms = [], []
+    for single in split_batch(batch):
+        losses = _weighted_terms(task, single, weights)[0]
+        k = losses.shape[0]
+        if not torch.isfinite(losses).all():
+            term_norms.append(torch.full((k,), float("nan"), dtype=torch.float64))
+            sample_norms.append(torch.tensor(float("nan"), dtype=torch.float64))
+            continue
+        total, norms = None, []
+        for term in range(k):
+            blocks.zero_grad()
+            (losses[term] / k).backward(retain_graph=term < k - 1)
+            flat = torch.cat([g.double() for g in blocks.flat_grads().values()])
+            norms.append(flat.norm())
+            total = flat if total is None else total + flat
+        term_norms.append(torch.stack(norms))
+        sample_norms.append(total.norm())
+    blocks.zero_grad()
+    return torch.stack(term_norms), torch.stack(sample_norms)
 
 
 def reference_scores(

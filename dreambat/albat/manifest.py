@@ -51,6 +51,9 @@ class ManifestRecord:
         split_scores: the four half-estimates ``Z_Aa, Z_Ab, Z_Ba, Z_Bb`` behind the run's
             split-half reliability (:mod:`dreambat.albat.reliability`); ``None`` when not computed.
             Written to the file only when present.
+        loss: the candidate's mean loss over its terms, as scored; ``None`` when not recorded.
+        grad_norm: ``‖∇ℓ(x)‖`` over the scored LoRA blocks (what an unnormalised score grows
+            with); ``None`` when not recorded. Both are written only when present.
         source: what the application remembers of the candidate, opaque to the core (for a
             LAION-style shard: its shard ``url`` and ``caption``, see
             :func:`dreambat.data.records.candidate_record`). Written between ``key`` and ``score``,
@@ -64,6 +67,8 @@ class ManifestRecord:
     reason: str | None = None
     selected: bool | None = None
     split_scores: tuple[float, float, float, float] | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
     source: Mapping[str, Any] = field(default_factory=dict, compare=True)
 
     def __post_init__(self) -> None:
@@ -81,13 +86,19 @@ class ManifestRecord:
     def to_json(self) -> str:
         """One line of strict JSON (no newline); a non-finite score is written as ``null``."""
         data = {"index": self.index, "key": self.key, **self.source, "score": self.score, "status": self.status,
-                "reason": self.reason, "selected": self.selected, "split_scores": self.split_scores}
+                "reason": self.reason, "selected": self.selected, "split_scores": self.split_scores,
+                "loss": self.loss, "grad_norm": self.grad_norm}
         if data["score"] is not None:
             data["score"] = float(data["score"]) if math.isfinite(data["score"]) else None
         if data["split_scores"] is None:
             del data["split_scores"]
         else:
             data["split_scores"] = [float(v) if math.isfinite(v) else None for v in data["split_scores"]]
+        for name in ("loss", "grad_norm"):
+            if data[name] is None:
+                del data[name]
+            else:
+                data[name] = float(data[name]) if math.isfinite(data[name]) else None
         return json.dumps(data, ensure_ascii=False, allow_nan=False)
 
     @classmethod
@@ -100,6 +111,8 @@ class ManifestRecord:
                 score=None if data.get("score") is None else float(data["score"]),
                 status=data.get("status", "scored"), reason=data.get("reason"), selected=data.get("selected"),
                 split_scores=_split_scores(data.get("split_scores")),
+                loss=None if data.get("loss") is None else float(data["loss"]),
+                grad_norm=None if data.get("grad_norm") is None else float(data["grad_norm"]),
                 source={k: v for k, v in data.items() if k not in _RECORD_FIELDS},
             )
         except (ValueError, KeyError, TypeError) as error:

@@ -20,12 +20,19 @@ import torch
 from ..errors import DataError
 from .blocks import LoraBlocks
 from .curvature import InverseStrategy, describe, precondition
-from .gradients import contracted_terms, reference_rows, reference_scores, reference_term_scores
+from .errors import SettingError
+from .gradients import contract_batch, reference_rows, reference_term_norms, reference_term_scores
 from .manifest import ManifestRecord, ManifestWriter
-from .task import ScoringTask
+from .task import ScoringTask, as_matrix
 
 ScoringPath = Literal["fast", "reference"]
 SCORING_PATHS: tuple[str, ...] = ("fast", "reference")
+# What a score ranks by. none: Z = ⟨h, ∇ℓ(x)⟩, the paper's formula, which grows with the candidate's
+# gradient norm (a caption that does not fit its image has a large loss and a large gradient).
+# candidate: the cosine of h and ∇ℓ(x) (LESS's unit-normalised gradient features). timestep: the
+# mean over the K draws of the cosine of h and each draw's gradient, so that no draw dominates.
+Normalization = Literal["none", "candidate", "timestep"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "candidate", "timestep")
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,14 @@ class ScoredBatch:
         scores: ``[B]`` float64 ``Z`` (NaN where the loss was not finite).
         split: ``[B, 4]`` float64 half-estimates ``Z_Aa, Z_Ab, Z_Ba, Z_Bb`` (reference half ×
             candidate half, :mod:`.reliability`), or ``None`` when the tasks declare no halves.
+        losses: ``[B]`` float64 mean loss of each candidate over its terms, or ``None``.
+        grad_norms: ``[B]`` float64 ``‖∇ℓ(x)‖`` over the scored blocks, or ``None``.
     """
 
     scores: torch.Tensor
     split: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+    grad_norms: torch.Tensor | None = None
 
 
 def _halves(task: Any) -> tuple[list[int], list[int]] | None:
@@ -63,6 +74,10 @@ class AlbatScorer:
             e.g. one group per timestep) has the same RMS reference-gradient norm, instead of
             letting the noisiest group dominate. The weights are fitted on the reference rows and
             fixed before any candidate is scored, so the score stays one directional derivative.
+        normalization: what the score ranks by (:data:`NORMALIZATIONS`): ``"none"``, Z itself;
+            ``"candidate"``, the cosine of h and the candidate's gradient; ``"timestep"``, the mean
+            cosine of h and each term's gradient. Every path computes the candidates' losses and
+            gradient norms either way (:class:`ScoredBatch`).
 
     When both tasks declare ``term_halves()`` (two disjoint halves of their terms), :meth:`fit`
     also fits one direction on each reference half, and :meth:`score_batch_split` returns the
@@ -73,7 +88,11 @@ class AlbatScorer:
     def __init__(
         self, task: ScoringTask, blocks: LoraBlocks, strategy: InverseStrategy, *,
         reference_task: ScoringTask | None = None, normalize_terms: bool = False,
+        normalization: Normalization = "none",
     ):
+        if normalization not in NORMALIZATIONS:
+            raise SettingError("score normalization", "normalization", normalization, "unknown", ", ".join(NORMALIZATIONS))
+        self.normalization = normalization
         self.task = task
         self.reference_task = reference_task if reference_task is not None else task
         self.blocks = blocks
@@ -106,7 +125,10 @@ class AlbatScorer:
         full = {name: d[0] if d.ndim == 2 else d for name, d in directions.items()}
         report = describe(rows, self.strategy, full) | report
         self.directions = directions
+        stacked = [d.double().reshape(-1, d.shape[-1]) for d in directions.values()]  # [n_dir, d_l] per block
+        self._direction_norms = torch.sqrt(sum(h.pow(2).sum(dim=1) for h in stacked))  # ‖h_j‖ over all blocks
         report["n_ref"] = n_ref
+        report["normalization"] = self.normalization
         report["num_params"] = self.blocks.num_params
         report["reference_rows_mb"] = round(sum(r.numel() * r.element_size() for r in rows.values()) / 2**20, 1)
         report["split_half"] = bool(halves)
@@ -140,23 +162,43 @@ class AlbatScorer:
         return self.score_batch_split(batch, path=path).scores
 
     def score_batch_split(self, batch: Any, *, path: ScoringPath = "fast") -> ScoredBatch:
-        """Scores and, when available, the four half-estimates of one candidate batch."""
+        """Scores, the candidates' losses and gradient norms and, when available, the four
+        half-estimates of one candidate batch."""
         self._check_fitted()
         split = next(iter(self.directions.values())).ndim == 2
-        if path == "reference" and not split:
-            return ScoredBatch(reference_scores(self.task, self.blocks, self.directions, batch,
-                                                weights=self.term_weights))
-        terms_of = contracted_terms if path == "fast" else reference_term_scores
-        terms = terms_of(self.task, self.blocks, self.directions, batch, weights=self.term_weights)
+        weights = self.term_weights
+        if path == "fast":
+            found = contract_batch(self.task, self.blocks, self.directions, batch, weights=weights, norms=True)
+            terms, losses, term_norms, grad_norms = found.terms, found.losses, found.term_norms, found.sample_norms
+        else:
+            terms = reference_term_scores(self.task, self.blocks, self.directions, batch, weights=weights)
+            term_norms, grad_norms = reference_term_norms(self.task, self.blocks, batch, weights=weights)
+            with torch.no_grad():
+                losses = as_matrix(self.task.loss_matrix(batch)).double().mean(dim=1).cpu()
+            losses[~torch.isfinite(terms[:, :, 0]).all(dim=1)] = float("nan")
+        terms = self._normalized(terms, term_norms, grad_norms)
         scores = terms[:, :, 0].sum(dim=1)
         if not split:
-            return ScoredBatch(scores)
+            return ScoredBatch(scores, None, losses, grad_norms)
         num_terms = terms.shape[1]
         halves = [(direction, half) for direction in (1, 2) for half in self._candidate_halves]
         split_scores = torch.stack(
             [terms[:, half, direction].sum(dim=1) * (num_terms / len(half)) for direction, half in halves], dim=1
         )
-        return ScoredBatch(scores, split_scores)
+        return ScoredBatch(scores, split_scores, losses, grad_norms)
+
+    def _normalized(self, terms: torch.Tensor, term_norms: torch.Tensor, grad_norms: torch.Tensor) -> torch.Tensor:
+        """``terms`` ``[B, K, n_dir]`` turned into what :attr:`normalization` ranks by (summing over
+        K still gives the score); a zero gradient or direction gives 0, never a division by zero."""
+        if self.normalization == "none":
+            return terms
+        h_norms = self._direction_norms[: terms.shape[2]].to(terms)[None, None, :]
+        if self.normalization == "candidate":
+            scale = grad_norms[:, None, None] * h_norms
+        else:
+            scale = term_norms[:, :, None] * h_norms * terms.shape[1]
+        cosines = torch.where(scale > 0, terms / scale.clamp_min(torch.finfo(terms.dtype).tiny), torch.zeros_like(terms))
+        return torch.where(torch.isnan(terms), terms, cosines)  # a non-finite loss stays NaN
 
 
 def _num_terms(task: Any) -> int:
@@ -259,9 +301,12 @@ def score_candidates(
         # candidate's float32 score does not depend on how candidates were split across processes.
         padded = batch + [batch[-1]] * (batch_size - len(batch))
         scored = scorer.score_batch_split(collate(padded), path=path)
-        splits = scored.split[: len(batch)].tolist() if scored.split is not None else [None] * len(batch)
+        count = len(batch)
+        splits = scored.split[:count].tolist() if scored.split is not None else [None] * count
+        losses = scored.losses[:count].tolist() if scored.losses is not None else [None] * count
+        norms = scored.grad_norms[:count].tolist() if scored.grad_norms is not None else [None] * count
         records = []
-        for candidate, score, split in zip(batch, scored.scores[: len(batch)].tolist(), splits):
+        for candidate, score, split, loss, norm in zip(batch, scored.scores[:count].tolist(), splits, losses, norms):
             finite = math.isfinite(score)
             records.append(
                 ManifestRecord(
@@ -269,6 +314,7 @@ def score_candidates(
                     score=score if finite else None, status="scored" if finite else "skipped",
                     reason=None if finite else "nonfinite_loss",
                     split_scores=tuple(split) if finite and split is not None else None,
+                    loss=loss if finite else None, grad_norm=norm if finite else None,
                 )
             )
             if finite:

@@ -46,7 +46,7 @@ class SelectedBackboneDataset(Dataset):
         found: dict[tuple[str, str], PIL.Image.Image] = {}
         urls = list(dict.fromkeys(record_url(r) for r in wanted.values()))
         if urls:
-            for sample in ShardReader(urls):
+            for sample in ShardReader(urls, min_image_size=0):  # the pool's checks ran when it was scored
                 if (sample.url, sample.key) in wanted and (sample.url, sample.key) not in found:
                     found[(sample.url, sample.key)] = _shrink(sample.image, resolution)
         missing = [key for key in wanted if key not in found]

@@ -38,6 +38,7 @@ def build_report(
             "scored": statistics["scored"] if statistics else None,
             "skipped_while_reading": score_report.get("counts", {}).get("skipped"),
             "skipped_corrupt_image": score_report.get("counts", {}).get("skipped_corrupt_image"),
+            "skipped_caption_mismatch": score_report.get("counts", {}).get("skipped_caption_mismatch"),
             "skipped_nonfinite_loss": score_report.get("counts", {}).get("skipped_nonfinite_loss"),
             "scored_this_run": score_report.get("counts", {}).get("scored_this_run"),
         })

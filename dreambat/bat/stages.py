@@ -25,11 +25,11 @@ from ..albat import SIMILARITY, ManifestRecord, SelectionResult, apply_selection
 from ..constants import LORA_WEIGHTS_NAME, SELECTION_MANIFEST_NAME
 from ..data.records import candidate_record
 from ..data.shard_probe import ShardProbe
-from ..data.shards import ShardReader
 from ..inputs import ResolvedInputs
 from ..launch import process_state
 from ..reuse import unscored_fingerprint
-from ..scoring.config import PoolConfig, word_message
+from ..scoring.config import word_message
+from ..scoring.consistency import load_caption_filter
 from ..scoring.run import ScoredPool, finish_scoring, score_pool
 from ..training.dreambooth import run_dreambooth
 from .config import BatSettings
@@ -78,15 +78,22 @@ def scoring_stage(
     return score_pool(settings.score_settings(surrogate), resolved, surrogate, shards)
 
 
-def list_candidates(pool: PoolConfig, shards: ShardProbe) -> list[ManifestRecord]:
+def list_candidates(settings: BatSettings, shards: ShardProbe) -> list[ManifestRecord]:
     """Every candidate of the pool without a score (a rule that reads no score needs no surrogate),
-    read from the probe's usable shards, as scoring reads them."""
-    reader = ShardReader(
-        list(shards.usable), max_candidates=pool.max_candidates, filters=pool.backbone_filter,
-        sample_ratio=pool.candidate_ratio,
-    )
-    records = [candidate_record(s.index, s.key, s.url, s.caption) for s in reader]
-    logger.info("Listed %d backbone candidates (%s).", len(records), reader.stats.summary())
+    read from the probe's usable shards, as scoring reads them; with ``--min_clip_score`` those
+    whose caption does not fit their image are listed as skipped."""
+    pool, selection = settings.pool, settings.selection
+    reader = pool.reader(shards.usable)
+    caption_filter = load_caption_filter(selection.clip_model, selection.clip_pretrained, pool.min_clip_score,
+                                         process_state().device)
+    if caption_filter is None:
+        records = [candidate_record(s.index, s.key, s.url, s.caption) for s in reader]
+    else:
+        passing, records = caption_filter.split(list(reader))
+        records += [ManifestRecord(s.index, s.key, None, source=caption_filter.source(s)) for s in passing]
+        records.sort(key=lambda r: r.index)
+    logger.info("Listed %d backbone candidates (%s%s).", len(records), reader.stats.summary(),
+                f"; {caption_filter.rejected} below --min_clip_score" if caption_filter else "")
     return records
 
 
@@ -115,7 +122,8 @@ def selection_stage(
                 meta = meta_path(manifest)
                 fp = json.loads(meta.read_text()) if meta.is_file() else {"source": str(manifest)}
             else:
-                records, fp = list_candidates(settings.pool, shards), unscored_fingerprint(settings.pool)
+                records = list_candidates(settings, shards)
+                fp = unscored_fingerprint(settings.pool, settings.selection)
             result = rule.select(records)
             result = dataclasses.replace(result, message=word_message(result.message))
             if result.message:

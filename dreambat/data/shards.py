@@ -33,6 +33,9 @@ from dreambat.errors import ConfigError, ShardNotFoundError
 from .filters import MetadataFilter
 
 _SPLIT_MODES = ("sample", "shard")
+# A web image this small is a thumbnail or a tracking pixel: upscaled to the training resolution it
+# is noise with a caption, and its gradient dwarfs every real image's.
+DEFAULT_MIN_IMAGE_SIZE = 16
 _SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's reserved member names
 
 
@@ -60,6 +63,12 @@ class ShardStats:
     skipped_missing_caption: int = 0
     skipped_bad_metadata: int = 0
     skipped_filtered: int = 0
+    skipped_too_small: int = 0
+    """Decoded images whose shorter side is below the reader's ``min_image_size``."""
+    captions_from_json: int = 0
+    """Candidates without a ``.txt`` caption whose caption came from their json's ``"caption"``."""
+    captions_repaired: int = 0
+    """Captions with bytes that are not UTF-8, read with those bytes replaced by U+FFFD."""
     not_sampled: int = 0
     shards_read: int = 0
     truncated_shards: int = 0
@@ -86,6 +95,10 @@ class ShardStats:
         text = f"{self.yielded + self.skipped} candidates read, {self.skipped} skipped"
         if reasons:
             text += f" ({', '.join(reasons)})"
+        if self.captions_from_json:
+            text += f"; {self.captions_from_json} caption(s) read from the json"
+        if self.captions_repaired:
+            text += f"; {self.captions_repaired} caption(s) with invalid UTF-8 bytes replaced"
         if self.not_sampled:
             text += f"; {self.not_sampled} left out by the candidate ratio"
         if self.truncated_shards:
@@ -235,11 +248,15 @@ class ShardReader:
         rank, world_size: this process's share. For DataLoader workers pass
             ``rank = global_rank * num_workers + worker_id`` and ``world_size = ranks * num_workers``.
         split_by: ``"sample"`` or ``"shard"``.
+        min_image_size: skip a candidate whose decoded image's shorter side is below this many
+            pixels (counted in ``stats.skipped_too_small``); 0 keeps every size.
         sample_ratio: keep this fraction of the candidates, chosen by a hash of each sample's
             key (the same subset on every run and world size; counted in ``stats.not_sampled``).
 
-    A *candidate* is a sample that has an image member, a non-empty caption, parsable (or
-    absent) JSON metadata and passes the filters: checks that need no image decoding.
+    A *candidate* is a sample that has an image member, a non-empty caption (its ``.txt``, else
+    its json's ``"caption"``), parsable (or absent) JSON metadata and passes the filters: checks
+    that need no image decoding. A candidate whose image does not decode, or decodes smaller than
+    ``min_image_size``, keeps its index and is counted, not yielded.
     With ``split_by="sample"`` every rank reads every shard; candidate i (global order: shard
     order, then member order) belongs to rank ``i % world_size`` and only the owner decodes its
     image, so a corrupt image is counted (and skipped) by its owner alone. ``max_candidates``
@@ -261,6 +278,7 @@ class ShardReader:
         world_size: int = 1,
         split_by: str = "sample",
         sample_ratio: float = 1.0,
+        min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
@@ -282,8 +300,11 @@ class ShardReader:
                 )
         if not 0.0 < sample_ratio <= 1.0:
             raise ConfigError(f"sample_ratio must be in (0, 1], got {sample_ratio}.")
+        if min_image_size < 0:
+            raise ConfigError(f"min_image_size must be >= 0, got {min_image_size}.")
         self.max_candidates = max_candidates
         self.sample_ratio = sample_ratio
+        self.min_image_size = min_image_size
         self.filters = tuple(f if isinstance(f, MetadataFilter) else MetadataFilter.parse(f) for f in filters)
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.stats = ShardStats()
@@ -315,28 +336,29 @@ class ShardReader:
                 owns_candidate = candidate_index % ranks == rank
                 candidate_index += 1
                 if owns_candidate:
-                    image_data, caption, metadata = parsed
+                    image_data, caption, metadata, read = parsed
+                    if read is not None:
+                        setattr(stats, read, getattr(stats, read) + 1)
                     try:
                         image = decode_image(image_data)
                     except Exception:  # PIL raises many types for bad bytes; all mean "corrupt"
                         stats.skipped_corrupt_image += 1
                     else:
-                        stats.yielded += 1
-                        yield BackboneSample(raw["__key__"], image, caption, metadata, url, candidate_index - 1)
+                        if min(image.size) < self.min_image_size:
+                            stats.skipped_too_small += 1
+                        else:
+                            stats.yielded += 1
+                            yield BackboneSample(raw["__key__"], image, caption, metadata, url, candidate_index - 1)
                 if self.max_candidates is not None and candidate_index >= self.max_candidates:
                     return
 
-    def _cheap_checks(self, raw: dict[str, Any]) -> tuple[bytes, str, dict[str, Any]] | str:
-        """``(image bytes, caption, metadata)``, or the name of the stats counter to bump."""
+    def _cheap_checks(self, raw: dict[str, Any]) -> tuple[bytes, str, dict[str, Any], str | None] | str:
+        """``(image bytes, caption, metadata, how the caption was read)``, or the name of the stats
+        counter to bump. The caption is the ``.txt`` member's, else the json's ``"caption"``;
+        undecodable bytes are replaced (U+FFFD), not a reason to drop the sample."""
         image_data = next((raw[k] for k in SHARD_IMAGE_KEYS if k in raw), None)
         if image_data is None:
             return "skipped_missing_image"
-        try:
-            caption = raw.get(SHARD_CAPTION_KEY, b"").decode("utf-8").strip()
-        except UnicodeDecodeError:
-            caption = ""
-        if not caption:
-            return "skipped_missing_caption"
         metadata: Any = {}
         if SHARD_METADATA_KEY in raw:
             try:
@@ -345,6 +367,16 @@ class ShardReader:
                 return "skipped_bad_metadata"
             if not isinstance(metadata, dict):
                 return "skipped_bad_metadata"
+        caption, read = "", None
+        if SHARD_CAPTION_KEY in raw:
+            try:
+                caption = raw[SHARD_CAPTION_KEY].decode("utf-8").strip()
+            except UnicodeDecodeError:
+                caption, read = raw[SHARD_CAPTION_KEY].decode("utf-8", errors="replace").strip(), "captions_repaired"
+        if not caption and isinstance(metadata.get("caption"), str):
+            caption, read = metadata["caption"].strip(), "captions_from_json"
+        if not caption:
+            return "skipped_missing_caption"
         if not all(f(metadata) for f in self.filters):
             return "skipped_filtered"
-        return image_data, caption, metadata
+        return image_data, caption, metadata, read

@@ -6,6 +6,7 @@ points parse them next to their own group (``HfArgumentParser`` takes several da
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 from ..albat import (
     AUTO_EXACT_MAX_REF,
     DEFAULT_DAMPING,
+    NORMALIZATIONS,
     RULES,
     SCORING_PATHS,
     STRATEGIES,
@@ -26,6 +28,7 @@ from ..albat import (
     rule_class,
     rule_settings,
 )
+from ..data.shards import DEFAULT_MIN_IMAGE_SIZE, ShardReader
 from ..errors import ConfigError
 from ..eval.constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from ..fields import build_groups, flag
@@ -57,12 +60,37 @@ class PoolConfig:
         "writes when every download of a shard failed) instead of skipping it with a warning.",
         default=False,
     )
+    min_image_size: int = flag(
+        "Skip candidates whose decoded image is smaller than this many pixels on its shorter side "
+        "(thumbnails and tracking pixels, upscaled, are noise whose gradients dwarf real images'); "
+        "counted in the report. 0 keeps every size; --backbone_filter 'width>=512' filters on the "
+        "metadata before decoding.",
+        default=DEFAULT_MIN_IMAGE_SIZE,
+    )
+    min_clip_score: float | None = flag(
+        "Caption–image consistency filter: skip candidates whose CLIP cosine between their image and "
+        "their own caption is below this (LAION was filtered at 0.28 with ViT-B/32), before any "
+        "scoring, with the model of --clip_model/--clip_pretrained; counted in the report, and each "
+        "record keeps its cosine. Works with every --selection.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ConfigError(f"--max_candidates must be >= 1 when given, got {self.max_candidates}.")
         if not 0.0 < self.candidate_ratio <= 1.0:
             raise ConfigError(f"--candidate_ratio must be in (0, 1], got {self.candidate_ratio}.")
+        if self.min_image_size < 0:
+            raise ConfigError(f"--min_image_size must be >= 0, got {self.min_image_size}.")
+        if self.min_clip_score is not None and not -1.0 <= self.min_clip_score <= 1.0:
+            raise ConfigError(f"--min_clip_score is a cosine, in [-1, 1]; got {self.min_clip_score}.")
+
+    def reader(self, shards: Sequence[str], *, rank: int = 0, world_size: int = 1) -> ShardReader:
+        """The candidates of ``shards`` (the usable ones of this pool) under this pool's settings."""
+        return ShardReader(
+            list(shards), max_candidates=self.max_candidates, filters=self.backbone_filter, rank=rank,
+            world_size=world_size, sample_ratio=self.candidate_ratio, min_image_size=self.min_image_size,
+        )
 
 
 @dataclass
@@ -114,6 +142,13 @@ class ScoringConfig:
         "What is differentiated: mse, the training loss ‖ε_θ − ε‖²; or square, D-TRAK's ‖ε_θ‖².",
         default="mse", choices=OUTPUT_FUNCTIONS,
     )
+    score_normalization: str = flag(
+        "What a score ranks by: none, Z = ⟨h, ∇ℓ(x)⟩ (the paper's formula; it grows with the "
+        "candidate's gradient norm, so pairs whose caption does not fit their image, with large losses, "
+        "crowd both ends); candidate, the cosine of h and the candidate's gradient ∇ℓ(x); timestep, "
+        "the mean over the K draws of the cosine of h and each draw's gradient.",
+        default="none", choices=NORMALIZATIONS,
+    )
     curvature: str = flag(
         "Inverse-curvature strategy: exact (Woodbury), datainf (Sherman-Morrison after swapping "
         "inverse and average), identity (gradient similarity); auto = exact while min(reference rows, "
@@ -154,7 +189,8 @@ class ScoringConfig:
     def estimator(self) -> dict[str, Any]:
         """The settings a score depends on (for fingerprints and reports)."""
         names = ("num_score_timesteps", "reference_draws", "score_seed", "common_noise", "antithetic",
-                 "score_timesteps", "normalize_timesteps", "score_output", "curvature", "damping")
+                 "score_timesteps", "normalize_timesteps", "score_output", "score_normalization", "curvature",
+                 "damping")
         return {name: getattr(self, name) for name in names}
 
 

@@ -60,6 +60,7 @@ from ..progress import progress
 from ..reuse import PART_GLOB, ManifestStatus, manifest_status, scores_fingerprint
 from ..timing import Timer
 from .config import ScoreSettings, word_message
+from .consistency import load_caption_filter
 from .diffusion_task import DiffusionLossTask
 from .reliability import describe_reliability, reliability_advice, reliability_report
 from .retrieval import ClipSimilarity, collate_images, load_clip
@@ -277,33 +278,41 @@ def _retrieve(
     with timer("subject_embeddings"):
         scorer = ClipSimilarity(encoder, resolved.subject_images)
     with timer("score"):
-        summary, reader = _stream(settings, scorer, collate_images, fp, show_progress)
-    return _gather(reader, summary), scorer.describe()
+        summary, reader, rejected = _stream(settings, scorer, collate_images, fp, show_progress)
+    return _gather(reader, summary, rejected), scorer.describe()
 
 
 def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: bool):
-    """Score this process's share of the pool into its part manifest (resuming the final one's)."""
+    """Score this process's share of the pool into its part manifest (resuming the final one's);
+    with ``--min_clip_score``, candidates whose caption does not fit their image are recorded as
+    skipped before they reach the scorer."""
     state = process_state()
     pool, output_dir = settings.pool, Path(settings.inputs.output_dir)
-    reader = ShardReader(
-        pool.backbone_shards, max_candidates=pool.max_candidates, filters=pool.backbone_filter,
-        rank=state.process_index, world_size=state.num_processes, sample_ratio=pool.candidate_ratio,
-    )
+    reader = pool.reader(pool.backbone_shards, rank=state.process_index, world_size=state.num_processes)
+    selection = settings.selection
+    caption_filter = load_caption_filter(selection.clip_model, selection.clip_pretrained, pool.min_clip_score,
+                                         state.device)
     part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
     with ManifestWriter(part, fingerprint=fp) as writer:
         if manifest_path.exists():
             writer.done_indices.update(r.index for r in read_manifest(manifest_path))
+        candidates = reader if caption_filter is None else caption_filter.stream(reader, writer)
         summary = score_candidates(
-            scorer, reader, collate, writer, batch_size=settings.scoring.score_batch_size,
+            scorer, candidates, collate, writer, batch_size=settings.scoring.score_batch_size,
             path=settings.scoring.scoring_path,
-            progress=progress if show_progress and state.is_local_main_process else None, source=sample_source,
+            progress=progress if show_progress and state.is_local_main_process else None,
+            source=sample_source if caption_filter is None else caption_filter.source,
         )
-    return summary, reader
+    rejected = 0 if caption_filter is None else caption_filter.rejected
+    return summary, reader, rejected
 
 
-def _gather(reader: ShardReader, summary) -> list[dict]:
-    mine = {"reader": reader.stats.as_dict(), "summary": dataclasses.asdict(summary) | {"scores": None}}
+def _gather(reader: ShardReader, summary, rejected: int = 0) -> list[dict]:
+    counts = reader.stats.as_dict()
+    counts["skipped_caption_mismatch"] = rejected
+    counts["skipped"] += rejected
+    mine = {"reader": counts, "summary": dataclasses.asdict(summary) | {"scores": None}}
     return gather_object([mine]) if process_state().num_processes > 1 else [mine]
 
 
@@ -325,7 +334,7 @@ def _score(
         n_ref = len(subject) * reference_task.num_terms
         strategy = get_strategy(scoring.curvature, scoring.damping, n_ref=n_ref, max_dim=max(blocks.dims))
         scorer = AlbatScorer(task, blocks, strategy, reference_task=reference_task,
-                             normalize_terms=scoring.normalize_timesteps)
+                             normalize_terms=scoring.normalize_timesteps, normalization=scoring.score_normalization)
 
     with timer("reference_gradients"):
         # One photo at a time, in chunks of as many UNet rows as a candidate batch: memory stays that
@@ -336,9 +345,9 @@ def _score(
 
     with timer("score"):
         transform = ImageTransform(resolved.resolution, center_crop=True)
-        summary, reader = _stream(settings, scorer, lambda batch: collate_candidates(batch, transform), fp,
-                                  show_progress)
-    return _gather(reader, summary), curvature
+        summary, reader, rejected = _stream(settings, scorer, lambda batch: collate_candidates(batch, transform), fp,
+                                            show_progress)
+    return _gather(reader, summary, rejected), curvature
 
 
 # How each kind of score is computed: (settings, resolved, surrogate, fp, timer, show_progress)

@@ -278,7 +278,7 @@ def test_candidate_index_is_global_across_ranks(tmp_path):
     from dreambat.data.shard_writer import write_shards
     from dreambat.data.shards import ShardReader
 
-    records = [{"key": f"{i:04d}", "image": Image.new("RGB", (8, 8), (i, 0, 0)), "caption": f"c{i}"} for i in range(9)]
+    records = [{"key": f"{i:04d}", "image": Image.new("RGB", (16, 16), (i, 0, 0)), "caption": f"c{i}"} for i in range(9)]
     write_shards(records, tmp_path / "s-{:05d}.tar", max_per_shard=4)
     url = str(tmp_path / "s-{00000..00002}.tar")
     whole = [(s.index, s.key) for s in ShardReader(url)]
@@ -328,3 +328,52 @@ def test_truncation_sweep_yields_every_complete_sample_and_counts_the_cut_one(tm
         started = {m[0] for m in members if m[2] + 512 <= cut}  # its header was read whole
         assert reader.stats.lost_to_truncation == len(started - set(got)), (cut, got, started)
         assert reader.stats.skipped == 0
+
+
+def _write_members(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(size=(32, 24)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_caption_from_json_and_invalid_utf8_are_read_and_counted(tmp_path):
+    _write_members(tmp_path / "s.tar", {
+        "a.jpg": _jpeg(), "a.json": json.dumps({"caption": "  a red square  "}).encode(),  # no .txt
+        "b.jpg": _jpeg(), "b.txt": b"caf\xe9 on a table",  # latin-1, not UTF-8
+        "c.jpg": _jpeg(), "c.txt": b"plain", "c.json": json.dumps({"caption": "ignored: the .txt wins"}).encode(),
+        "d.jpg": _jpeg(), "d.json": json.dumps({"caption": 7}).encode(),  # not text: no caption at all
+    })
+    reader = ShardReader(str(tmp_path / "s.tar"))
+    captions = {s.key: s.caption for s in reader}
+    assert captions == {"a": "a red square", "b": "caf\ufffd on a table", "c": "plain"}
+    stats = reader.stats
+    assert (stats.captions_from_json, stats.captions_repaired, stats.skipped_missing_caption) == (1, 1, 1)
+    assert "1 caption(s) read from the json" in stats.summary() and "invalid UTF-8" in stats.summary()
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_tiny_images_are_skipped_by_default_and_keep_their_index(tmp_path, world_size):
+    records = make_records(6)
+    records[2] = ShardRecord("00002", Image.new("RGB", (1, 1), (0, 0, 0)), "a tracking pixel")
+    records[4] = ShardRecord("00004", Image.new("RGB", (40, 15), (0, 0, 0)), "a thin strip")
+    write_shards(records, tmp_path / "s.tar")
+    readers = [ShardReader(str(tmp_path / "s.tar"), rank=r, world_size=world_size) for r in range(world_size)]
+    samples = sorted((s for reader in readers for s in reader), key=lambda s: s.index)
+    assert [(s.index, s.key) for s in samples] == [(0, "00000"), (1, "00001"), (3, "00003"), (5, "00005")]
+    assert sum(r.stats.skipped_too_small for r in readers) == 2
+    assert sum(r.stats.skipped for r in readers) == 2
+    if world_size == 1:
+        assert "2 too small" in readers[0].stats.summary()
+    everything = ShardReader(str(tmp_path / "s.tar"), min_image_size=0)
+    assert [s.key for s in everything] == [r.key for r in records]
+    assert [s.key for s in ShardReader(str(tmp_path / "s.tar"), min_image_size=24)] == ["00000", "00001", "00003", "00005"]
+    with pytest.raises(ConfigError, match="min_image_size"):
+        ShardReader(str(tmp_path / "s.tar"), min_image_size=-1)
