@@ -20,6 +20,7 @@ test-retest Spearman of two score seeds; ``--plot`` draws score against gradient
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 
 from benchmarks._measure import REPO, git_head, log, machine_info
 from benchmarks.bench_reliability import surrogate
-from dreambat.albat import read_manifest, spearman
+from dreambat.albat import AlbatSelection, ManifestRecord, read_manifest, spearman
 from dreambat.data.shards import ShardReader
 from dreambat.scoring.config import ScoreSettings
 from dreambat.scoring.consistency import CaptionFilter
@@ -121,66 +122,163 @@ def runs(folder: Path) -> list[dict]:
     return [json.loads(line) for path in sorted(folder.glob("runs-*.jsonl")) for line in path.read_text().splitlines()]
 
 
-def ranking(run: dict, variant: str) -> dict[str, float]:
-    """The score each candidate is ranked by under ``variant``: ``Z``, ``cosine`` (Z/‖∇ℓ‖) or the run's own."""
-    if variant == "cosine":
-        return {k: z / n if n else 0.0 for k, (z, n, _) in run["scores"].items()}
-    return {k: z for k, (z, _, _) in run["scores"].items()}
-
-
-VARIANTS = {  # name -> (run normalization, ranking)
-    "Z (paper)": ("none", "Z"),
-    "cosine per candidate": ("none", "cosine"),
-    "cosine per draw": ("timestep", "Z"),
+VARIANTS = {  # name -> (run normalization, ranked by the cosine Z/‖∇ℓ‖ computed from that run)
+    "Z (paper)": ("none", False),
+    "cosine per candidate": ("none", True),
+    "cosine per draw": ("timestep", False),
 }
+
+
+def records_of(run: dict, cosine: bool, allowed: set[str]) -> list[ManifestRecord]:
+    """The run's scored candidates as manifest records (score, gradient norm), restricted to ``allowed``."""
+    return [
+        ManifestRecord(i, key, (z / norm if norm else 0.0) if cosine else z, grad_norm=norm)
+        for i, (key, (z, norm, _)) in enumerate(sorted(run["scores"].items())) if key in allowed
+    ]
 
 
 def shares(keys: list[str], pool: dict[str, dict]) -> dict[str, float]:
     return {kind: float(np.mean([pool[k][kind] for k in keys])) if keys else float("nan") for kind in KINDS}
 
 
-def variant_table(all_runs: list[dict], pool: dict[str, dict], thresholds: list[float | None]) -> tuple[str, list[dict]]:
-    """Markdown table and its rows: noise shares in the top/bottom N per variant and threshold."""
+def kept_keys(records: list[ManifestRecord], n: int, norm_ratio: float | None, bottom: bool = False) -> list[str]:
+    """The top (or bottom) ``n`` by the library's own rule: ALBAT top-N, whatever the sign, with its
+    gradient-norm cap."""
+    if bottom:
+        records = [ManifestRecord(r.index, r.key, -r.score, grad_norm=r.grad_norm) for r in records]
+    result = AlbatSelection(num_samples=n, force=True, max_norm_ratio=norm_ratio).select(records)
+    chosen = set(result.selected_indices)
+    return [r.key for r in records if r.index in chosen]
+
+
+def variant_table(all_runs: list[dict], pool: dict[str, dict], thresholds: list[float | None],
+                  norm_ratios: list[float | None]) -> tuple[str, list[dict]]:
+    """Markdown table and its rows: noise shares in the top/bottom N per ranking, caption-image
+    threshold and gradient-norm cap, with the test-retest Spearman of seeds 0 and 1."""
     out_rows, subjects = [], sorted({r["subject"] for r in all_runs})
     for threshold in thresholds:
         allowed = {k for k, row in pool.items() if threshold is None or row["clip_score"] >= threshold}
-        for name, (normalization, how) in VARIANTS.items():
-            per_subject = []
-            for subject in subjects:
-                seeded = {r["seed"]: r for r in all_runs if r["subject"] == subject and r["normalization"] == normalization}
-                if 0 not in seeded:
-                    continue
-                scores = {k: v for k, v in ranking(seeded[0], how).items() if k in allowed}
-                order = sorted(scores, key=lambda k: -scores[k])
-                entry = {f"top{n}": shares(order[:n], pool) for n in TOPS} | {
-                    f"bottom{n}": shares(order[-n:], pool) for n in TOPS}
-                entry["pool"] = shares(list(scores), pool)
-                if 1 in seeded:
-                    other = ranking(seeded[1], how)
-                    common = sorted(set(scores) & set(other))
-                    entry["test_retest"] = spearman(np.array([scores[k] for k in common]),
-                                                    np.array([other[k] for k in common]))
-                per_subject.append(entry)
-            if per_subject:
-                out_rows.append({"variant": name, "min_clip_score": threshold, "subjects": len(per_subject),
-                                 "per_subject": per_subject})
-    lines = ["| ranking | min CLIP | subjects | kept of pool | " + " | ".join(
-        f"{kind} top {'/'.join(map(str, TOPS))} (pool)" for kind in KINDS) + " | bottom 10 degraded+off-domain | test-retest |",
-             "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|"]
+        for norm_ratio in norm_ratios:
+            for name, (normalization, cosine) in VARIANTS.items():
+                per_subject = []
+                for subject in subjects:
+                    seeded = {r["seed"]: r for r in all_runs
+                              if r["subject"] == subject and r["normalization"] == normalization}
+                    if 0 not in seeded:
+                        continue
+                    records = records_of(seeded[0], cosine, allowed)
+                    entry = {f"top{n}": shares(kept_keys(records, n, norm_ratio), pool) for n in TOPS} | {
+                        f"bottom{n}": shares(kept_keys(records, n, norm_ratio, bottom=True), pool) for n in TOPS}
+                    entry["pool"] = shares([r.key for r in records], pool)
+                    if 1 in seeded:
+                        again = {r.key: r.score for r in records_of(seeded[1], cosine, allowed)}
+                        common = [r for r in records if r.key in again]
+                        entry["test_retest"] = spearman(np.array([r.score for r in common]),
+                                                        np.array([again[r.key] for r in common]))
+                    per_subject.append(entry)
+                if per_subject:
+                    out_rows.append({"variant": name, "min_clip_score": threshold, "max_grad_norm_ratio": norm_ratio,
+                                     "subjects": len(per_subject), "per_subject": per_subject})
+    pool_share = shares(list(pool), pool)
+    lines = ["| ranking | min CLIP | norm cap | subjects | " + " | ".join(
+        f"{kind} top {'/'.join(map(str, TOPS))} (pool {pool_share[kind]:.3f})" for kind in KINDS)
+        + " | bottom 10 degraded+off-domain | test-retest | meets the targets |",
+             "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|"]
     for row in out_rows:
         per = row["per_subject"]
         mean = lambda f: float(np.nanmean([f(e) for e in per]))  # noqa: E731
-        cells = []
+        cells, meets = [], True
         for kind in KINDS:
-            tops = "/".join(f"{mean(lambda e, n=n: e[f'top{n}'][kind]):.2f}" for n in TOPS)
-            cells.append(f"{tops} ({mean(lambda e: e['pool'][kind]):.2f})")
+            values = [mean(lambda e, n=n: e[f"top{n}"][kind]) for n in TOPS]
+            limit = pool_share[kind] * (1.0 if kind == "degraded" else 0.5)
+            if kind != "duplicate":
+                meets &= all(v <= limit for v in values)
+            cells.append("/".join(f"{v:.2f}" for v in values))
         bottom = mean(lambda e: e["bottom10"]["degraded"] + e["bottom10"]["offdomain"])
         retest = [e["test_retest"] for e in per if "test_retest" in e]
-        kept = len([k for k, r in pool.items() if row["min_clip_score"] is None or r["clip_score"] >= row["min_clip_score"]])
-        lines.append(f"| {row['variant']} | {row['min_clip_score']} | {row['subjects']} | {kept}/{len(pool)} | "
+        lines.append(f"| {row['variant']} | {row['min_clip_score']} | {row['max_grad_norm_ratio']} | {row['subjects']} | "
                      + " | ".join(cells) + f" | {bottom:.2f} | "
-                     + (f"{np.mean(retest):.2f} [{min(retest):.2f}–{max(retest):.2f}]" if retest else "–") + " |")
+                     + (f"{np.mean(retest):.2f} [{min(retest):.2f}–{max(retest):.2f}]" if retest else "–")
+                     + f" | {'yes' if meets else 'no'} |")
+        row["meets_targets"] = meets
     return "\n".join(lines), out_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Does junk hurt? Final LoRAs on what each selector kept from the noisy pool.
+
+
+def arms(records: list[ManifestRecord], pool: dict[str, dict], keep: int, norm_ratio: float, seed: int) -> dict[str, set[str]]:
+    """The candidates each arm trains on, ``keep`` of them (from one seed-0 scoring run)."""
+    by_key = {r.key: r for r in records}
+    z = [ManifestRecord(r.index, r.key, r.score, grad_norm=r.grad_norm) for r in records]
+    cosine = [ManifestRecord(r.index, r.key, r.score / r.grad_norm, grad_norm=r.grad_norm) for r in records]
+    rng = np.random.default_rng(1000 + seed)
+    clean = sorted(k for k in by_key if not any(pool[k][kind] for kind in KINDS))
+    mismatched = sorted(k for k in by_key if pool[k]["mismatched"])
+    return {
+        "albat_Z": set(kept_keys(z, keep, None)),
+        "albat_cosine_capped": set(kept_keys(cosine, keep, norm_ratio)),
+        "random": set(rng.choice(sorted(by_key), keep, replace=False).tolist()),
+        "clean_random": set(rng.choice(clean, keep, replace=False).tolist()),
+        "mismatched_random": set(rng.choice(mismatched, min(keep, len(mismatched)), replace=False).tolist()),
+    }
+
+
+def train_arms(args, pool: dict[str, dict]) -> None:
+    """Train and score every arm's final LoRA for ``--train_subjects`` (rows in ``train.jsonl``)."""
+    from benchmarks.bench_validity import train_on
+    from dreambat_world.metrics import evaluate_world
+
+    out_file = RESULTS / "train.jsonl"
+    done = {(r["subject"], r["arm"]) for r in map(json.loads, out_file.read_text().splitlines())} \
+        if out_file.is_file() else set()
+    for index in args.train_subjects:
+        subject = WORLD_SUBJECTS[index]
+        manifest = args.work_dir / subject.name / "none" / "seed0" / "selection.jsonl"
+        records = [r for r in read_manifest(manifest) if r.has_score]
+        chosen = arms(records, pool, args.keep, args.train_norm_ratio, seed=0)
+        loras = {}
+        for arm, keys in chosen.items():
+            if (subject.name, arm) in done:
+                continue
+            loras[arm] = train_on(subject, keys, records, args.work_dir / subject.name / "train" / arm, 0, args.steps)
+        if not loras:
+            continue
+        scores = evaluate_world(ASSETS_DIR / BACKBONE_DIR, loras, [subject.name], args.work_dir / subject.name / "eval",
+                                num_images=2, seed=0, progress=False)
+        with out_file.open("a") as handle:
+            for score in scores:
+                kept = chosen[score.method]
+                row = dataclasses.asdict(score) | {"arm": score.method, "kept": len(kept), "steps": args.steps,
+                                                   "kept_shares": shares(sorted(kept), pool),
+                                                   "commit": git_head(), "date": time.strftime("%Y-%m-%d")}
+                handle.write(json.dumps(row) + "\n")
+        log(f"{subject.name}: trained and scored {sorted(loras)}")
+
+
+def train_table(path: Path) -> str:
+    """Per arm: mean over subjects of every world metric, and the arm minus clean_random, paired ± SE."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    metrics = ("heldout_loss", "dino", "clip_t", "subject_fidelity", "prompt_fidelity")
+    by = {(r["subject"], r["arm"]): r for r in rows}
+    subjects = sorted({r["subject"] for r in rows})
+    lines = ["| arm | subjects | mismatched / partly wrong / degraded kept | " + " | ".join(metrics)
+             + " | minus clean_random: " + " / ".join(metrics) + " |", "|---|---|---|" + "---|" * (len(metrics) + 1)]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        group = [by[(s, arm)] for s in subjects if (s, arm) in by]
+        kept = "/".join(f"{np.mean([g['kept_shares'][k] for g in group]):.2f}"
+                        for k in ("mismatched", "partly_wrong", "degraded"))
+        cells = [f"{np.mean([g[m] for g in group]):.4f}" for m in metrics]
+        diffs = []
+        for m in metrics:
+            d = np.array([by[(s, arm)][m] - by[(s, "clean_random")][m] for s in subjects
+                          if (s, arm) in by and (s, "clean_random") in by])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            star = "*" if len(d) > 1 and abs(d.mean()) > 2 * se else ""
+            diffs.append(f"{d.mean():+.4f} ± {se:.4f}{star}")
+        lines.append(f"| {arm} | {len(group)} | {kept} | " + " | ".join(cells) + " | " + " / ".join(diffs) + " |")
+    return "\n".join(lines)
 
 
 def plot(all_runs: list[dict], pool: dict[str, dict], path: Path) -> None:
@@ -220,11 +318,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", default=str(REPO / DEFAULT_NOISY_POOL_DIR / "shard-00000.tar"))
     parser.add_argument("--output", type=Path, default=RESULTS / "runs-a.jsonl")
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "bench_junk")
-    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.2, 0.25, 0.3])
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--norm_ratios", type=float, nargs="*", default=[3.0, 2.0, 1.5, 1.25])
+    parser.add_argument("--train", action="store_true", help="train and score the final LoRAs of each arm")
+    parser.add_argument("--train_subjects", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train_norm_ratio", type=float, default=1.5)
+    parser.add_argument("--keep", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--plot", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.train:
+        train_arms(args, {r["key"]: r for r in pool_rows(args.shard, args.candidates, RESULTS / "pool.jsonl")})
+        return
     if not (args.table or args.plot):
         args.output.parent.mkdir(parents=True, exist_ok=True)
         measure(args)
@@ -232,11 +339,14 @@ def main(argv: list[str] | None = None) -> None:
     pool = {r["key"]: r for r in pool_rows(args.shard, args.candidates, RESULTS / "pool.jsonl")}
     all_runs = runs(RESULTS)
     if args.table:
-        text, rows = variant_table(all_runs, pool, [None, *args.thresholds])
+        text, rows = variant_table(all_runs, pool, [None, *args.thresholds], [None, *args.norm_ratios])
         print(text)
         (RESULTS / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
     if args.plot:
         plot(all_runs, pool, RESULTS / "score-vs-norm.png")
+    if args.table and (RESULTS / "train.jsonl").is_file():
+        print()
+        print(train_table(RESULTS / "train.jsonl"))
 
 
 if __name__ == "__main__":

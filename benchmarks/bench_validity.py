@@ -72,7 +72,8 @@ def train_on(subject, keys: set[str], records: list, out: Path, seed: int, steps
     if (out / LORA_WEIGHTS_NAME).is_file():
         return out
     manifest = out.parent / f"{out.name}.selection.jsonl"
-    kept = [replace(r, score=1.0 if r.key in keys else -1.0, selected=None, split_scores=None) for r in records]
+    kept = [replace(r, score=1.0 if r.key in keys else -1.0, selected=None, split_scores=None, grad_norm=None, loss=None)
+            for r in records]  # the arm is the selection: no norm cap or other rule may thin it
     write_manifest(kept, manifest, fingerprint={"source": "bench_validity"})
     run_bat(BatSettings.from_flags(
         pretrained_model_name_or_path=str(BACKBONE),

@@ -64,13 +64,16 @@ def preview_backbone_data(urls: str, path: Path, n: int = 8) -> str:
     return reader.stats.summary()
 
 
-def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6) -> list:
-    """Grid of the n highest- and n lowest-scoring candidates with their captions and Z."""
+def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6, *, score: str = "Z") -> list:
+    """Grid of the n highest- and n lowest-scoring candidates under the score that selected them
+    (``score`` names it in the labels), with their gradient norm and caption."""
     records = sorted((r for r in read_manifest(manifest) if r.score is not None), key=lambda r: -r.score)
     shown = records[:n] + records[-n:]
     wanted = {r.key for r in shown}
     images = {s.key: s.image for s in ShardReader(urls) if s.key in wanted}
-    labels = [f"{'kept' if r.selected else 'dropped'} Z={r.score:+.2e}: {record_caption(r)}" for r in shown]
+    labels = [f"{'kept' if r.selected else 'dropped'} {score}={r.score:+.2e}"
+              + (f" |g|={r.grad_norm:.2g}" if r.grad_norm is not None else "") + f": {record_caption(r)}"
+              for r in shown]
     image_grid([[images[r.key]] for r in shown], row_labels=labels, cell_size=64, label_width=420).save(path)
     return records
 
@@ -139,7 +142,8 @@ def run_demo(
         SelectionConfig(selection="albat", num_backbone_samples=DEMO_KEEP),
         BatConfig(surrogate_steps=max(min(steps // 2, DEMO_SURROGATE_STEPS), 1), augmentation_ratio=DEMO_GAMMA),
     ))
-    ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME)
+    label = {"none": "Z", "candidate": "cos", "timestep": "cos/draw"}[ScoringConfig().score_normalization]
+    ranked = preview_selection(result.manifest_path, DEMO_SHARDS, output_dir / SELECTION_PREVIEW_NAME, score=label)
     report = result.report
     reliability = report.get("reliability") or {}
     logger.info(

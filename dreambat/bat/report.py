@@ -87,7 +87,11 @@ def bat_model_card_section(
         lines.insert(1, f"Scores: surrogate LoRA of {settings.bat.surrogate_steps} steps, K = "
                         f"{scoring.num_score_timesteps} timesteps, {scoring.reference_draws} reference draws per "
                         f"timestep, curvature `{scoring.curvature}`, damping c = {scoring.damping}, score seed "
-                        f"{scoring.score_seed}.")
+                        f"{scoring.score_seed}, normalization `{scoring.score_normalization}`"
+                        + (f", gradient norms capped at {settings.selection.max_grad_norm_ratio:g}x the median"
+                           if settings.selection.max_grad_norm_ratio else "")
+                        + (f", caption–image CLIP cosine ≥ {settings.pool.min_clip_score:g}"
+                           if settings.pool.min_clip_score is not None else "") + ".")
         if reliability is not None:
             lines.insert(2, f"Ranking reliability: estimated test-retest Spearman {reliability['full_run']:.2f} "
                             f"between two score seeds (half-budget runs agree at {reliability['half_run']:.2f}; "

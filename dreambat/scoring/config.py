@@ -146,8 +146,9 @@ class ScoringConfig:
         "What a score ranks by: none, Z = ⟨h, ∇ℓ(x)⟩ (the paper's formula; it grows with the "
         "candidate's gradient norm, so pairs whose caption does not fit their image, with large losses, "
         "crowd both ends); candidate, the cosine of h and the candidate's gradient ∇ℓ(x); timestep, "
-        "the mean over the K draws of the cosine of h and each draw's gradient.",
-        default="none", choices=NORMALIZATIONS,
+        "the mean over the K draws of the cosine of h and each draw's gradient. The default, candidate, "
+        "was chosen on the world's LAION-like pool (BENCHMARKS.md, \"Web junk\").",
+        default="candidate", choices=NORMALIZATIONS,
     )
     curvature: str = flag(
         "Inverse-curvature strategy: exact (Woodbury), datainf (Sherman-Morrison after swapping "
@@ -198,7 +199,7 @@ class ScoringConfig:
 KEEP_FLAGS: dict[str, str] = {
     "num_samples": "num_backbone_samples", "threshold": "score_threshold", "fraction": "backbone_fraction",
 }
-OPTION_FLAGS: dict[str, str] = {"force": "keep_nonpositive"}
+OPTION_FLAGS: dict[str, str] = {"force": "keep_nonpositive", "max_norm_ratio": "max_grad_norm_ratio"}
 # Settings of the other core objects the flags configure (curvature strategy, scorer).
 CORE_FLAGS: dict[str, str] = {"damping": "damping"}
 
@@ -235,6 +236,12 @@ def word_message(message: str | None) -> str | None:
     return message
 
 
+# Measured on the world's LAION-like pool: with the candidate cosine, a cap at 1.5x the median
+# gradient norm keeps mismatched captions and off-domain images at or below a tenth of their pool
+# share in every top N from 10 to 200 (BENCHMARKS.md, "Web junk").
+DEFAULT_MAX_GRAD_NORM_RATIO = 1.5
+
+
 def _selection_help() -> str:
     return "Backbone selection: " + ", ".join(f"{name} ({rule.help})" for name, rule in RULES.items()) + "."
 
@@ -249,6 +256,13 @@ class SelectionConfig:
     backbone_fraction: float | None = flag("Keep this fraction of the scored pool.", default=None)
     keep_nonpositive: bool = flag(
         "Allow keeping candidates with Z ≤ 0, which are predicted not to help.", default=False
+    )
+    max_grad_norm_ratio: float | None = flag(
+        "ALBAT: never keep a candidate whose gradient norm is above this multiple of the pool's median "
+        "(web pairs whose caption does not fit the image, and off-domain images, have several times the "
+        "gradient of clean pairs). Applied when selecting, so changing it reuses the scores; the default "
+        "was chosen on the world's LAION-like pool (BENCHMARKS.md, \"Web junk\"). 0 turns it off.",
+        default=DEFAULT_MAX_GRAD_NORM_RATIO,
     )
     clip_model: str = flag(
         "--selection clip: the open_clip model (a name such as ViT-B-32, a model-config JSON, or "
@@ -284,6 +298,8 @@ class SelectionConfig:
             if not cls.needs.candidates:
                 return cls()
             options = {core: getattr(self, name) for core, name in OPTION_FLAGS.items()} | {"seed": seed}
+            if not options["max_norm_ratio"]:  # 0: no cap
+                options["max_norm_ratio"] = None
             return get_rule(self.selection, **rule_settings(self.selection, self.keep_given, options=options))
         except SettingError as error:
             raise worded(error) from None

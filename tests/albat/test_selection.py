@@ -184,3 +184,17 @@ def test_clip_rule_keeps_the_most_similar_whatever_their_sign():
     assert get_rule("clip", num_samples=2).select(records).selected_indices == [1, 3]
     with pytest.raises(ConfigError, match="needs one of: num_samples, fraction"):
         NearestSelection()
+
+
+def test_the_gradient_norm_cap_leaves_out_junk_like_candidates():
+    norms = [1.0, 1.1, 0.9, 5.0, 1.0, 8.0, 1.2, None]  # median of the finite norms: 1.05
+    records = [ManifestRecord(i, f"k{i}", float(10 - i), grad_norm=n) for i, n in enumerate(norms)]
+    result = AlbatSelection(num_samples=4, max_norm_ratio=2.0).select(records)
+    assert result.selected_indices == [0, 1, 2, 4]  # 3 and 5 (norms 5 and 8 > 2.1) are not eligible
+    assert "2 candidate(s) with a gradient norm above 2x" in result.message
+    assert AlbatSelection(num_samples=4).select(records).selected_indices == [0, 1, 2, 3]
+    assert AlbatSelection(fraction=0.5, max_norm_ratio=2.0).select(records).kept == 4  # a fraction of all scored
+    unnormed = [ManifestRecord(i, f"k{i}", float(i + 1)) for i in range(3)]  # no norms recorded: nothing is left out
+    assert AlbatSelection(num_samples=3, max_norm_ratio=1.0).select(unnormed).kept == 3
+    with pytest.raises(ConfigError, match="max_norm_ratio must be a finite number > 0"):
+        AlbatSelection(num_samples=3, max_norm_ratio=0.0)

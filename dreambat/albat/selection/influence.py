@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
 
 from ..errors import SettingError
 from ..manifest import ManifestRecord
@@ -32,19 +35,25 @@ class AlbatSelection(SelectionRule):
         fraction: keep round(fraction · pool) of the scored pool (at least 1), as top-N.
         force: also keep candidates with Z <= 0; by default they are never kept, and a
             ``message`` says so when that leaves fewer than requested.
+        max_norm_ratio: never keep a candidate whose gradient norm (``ManifestRecord.grad_norm``)
+            is above this multiple of the median over the scored records. Web pairs whose caption
+            does not fit their image, and off-domain images, have several times the gradient norm of
+            clean pairs (BENCHMARKS.md, "Web junk"); ``None`` keeps every norm, and records
+            without a norm are never left out.
 
     Exactly one of ``threshold``, ``num_samples``, ``fraction`` must be given; through the
     registry, none given means ``threshold=0``: every candidate predicted to help.
     """
 
     name = "albat"
-    needs = RuleNeeds(scores=INFLUENCE, keep=KEEP_SETTINGS, default_keep={"threshold": 0.0}, options=("force",))
+    needs = RuleNeeds(scores=INFLUENCE, keep=KEEP_SETTINGS, default_keep={"threshold": 0.0},
+                      options=("force", "max_norm_ratio"))
     summary = "ALBAT influence scores"
     help = "influence scores of a surrogate LoRA, Z ≥ η"
 
     def __init__(
         self, *, threshold: float | None = None, num_samples: int | None = None,
-        fraction: float | None = None, force: bool = False,
+        fraction: float | None = None, force: bool = False, max_norm_ratio: float | None = None,
     ) -> None:
         owner = f"selection rule {self.name!r}"
         given = {n: v for n, v in (("threshold", threshold), ("num_samples", num_samples), ("fraction", fraction))
@@ -57,6 +66,10 @@ class AlbatSelection(SelectionRule):
         if threshold is not None and not math.isfinite(threshold):
             raise SettingError(owner, "threshold", threshold, "invalid", "a finite number")
         check_keep(owner, num_samples, fraction)
+        if max_norm_ratio is not None and not (isinstance(max_norm_ratio, (int, float)) and max_norm_ratio > 0
+                                               and math.isfinite(max_norm_ratio)):
+            raise SettingError(owner, "max_norm_ratio", max_norm_ratio, "invalid", "a finite number > 0")
+        self.max_norm_ratio = max_norm_ratio
         self.threshold = threshold
         self.num_samples = num_samples
         self.fraction = fraction
@@ -65,9 +78,27 @@ class AlbatSelection(SelectionRule):
     def select(self, records: Sequence[ManifestRecord]) -> SelectionResult:
         ranked = scored_best_first(records)
         n_positive = count_positive(records)
+        pool = len(ranked)
+        ranked, capped = self._within_norm_cap(ranked)
+        result = self._select(ranked, n_positive, pool)
+        if capped:
+            note = (f"{capped} candidate(s) with a gradient norm above {self.max_norm_ratio:g}x the pool's median "
+                    "were not eligible (junk-like: large loss, large gradient).")
+            result = replace(result, message=f"{result.message} {note}" if result.message else note)
+        return result
+
+    def _within_norm_cap(self, ranked: list[ManifestRecord]) -> tuple[list[ManifestRecord], int]:
+        norms = [r.grad_norm for r in ranked if r.grad_norm is not None and math.isfinite(r.grad_norm)]
+        if self.max_norm_ratio is None or not norms:
+            return ranked, 0
+        cap = self.max_norm_ratio * float(np.median(norms))
+        kept = [r for r in ranked if r.grad_norm is None or not math.isfinite(r.grad_norm) or r.grad_norm <= cap]
+        return kept, len(ranked) - len(kept)
+
+    def _select(self, ranked: list[ManifestRecord], n_positive: int, pool: int) -> SelectionResult:
         if self.threshold is not None:
             return self._by_threshold(ranked, n_positive)
-        requested = self.num_samples if self.num_samples is not None else count_from_fraction(self.fraction, len(ranked))
+        requested = self.num_samples if self.num_samples is not None else count_from_fraction(self.fraction, pool)
         eligible = ranked if self.force else [r for r in ranked if r.score > 0]
         kept = eligible[:requested]
         message = None
