@@ -189,6 +189,10 @@ _TWO_RANKS = textwrap.dedent("""
         lines.append(f"rank {state.process_index}: refused {str(error).splitlines()[0]}")
     with open(f"{sys.argv[2]}/rank{state.process_index}.txt", "w") as out:  # two ranks' stdout interleave
         out.write("\\n".join(lines) + "\\n")
+    import torch.distributed as dist
+    if dist.is_initialized():  # leave together: a rank that exits with the group alive can abort
+        dist.barrier()
+        dist.destroy_process_group()
 """)
 
 
