@@ -88,9 +88,11 @@ def list_candidates(settings: BatSettings, shards: ShardProbe) -> list[ManifestR
                                          process_state().device)
     if caption_filter is None:
         records = [candidate_record(s.index, s.key, s.url, s.caption) for s in reader]
-    else:
-        passing, records = caption_filter.split(list(reader))
-        records += [ManifestRecord(s.index, s.key, None, source=caption_filter.source(s)) for s in passing]
+    else:  # chunk by chunk: only a chunk's images are held at once
+        records = []
+        for chunk in caption_filter.chunks(reader):
+            passing, rejected = caption_filter.split(chunk)
+            records += rejected + [ManifestRecord(s.index, s.key, None, source=caption_filter.source(s)) for s in passing]
         records.sort(key=lambda r: r.index)
     logger.info("Listed %d backbone candidates (%s%s).", len(records), reader.stats.summary(),
                 f"; {caption_filter.rejected} below --min_clip_score" if caption_filter else "")

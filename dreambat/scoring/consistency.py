@@ -68,6 +68,17 @@ class CaptionFilter:
         self.rejected += len(rejected)
         return passing, rejected
 
+    def chunks(self, samples: Iterable[BackboneSample]) -> Iterator[list[BackboneSample]]:
+        """``samples`` in lists of ``batch_size`` (the last one shorter)."""
+        chunk: list[BackboneSample] = []
+        for sample in samples:
+            chunk.append(sample)
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
     def stream(self, samples: Iterable[BackboneSample], writer: ManifestWriter) -> Iterator[BackboneSample]:
         """The passing samples of a stream; the others go to ``writer`` as skipped records at once.
         Samples the writer already holds (a resumed run) pass through unembedded."""
