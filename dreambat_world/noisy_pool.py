@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from dreambat.errors import ConfigError
 
 from .pool_record import world_record
-from .synthetic import COLORS, SHAPES, SceneSpec, caption, random_scene, record_rng, render
+from .synthetic import COLORS, SHAPES, SceneSpec, caption, random_scene, record_rng
 
 CAPTION_FATES = ("clean", "mismatched", "partly_wrong")
 IMAGE_FATES = ("clean", "jpeg", "blur", "overlay", "offdomain")
