@@ -13,7 +13,6 @@ Every function is called on every process; only the main process writes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -21,16 +20,15 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from ..albat import SIMILARITY, ManifestRecord, SelectionResult, apply_selection, meta_path, read_manifest, write_manifest
+from ..albat import SIMILARITY, ManifestRecord, SelectionResult, meta_path, read_manifest
 from ..constants import LORA_WEIGHTS_NAME, SELECTION_MANIFEST_NAME
 from ..data.records import candidate_record
 from ..data.shard_probe import ShardProbe
 from ..inputs import ResolvedInputs
 from ..launch import process_state
 from ..reuse import unscored_fingerprint
-from ..scoring.config import word_message
 from ..scoring.consistency import load_caption_filter
-from ..scoring.run import ScoredPool, finish_scoring, score_pool
+from ..scoring.run import ScoredPool, finish_scoring, score_pool, select_and_write
 from ..training.dreambooth import run_dreambooth
 from .config import BatSettings
 
@@ -126,13 +124,7 @@ def selection_stage(
             else:
                 records = list_candidates(settings, shards)
                 fp = unscored_fingerprint(settings.pool, settings.selection)
-            result = rule.select(records)
-            result = dataclasses.replace(result, message=word_message(result.message))
-            if result.message:
-                logger.warning(result.message)
-            records = apply_selection(records, result)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            write_manifest(records, output_dir / SELECTION_MANIFEST_NAME, fingerprint=fp)
+            records, result = select_and_write(records, rule, output_dir / SELECTION_MANIFEST_NAME, fp)
     if state.num_processes > 1:
         records, result, report = broadcast_object_list([records, result, report], from_process=0)
     state.wait_for_everyone()

@@ -80,31 +80,23 @@ class CaptionFilter:
             yield chunk
 
     def stream(self, samples: Iterable[BackboneSample], writer: ManifestWriter) -> Iterator[BackboneSample]:
-        """The passing samples of a stream; the others go to ``writer`` as skipped records at once.
-        Samples the writer already holds (a resumed run) pass through unembedded."""
-        pending: list[BackboneSample] = []
-        for sample in samples:
-            if sample.index in writer.done_indices:
-                yield sample
-                continue
-            pending.append(sample)
-            if len(pending) == self.batch_size:
-                yield from self._flush(pending, writer)
-                pending = []
-        if pending:
-            yield from self._flush(pending, writer)
-
-    def _flush(self, pending: list[BackboneSample], writer: ManifestWriter) -> Iterator[BackboneSample]:
-        passing, rejected = self.split(pending)
-        writer.write(rejected)
-        yield from passing
+        """The passing samples of a stream, in order; the others go to ``writer`` as skipped records,
+        a chunk at a time. Samples the writer already holds (a resumed run) pass through unembedded."""
+        for chunk in self.chunks(samples):
+            done = [sample.index in writer.done_indices for sample in chunk]
+            passing, rejected = self.split([sample for sample, seen in zip(chunk, done) if not seen])
+            writer.write(rejected)
+            kept = {sample.index for sample in passing}
+            yield from (sample for sample, seen in zip(chunk, done) if seen or sample.index in kept)
 
     def describe(self) -> dict[str, Any]:
         return {"encoder": self.encoder.name, "min_clip_score": self.min_score, "rejected": self.rejected}
 
 
-def load_caption_filter(model: str, pretrained: str, min_score: float | None, device: torch.device) -> CaptionFilter | None:
-    """The filter of ``--min_clip_score`` (``None`` when the flag is not given)."""
+def load_caption_filter(model: str, pretrained: str, min_score: float | None, device: torch.device, *,
+                        encoder: ClipEncoder | None = None) -> CaptionFilter | None:
+    """The filter of ``--min_clip_score`` (``None`` when the flag is not given); ``encoder``: the
+    same model already loaded (CLIP retrieval's), so it is not loaded twice."""
     if min_score is None:
         return None
-    return CaptionFilter(ClipEncoder.load(model, pretrained, device=device), min_score)
+    return CaptionFilter(encoder or ClipEncoder.load(model, pretrained, device=device), min_score)

@@ -204,6 +204,21 @@ def score_pool(
     return ScoredPool(settings, shards, resolved.resolution, fp, status, records, gathered, curvature, None, timer)
 
 
+def select_and_write(
+    records: list[ManifestRecord], rule: SelectionRule, manifest_path: Path, fingerprint: dict
+) -> tuple[list[ManifestRecord], SelectionResult]:
+    """Apply ``rule`` to ``records`` (its advice worded with flags and logged) and write the flagged
+    manifest with ``fingerprint``: the one place a run selects and writes ``selection.jsonl``."""
+    result = rule.select(records)
+    result = dataclasses.replace(result, message=word_message(result.message))
+    if result.message:
+        logger.warning(result.message)
+    records = apply_selection(records, result)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, manifest_path, fingerprint=fingerprint)
+    return records, result
+
+
 def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[ManifestRecord], SelectionResult, dict]:
     """Main process: apply ``rule`` once, write the manifest and ``score_report.json`` once, remove
     the part manifests. Returns the flagged records, the rule's result and the report."""
@@ -211,15 +226,10 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
     output_dir = Path(settings.inputs.output_dir)
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
     with timer("select"):
-        result = rule.select(pool.records)
-        result = dataclasses.replace(result, message=word_message(result.message))
-        records = apply_selection(pool.records, result)
-        write_manifest(records, manifest_path, fingerprint=fp)
+        records, result = select_and_write(pool.records, rule, manifest_path, fp)
         for stale in sorted(output_dir.glob(PART_GLOB)):
             stale.unlink()
             meta_path(stale).unlink(missing_ok=True)
-        if result.message:
-            logger.warning(result.message)
     earlier, gathered = pool.earlier, pool.gathered
     counts = earlier["counts"] if gathered is None else {
         **_sum_counts(g["reader"] for g in gathered),
@@ -278,11 +288,11 @@ def _retrieve(
     with timer("subject_embeddings"):
         scorer = ClipSimilarity(encoder, resolved.subject_images)
     with timer("score"):
-        summary, reader, rejected = _stream(settings, scorer, collate_images, fp, show_progress)
+        summary, reader, rejected = _stream(settings, scorer, collate_images, fp, show_progress, encoder=encoder)
     return _gather(reader, summary, rejected), scorer.describe()
 
 
-def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: bool):
+def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: bool, *, encoder=None):
     """Score this process's share of the pool into its part manifest (resuming the final one's);
     with ``--min_clip_score``, candidates whose caption does not fit their image are recorded as
     skipped before they reach the scorer."""
@@ -291,7 +301,7 @@ def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: b
     reader = pool.reader(pool.backbone_shards, rank=state.process_index, world_size=state.num_processes)
     selection = settings.selection
     caption_filter = load_caption_filter(selection.clip_model, selection.clip_pretrained, pool.min_clip_score,
-                                         state.device)
+                                         state.device, encoder=encoder)
     part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
     manifest_path = output_dir / SELECTION_MANIFEST_NAME
     with ManifestWriter(part, fingerprint=fp) as writer:
