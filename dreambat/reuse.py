@@ -80,9 +80,18 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# Settings that came after run folders were first recorded, at the value that reproduces what
+# dreambat did before them: left out of a record there, so those folders still match.
+SETTINGS_ADDED_LATER = {
+    "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",
+    "num_new_tokens_per_abstraction": 2, "initializer_concept": None, "text_encoder_lr": None,
+}
+
+
 def weights_settings(config: Any) -> dict:
     """A training config's settings that shape its weights (those a rerun may not change)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS
+            and not (k in SETTINGS_ADDED_LATER and SETTINGS_ADDED_LATER[k] == v)}
 
 
 def _pool_settings(pool: PoolConfig, selection: SelectionConfig) -> dict:

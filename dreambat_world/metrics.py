@@ -28,6 +28,7 @@ from dreambat.eval.config import DreamBenchConfig
 from dreambat.eval.prompts import DreamBenchPrompts
 from dreambat.eval.runner import plan
 from dreambat.lora import load_lora, unload_lora
+from dreambat.pivotal import expand_prompts, load_new_tokens
 from dreambat.scoring.diffusion_task import DiffusionLossTask
 
 from .classifiers import AttributeClassifier
@@ -73,6 +74,7 @@ class HeldoutLoss:
             raise ConfigError(f"No held-out photos for subject '{subject.name}'.")
         if lora is not None:
             load_lora(lora, self.backbone.unet, self.backbone.text_encoder)
+            (prompt,) = expand_prompts([prompt], load_new_tokens(lora, self.backbone.tokenizer, self.backbone.text_encoder))
         try:
             losses = []
             with torch.no_grad():
@@ -177,7 +179,8 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
                    output_dir: str | Path, *, instance_prompt: str = "a photo of sks {}",
                    num_images: int = 2, num_prompts: int | None = None, num_inference_steps: int = 25,
                    guidance_scale: float = 3.0, seed: int = 0, num_loss_timesteps: int = 20,
-                   evaluators_dir: str | Path | None = None, progress: bool = True) -> list[WorldScore]:
+                   evaluators_dir: str | Path | None = None, progress: bool = True,
+                   unique_token: str = "sks") -> list[WorldScore]:
     """Score LoRAs on world subjects with every world metric.
 
     Args:
@@ -185,6 +188,8 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
             :func:`~dreambat.eval.config.build_methods` takes them (None: the bare backbone).
         subjects: world subject names.
         instance_prompt: the training prompt, ``{}`` standing for the class word (held-out loss).
+        unique_token: the identifier in the generation prompts (``TOK`` for a pivotal-tuning LoRA:
+            its new tokens are loaded and expanded there).
         num_images / num_prompts / num_inference_steps / guidance_scale / seed: DreamBench
             generation over the world prompts (resumable in ``output_dir``).
 
@@ -214,7 +219,7 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
         output_dir=output_dir / "dreambench",
         generation=GenerationSettings(num_images=num_images, seed=seed, num_inference_steps=num_inference_steps,
                                       guidance_scale=guidance_scale, num_prompts=num_prompts,
-                                      scheduler="ddim", batch_size=16),
+                                      scheduler="ddim", batch_size=16, unique_token=unique_token),
         encoders=EncoderSettings(**settings),
         prompts_file=WORLD_PROMPTS_PATH,
     )

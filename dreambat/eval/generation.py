@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..lora import load_lora, unload_lora
+from ..pivotal import NewTokens, expand_prompts, load_new_tokens
 from .config import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,30 @@ class LoraSwitch:
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.current: Path | None = None
+        self.new_tokens: NewTokens | None = None
 
     def use(self, lora: Path | None) -> None:
-        """Load the LoRA folder ``lora`` (``None``: the bare base model)."""
+        """Load the LoRA folder ``lora`` (``None``: the bare base model), with its new-token
+        embeddings when it was trained with pivotal tuning."""
         if lora == self.current:
             return
         if self.current is not None:
             unload_lora(self.pipeline.unet, self.pipeline.text_encoder)
+        self.new_tokens = None
         if lora is not None:
             load_lora(lora, self.pipeline.unet, self.pipeline.text_encoder)
+            self.new_tokens = load_new_tokens(lora, self.pipeline.tokenizer, self.pipeline.text_encoder)
         self.current = lora
+
+    def prompts(self, prompts: Sequence[str]) -> list[str]:
+        """``prompts`` as the loaded LoRA reads them: its token abstraction (``TOK``) expanded."""
+        new = self.new_tokens
+        if new is not None and new.abstraction and not any(new.abstraction in p for p in prompts):
+            logger.warning(
+                "%s was trained with new tokens for %r, which none of these prompts contains (%r...): pass "
+                "--unique_token %s so the prompts name the subject.", self.current, new.abstraction, prompts[0],
+                new.abstraction)
+        return expand_prompts(prompts, new)
 
 
 @torch.no_grad()
@@ -133,7 +148,8 @@ def run_jobs(pipeline, jobs: Iterable[ImageJob], settings: GenerationSettings,
             switch.use(lora)
             for start in range(0, len(group), settings.batch_size):
                 batch = group[start:start + settings.batch_size]
-                images = generate_images(pipeline, [job.prompt for job in batch], [job.seed for job in batch], settings)
+                prompts = switch.prompts([job.prompt for job in batch])
+                images = generate_images(pipeline, prompts, [job.seed for job in batch], settings)
                 for job, image in zip(batch, images):
                     save_atomically(image, job.path)
                     done += 1

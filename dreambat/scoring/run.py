@@ -56,6 +56,7 @@ from ..errors import DataError
 from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import process_state
 from ..lora import load_lora, lora_weights_file
+from ..pivotal import expand_prompts, load_new_tokens
 from ..progress import progress
 from ..reuse import PART_GLOB, ManifestStatus, manifest_status, scores_fingerprint
 from ..timing import Timer
@@ -337,10 +338,14 @@ def _score(
         for model in (backbone.unet, backbone.vae, backbone.text_encoder):
             model.to(state.device)
         load_lora(surrogate, backbone.unet, backbone.text_encoder, adapter_name=SURROGATE_ADAPTER)
+        # a surrogate trained with new tokens (pivotal tuning) scores with them; they stay fixed:
+        # what is differentiated is the LoRA alone
+        new_tokens = load_new_tokens(surrogate, backbone.tokenizer, backbone.text_encoder)
         blocks = LoraBlocks.from_models(backbone.unet, backbone.text_encoder)
         task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output)
         reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output)
-        subject = SubjectDataset(resolved.subject_images, inputs.instance_prompt, resolved.resolution, center_crop=True)
+        (prompt,) = expand_prompts([inputs.instance_prompt], new_tokens)
+        subject = SubjectDataset(resolved.subject_images, prompt, resolved.resolution, center_crop=True)
         n_ref = len(subject) * reference_task.num_terms
         strategy = get_strategy(scoring.curvature, scoring.damping, n_ref=n_ref, max_dim=max(blocks.dims))
         scorer = AlbatScorer(task, blocks, strategy, reference_task=reference_task,

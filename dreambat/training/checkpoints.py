@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from ..constants import CHECKPOINT_PREFIX, LORA_WEIGHTS_NAME
 from ..errors import ConfigError
 from ..lora import load_lora, save_lora
+from ..pivotal import PivotalEmbedding, embeddings_file, find_embeddings, save_new_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def save_checkpoint(
     *,
     total_limit: int | None = None,
     stream_state: dict | None = None,
+    pivotal: PivotalEmbedding | None = None,
 ) -> Path:
     """Save the training state as ``output_dir/checkpoint-{step}``; call on every process.
 
@@ -112,6 +114,8 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if stream_state is not None:
             (partial / STREAM_STATE_NAME).write_text(json.dumps(stream_state, indent=2, sort_keys=True) + "\n")
+        if pivotal is not None:  # under the final folder's name, so the checkpoint loads like the run
+            save_new_tokens(partial, pivotal.new, pivotal.vectors, path=partial / embeddings_file(final).name)
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -137,10 +141,12 @@ def check_stream_state(checkpoint: Path, expected: dict) -> None:
         )
 
 
-def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None) -> list:
+def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None, *,
+                              pivotal: PivotalEmbedding | None = None) -> list:
     """Make ``save_state``/``load_state`` store only the LoRA adapters of ``unet``/``text_encoder``.
 
     ``unet`` and ``text_encoder`` are the unwrapped modules (the text encoder only when trained).
+    ``pivotal``'s new-token embeddings are restored on load (:func:`save_checkpoint` writes them).
     Returns the hook handles (``handle.remove()`` unregisters).
     """
 
@@ -163,6 +169,11 @@ def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None)
         if not (folder / LORA_WEIGHTS_NAME).is_file():
             raise ConfigError(f"Checkpoint '{folder}' has no {LORA_WEIGHTS_NAME}; it is incomplete, resume from another.")
         load_lora(folder, unet, text_encoder)
+        if pivotal is not None:
+            if find_embeddings(folder) is None:
+                raise ConfigError(f"Checkpoint '{folder}' has no new-token embeddings, and this run trains them "
+                                  "(--train_text_encoder_ti); resume without that flag, or start fresh.")
+            pivotal.load_vectors(folder)
 
     return [
         accelerator.register_save_state_pre_hook(save_hook),

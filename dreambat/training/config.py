@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..fields import flag
 from ..inputs import RunInputs
 from ..lora import check_lora_settings
+from ..pivotal import NewTokens, check_new_token_settings
 
 LrScheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -36,6 +37,25 @@ class TrainConfig(RunInputs):
     center_crop: bool = flag("Center-crop instead of random-crop after resizing.", default=False)
     random_flip: bool = flag("Randomly flip training images horizontally.", default=False)
     train_text_encoder: bool = flag("Also train a LoRA on the text encoder.", default=False)
+    train_text_encoder_ti: bool = flag(
+        "Pivotal tuning: new tokens for --token_abstraction, their embeddings trained with the LoRA "
+        "(saved as <output_dir>/<name>_emb.safetensors).", default=False
+    )
+    train_text_encoder_ti_frac: float = flag(
+        "Share of the steps during which the new tokens' embeddings train (then they are frozen).", default=0.5
+    )
+    token_abstraction: str = flag(
+        "The word of --instance_prompt that stands for the new tokens (with --train_text_encoder_ti).",
+        default="TOK",
+    )
+    num_new_tokens_per_abstraction: int = flag("New tokens per abstraction: TOK -> <s0><s1>...", default=2)
+    initializer_concept: str | None = flag(
+        "Start the new tokens' embeddings from this word's (default: random, at the table's scale).", default=None
+    )
+    text_encoder_lr: float | None = flag(
+        "Learning rate of the new-token embeddings and the text-encoder LoRA (default: --learning_rate).",
+        default=None,
+    )
     train_batch_size: int = flag("Batch size per process.", default=1)
     num_train_epochs: int = flag("Epochs, used when --max_train_steps is not set.", default=1)
     max_train_steps: int | None = flag("Total optimisation steps; overrides epochs.", default=None)
@@ -125,8 +145,13 @@ class TrainConfig(RunInputs):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be >= 1 when given, got {value}.")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ConfigError(f"--learning_rate must be a positive number, got {self.learning_rate}.")
+        for name in ("learning_rate", "text_encoder_lr"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"--{name} must be a positive number, got {value}.")
+        if self.train_text_encoder_ti:
+            check_new_token_settings(self.token_abstraction, self.num_new_tokens_per_abstraction,
+                                     self.train_text_encoder_ti_frac, self.instance_prompt)
         if self.lr_warmup_steps < 0:
             raise ConfigError(f"--lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}.")
         check_lora_settings(self.rank, self.lora_dropout)
@@ -165,6 +190,13 @@ class TrainConfig(RunInputs):
                 UserWarning,
                 stacklevel=3,
             )
+
+    @property
+    def new_tokens(self) -> NewTokens | None:
+        """The pivotal-tuning tokens of this run (``None`` without ``--train_text_encoder_ti``)."""
+        if not self.train_text_encoder_ti:
+            return None
+        return NewTokens.make(self.token_abstraction, self.num_new_tokens_per_abstraction)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,6 +29,7 @@ from ..data.subject import SubjectDataset
 from ..inputs import ResolvedInputs
 from ..timing import Timer
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
+from ..pivotal import PivotalEmbedding, expand_prompts
 from .checkpoints import check_stream_state, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .loop import (
@@ -58,6 +59,7 @@ class RunResult:
 
     output_dir: Path
     lora_path: Path | None = None
+    embeddings_path: Path | None = None
     grid_path: Path | None = None
     model_card_path: Path | None = None
     state: TrainState | None = None
@@ -67,8 +69,12 @@ class RunResult:
     class_images: ClassImageCounts | None = None
 
 
-def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_path: Path | None = None) -> Backbone:
-    """Load the frozen backbone on the accelerator's device and attach fresh LoRA adapters."""
+def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_path: Path | None = None
+                     ) -> tuple[Backbone, PivotalEmbedding | None]:
+    """Load the frozen backbone on the accelerator's device and attach fresh LoRA adapters.
+
+    Returns the backbone and, with ``--train_text_encoder_ti``, the new tokens' trainable
+    embeddings (added to its tokenizer and hooked into its text encoder)."""
     dtype = weight_dtype(accelerator)
     backbone = load_backbone(
         str(backbone_path or config.pretrained_model_name_or_path), revision=config.revision,
@@ -79,10 +85,16 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
     add_unet_lora(backbone.unet, config.rank, dropout=config.lora_dropout)
     if config.train_text_encoder:
         add_text_encoder_lora(backbone.text_encoder, config.rank, dropout=config.lora_dropout)
+    pivotal = None
+    if config.new_tokens is not None:
+        generator = torch.Generator().manual_seed(config.seed or 0)
+        pivotal = PivotalEmbedding(backbone.tokenizer, backbone.text_encoder, config.new_tokens,
+                                   initializer=config.initializer_concept, generator=generator)
+        pivotal.to(accelerator.device)
     if dtype != torch.float32:
         # Frozen weights run in half precision; the trained LoRA weights stay in fp32.
         cast_training_params([backbone.unet, backbone.text_encoder], dtype=torch.float32)
-    return backbone
+    return backbone, pivotal
 
 
 def _tracker_config(config: TrainConfig) -> dict:
@@ -139,8 +151,9 @@ def run_dreambooth(
         backbone_path = resolved.backbone_path
         config = dataclasses.replace(config, resolution=resolved.resolution)
         check_mixture(backbone_data, gamma, config.resolution)
+        (instance_prompt,) = expand_prompts([config.instance_prompt], config.new_tokens)
         subject = SubjectDataset(
-            resolved.subject_images, config.instance_prompt, config.resolution,
+            resolved.subject_images, instance_prompt, config.resolution,
             center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
         )
         accelerator = make_accelerator(config)
@@ -163,7 +176,7 @@ def run_dreambooth(
     with timer("load"):
         if config.seed is not None:
             set_seed(config.seed, device_specific=True)
-        backbone = prepare_backbone(config, accelerator, backbone_path)
+        backbone, pivotal = prepare_backbone(config, accelerator, backbone_path)
         stream = TrainingStream(
             subject, batch_size=config.train_batch_size, seed=config.seed or 0,
             process_index=accelerator.process_index, num_processes=accelerator.num_processes,
@@ -196,7 +209,8 @@ def run_dreambooth(
             unet = accelerator.unwrap_model(backbone.unet)
             text_encoder = backbone.text_encoder if config.train_text_encoder else None
             images = sample_during_training(
-                backbone, config.validation_prompt, config.num_validation_images, unet=unet,
+                backbone, expand_prompts([config.validation_prompt], config.new_tokens)[0],
+                config.num_validation_images, unet=unet,
                 text_encoder=text_encoder, seed=config.seed or 0,
                 num_inference_steps=config.num_inference_steps, resolution=config.resolution,
             )
@@ -205,12 +219,13 @@ def run_dreambooth(
                         description, step, len(images), config.validation_prompt, description)
         if step % config.checkpointing_steps == 0:
             save_checkpoint(accelerator, result.output_dir, step, total_limit=config.checkpoints_total_limit,
-                            stream_state={**stream_state, "global_step": step})
+                            stream_state={**stream_state, "global_step": step}, pivotal=pivotal)
 
     with timer("train"):
         result.state = train_lora(
             config, backbone, lambda start: stream.iterate(start, num_workers=config.dataloader_num_workers),
             accelerator, num_steps=num_steps, description=description, on_step=on_step, resume_from=resume,
+            pivotal=pivotal,
         )
     accelerator.wait_for_everyone()
     counts = stream.count_sources(num_steps * config.gradient_accumulation_steps, all_processes=True)
@@ -227,7 +242,7 @@ def run_dreambooth(
     if accelerator.is_main_process:
         with timer("save_and_validate"):
             _save_outputs(config, accelerator, backbone, backbone_path, result, len(subject), num_steps,
-                          description, model_card_sections)
+                          description, model_card_sections, pivotal)
     result.timings = timer.seconds
     accelerator.wait_for_everyone()
     # Not accelerator.end_training(): it destroys the process group, and a BAT run trains twice
@@ -256,12 +271,18 @@ def _save_outputs(
     num_steps: int,
     description: str,
     model_card_sections: Mapping[str, str] | None,
+    pivotal: PivotalEmbedding | None = None,
 ) -> None:
-    """Main process: LoRA weights, base-vs-LoRA grid read back from the saved file, model card."""
+    """Main process: LoRA weights (and new-token embeddings), base-vs-LoRA grid read back from the
+    saved files, model card."""
     unet = accelerator.unwrap_model(backbone.unet)
     text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
     result.lora_path = save_lora(result.output_dir, unet, text_encoder)
     logger.info("%s: saved the LoRA weights to %s.", description, result.lora_path)
+    if pivotal is not None:
+        result.embeddings_path = pivotal.save(result.output_dir)
+        logger.info("%s: saved the embeddings of %s (for %r) to %s.", description, pivotal.new.text,
+                    pivotal.new.abstraction, result.embeddings_path)
     if config.validation_prompt:
         grid, rows = render_comparison(
             backbone_path, result.output_dir, [config.validation_prompt], config.num_validation_images,

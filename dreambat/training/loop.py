@@ -33,6 +33,7 @@ from ..diffusion import (
 )
 from ..errors import ConfigError
 from ..lora import lora_parameters
+from ..pivotal import PivotalEmbedding
 from ..progress import progress
 from .checkpoints import checkpoint_step, register_lora_state_hooks
 from .config import TrainConfig
@@ -87,11 +88,19 @@ def require_bitsandbytes() -> None:
         )
 
 
-def build_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], num_processes: int):
-    """AdamW (or bitsandbytes' AdamW8bit) over ``params``, as diffusers' script sets it up."""
-    lr = config.learning_rate
+def build_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], num_processes: int,
+                    text_params: list[torch.nn.Parameter] = ()):
+    """AdamW (or bitsandbytes' AdamW8bit) over ``params``, as diffusers' script sets it up.
+
+    ``text_params`` (the text-encoder LoRA and new-token embeddings) form a second group at
+    ``--text_encoder_lr`` when it is set."""
+    scale = 1
     if config.scale_lr:
-        lr *= config.gradient_accumulation_steps * config.train_batch_size * num_processes
+        scale = config.gradient_accumulation_steps * config.train_batch_size * num_processes
+    lr = config.learning_rate * scale
+    groups = [{"params": list(params)}]
+    if text_params:
+        groups.append({"params": list(text_params), "lr": (config.text_encoder_lr or config.learning_rate) * scale})
     optimizer_class = torch.optim.AdamW
     if config.use_8bit_adam:
         require_bitsandbytes()
@@ -99,7 +108,7 @@ def build_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], num_p
 
         optimizer_class = bitsandbytes.optim.AdamW8bit
     return optimizer_class(
-        params,
+        [g for g in groups if g["params"]],
         lr=lr,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
@@ -145,6 +154,7 @@ def train_lora(
     description: str = "train",
     on_step: Callable[[int], None] | None = None,
     resume_from: str | Path | None = None,
+    pivotal: PivotalEmbedding | None = None,
 ) -> TrainState:
     """Train the LoRA adapters already attached to ``backbone`` up to optimiser step ``num_steps``.
 
@@ -164,13 +174,19 @@ def train_lora(
             (validation, checkpoints).
         resume_from: a ``checkpoint-N`` folder: restore the LoRA weights, optimiser, schedule and
             RNG states saved there, then continue from step N.
+        pivotal: new-token embeddings to train beside the LoRA (``--train_text_encoder_ti``), for
+            the first ``--train_text_encoder_ti_frac`` of the steps; their gradient is averaged
+            over processes here (they are not part of any wrapped module).
 
     Returns:
         The final :class:`TrainState` with the per-step loss (averaged over processes).
     """
     text_encoder = backbone.text_encoder if config.train_text_encoder else None
-    params = lora_parameters(backbone.unet, text_encoder)
-    optimizer = build_optimizer(config, params, accelerator.num_processes)
+    unet_params = lora_parameters(backbone.unet)
+    text_params = lora_parameters(text_encoder) + ([pivotal.vectors] if pivotal is not None else [])
+    params = unet_params + text_params
+    optimizer = build_optimizer(config, unet_params, accelerator.num_processes, text_params)
+    pivot_step = math.ceil(config.train_text_encoder_ti_frac * num_steps) if pivotal is not None else None
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer=optimizer,
@@ -186,7 +202,7 @@ def train_lora(
     models = list(prepared[: len(modules)])
     optimizer, lr_scheduler = prepared[-2:]
     unet = models[0]
-    hooks = register_lora_state_hooks(accelerator, backbone.unet, text_encoder)
+    hooks = register_lora_state_hooks(accelerator, backbone.unet, text_encoder, pivotal=pivotal)
 
     state = TrainState()
     if resume_from is not None:
@@ -205,12 +221,17 @@ def train_lora(
         disable=not accelerator.is_local_main_process, unit="step",
     )
     while state.global_step < num_steps:
+        if pivotal is not None:
+            # the pivot: past it the embeddings get no gradient, so AdamW leaves them as they are
+            pivotal.vectors.requires_grad_(state.global_step < pivot_step)
         with accelerator.accumulate(*models):
             batch = next(stream)
             loss = training_loss(backbone, config, batch, models[1] if text_encoder is not None
                                  else backbone.text_encoder, unet)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
+                if pivotal is not None and pivotal.vectors.grad is not None and accelerator.num_processes > 1:
+                    pass
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()

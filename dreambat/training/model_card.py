@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..constants import LORA_WEIGHTS_NAME, MODEL_CARD_NAME
+from ..pivotal import TEXT_ENCODER_KEY, embeddings_file
 from .config import TrainConfig
 
 
@@ -34,6 +35,20 @@ def write_model_card(
     base = config.pretrained_model_name_or_path
     loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
     samples = f"\n![validation samples]({grid_name})\n" if grid_name else ""
+    prompt = config.validation_prompt or config.instance_prompt
+    use = f"""pipe = StableDiffusionPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("{output_dir}")"""
+    new = config.new_tokens
+    if new is not None:
+        prompt = new.expand(prompt)
+        use += f"""
+# pivotal tuning: the new tokens {new.text} stand for {new.abstraction!r}
+state = load_file("{embeddings_file(output_dir)}")
+pipe.load_textual_inversion(state["{TEXT_ENCODER_KEY}"], token={list(new.tokens)},
+                            text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)"""
+    imports = "from diffusers import StableDiffusionPipeline"
+    if new is not None:
+        imports += "\nfrom safetensors.torch import load_file"
     card = f"""---
 base_model: {base}
 library_name: diffusers
@@ -55,11 +70,10 @@ LoRA weights (`{LORA_WEIGHTS_NAME}`, diffusers format) for `{base}`, trained on
 ## Use
 
 ```python
-from diffusers import StableDiffusionPipeline
+{imports}
 
-pipe = StableDiffusionPipeline.from_pretrained("{base}")
-pipe.load_lora_weights("{output_dir}")
-image = pipe("{config.validation_prompt or config.instance_prompt}").images[0]
+{use}
+image = pipe("{prompt}").images[0]
 ```
 
 ## Training
@@ -90,6 +104,11 @@ def _extra_rows(
     resumed_from: str | None,
 ) -> str:
     rows = []
+    if config.new_tokens is not None:
+        rows.append(
+            f"| pivotal tuning | {config.new_tokens.abstraction} = {config.new_tokens.text}, embeddings trained for the "
+            f"first {config.train_text_encoder_ti_frac:.0%} of the steps (`{embeddings_file(Path(config.output_dir)).name}`) |"
+        )
     if config.with_prior_preservation:
         rows.append(
             f"| prior preservation | {num_class_images or config.num_class_images} class images of "

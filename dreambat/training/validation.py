@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..backbone.load import Backbone
 from ..image_grid import image_grid
+from ..pivotal import expand_prompts, load_new_tokens
 
 
 def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None) -> StableDiffusionPipeline:
@@ -128,7 +129,8 @@ def render_comparison(
     kwargs = {"seed": seed, "num_inference_steps": num_inference_steps, "resolution": resolution}
     base_rows = [generate(pipeline, prompt, num_images, **kwargs) for prompt in prompts]
     pipeline.load_lora_weights(lora_dir)
-    lora_rows = [generate(pipeline, prompt, num_images, **kwargs) for prompt in prompts]
+    new_tokens = load_new_tokens(lora_dir, pipeline.tokenizer, pipeline.text_encoder)
+    lora_rows = [generate(pipeline, prompt, num_images, **kwargs) for prompt in expand_prompts(prompts, new_tokens)]
     rows, labels = [], []
     for prompt, base, lora in zip(prompts, base_rows, lora_rows):
         rows += [base, lora]
