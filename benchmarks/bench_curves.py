@@ -82,7 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--train_text_encoder", action="store_true", help="also train a text-encoder LoRA")
+    p.add_argument("--train_text_encoder_ti", action="store_true",
+                   help="pivotal tuning: new tokens for --instance_token (use TOK), trained with the LoRA")
     p.add_argument("--instance_token", default="sks", help="the identifier of the instance prompt")
+    p.add_argument("--train_only", action="store_true",
+                   help="train (and checkpoint) every LoRA, evaluate nothing; a later run without it evaluates")
     p.add_argument("--num_images", type=int, default=2, help="generated images per prompt")
     p.add_argument("--num_prompts", type=int, default=None, help="first N world prompts (default: all)")
     p.add_argument("--inference_steps", type=int, default=25)
@@ -109,7 +113,8 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
         pretrained_model_name_or_path=args.backbone, instance_data_dir=str(subject_dir(subject, photos, work)),
         instance_prompt=instance_prompt(args, word), output_dir=str(out), seed=seed, resolution=32,
         random_flip=True, train_batch_size=4, max_train_steps=steps[-1], learning_rate=args.learning_rate,
-        rank=args.rank, train_text_encoder=args.train_text_encoder,
+        rank=args.rank, train_text_encoder=args.train_text_encoder, train_text_encoder_ti=args.train_text_encoder_ti,
+        token_abstraction=args.instance_token,
         checkpointing_steps=math.gcd(*steps), checkpoints_total_limit=None, report_to="none",
         resume_from_checkpoint="latest")
     if method == "dreambooth":
@@ -135,7 +140,7 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
 
 
 FIXED_SETTINGS = ("backbone", "checkpoints", "gamma", "keep", "max_candidates", "learning_rate", "rank",
-                  "train_text_encoder", "instance_token", "num_images", "num_prompts", "inference_steps",
+                  "train_text_encoder", "train_text_encoder_ti", "instance_token", "num_images", "num_prompts", "inference_steps",
                   "evaluators_dir")
 """Settings every row of a tag shares; pools, photo counts, subjects, seeds and methods may be added."""
 
@@ -194,13 +199,17 @@ def main(argv=None) -> None:
                     t0 = time.perf_counter()
                     train(method, args, subject, seed, photos, work, shards, candidates)
                     seconds[method] = round(time.perf_counter() - t0, 1)
+                if args.train_only:
+                    print(f"{args.pool} photos {photos} {subject} seed {seed}: trained {seconds}", flush=True)
+                    continue
                 loras = {f"{m}.{s}": None if m == "base" else lora_at(work / m, s, steps[-1]) for m, s in todo}
                 t0 = time.perf_counter()
                 word = subject_by_name(subject).class_word
                 scores = evaluate_world(args.backbone, loras, [subject], work / "eval",
                                         instance_prompt=instance_prompt(args, "{}"), num_images=args.num_images,
                                         num_prompts=args.num_prompts, num_inference_steps=args.inference_steps,
-                                        seed=seed, evaluators_dir=args.evaluators_dir, progress=False)
+                                        seed=seed, evaluators_dir=args.evaluators_dir, progress=False,
+                                        unique_token=args.instance_token)
                 eval_seconds = round(time.perf_counter() - t0, 1)
                 with open(results, "a") as handle:
                     for score in scores:
