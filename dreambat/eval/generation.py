@@ -109,6 +109,12 @@ def image_path(root: Path, method: str, subject: str, prompt_index: int, seed: i
     return root / method / subject / f"{prompt_index:02d}_{seed}.png"
 
 
+def prior_image_path(root: Path, method: str, subject: str, kind: str, seed: int) -> Path:
+    """``root/<method>/<subject>/prior/<kind>_<seed>.png``: a PRES (``kind="class"``) or DIV
+    (``kind="subject"``) image, beside the DreamBench ones and never mistaken for them."""
+    return root / method / subject / "prior" / f"{kind}_{seed}.png"
+
+
 def save_atomically(image: Image.Image, path: Path) -> None:
     """Write a PNG under a temporary name and rename it, so no half-written file is ever skipped."""
     path.parent.mkdir(parents=True, exist_ok=True)
