@@ -138,7 +138,7 @@ def sweep_table(sweep: Sweep, args: argparse.Namespace) -> str:
                 continue
             cells = []
             for metric in METRICS:
-                values = [r[metric] for r in method_rows if r[metric] is not None]
+                values = [r.get(metric) for r in method_rows if r.get(metric) is not None]
                 diff = None if method == "dreambooth" else bench_quality.paired(method_rows, base, metric)
                 cells.append(_cell(float(np.mean(values)), diff, metric) if values else "–")
             vs_random = (bench_quality.paired(method_rows, random_rows, "heldout_loss")

@@ -245,7 +245,7 @@ def curve_table(rows: list[dict]) -> str:
         own = [r for r in rows if (r["pool"], r["photos"], r["method"], r["step"]) == (pool, photos, method, step)]
         cells = []
         for metric in WORLD_METRICS:
-            values = [r[metric] for r in own if r[metric] is not None]
+            values = [r.get(metric) for r in own if r.get(metric) is not None]  # rows from before a metric lack it
             cells.append(fmt(float(np.mean(values)), metric) if values else "–")
         lines.append(f"| {pool} | {photos} | {method} | {step} | {len(own)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -62,8 +62,8 @@ def paired(rows: list[dict], base: dict, metric: str) -> tuple[float, float, int
     """Mean, standard error and count of ``row[metric] - base[(subject, seed)][metric]`` over the
     rows that have a base row; None with fewer than two pairs (no standard error)."""
     diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in rows
-             if (r["subject"], r["seed"]) in base and r[metric] is not None
-             and base[(r["subject"], r["seed"])][metric] is not None]
+             if (r["subject"], r["seed"]) in base and r.get(metric) is not None
+             and base[(r["subject"], r["seed"])].get(metric) is not None]  # rows from before a metric lack it
     if len(diffs) < 2:
         return None
     return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
@@ -199,7 +199,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         cells = []
         own = [r for r in rows if r["method"] == method]
         for metric in WORLD_METRICS:
-            per_seed = [[r[metric] for r in own if r["seed"] == s and r[metric] is not None] for s in seeds]
+            per_seed = [[r.get(metric) for r in own if r["seed"] == s and r.get(metric) is not None] for s in seeds]
             per_seed = [float(np.mean(values)) for values in per_seed if values]
             cell = f"{fmt(np.mean(per_seed), metric)} ± {fmt(np.std(per_seed), metric)}" if per_seed else "–"
             diff = paired(own, base, metric) if method != "dreambooth" else None

@@ -5,7 +5,8 @@ Everything it needs is committed under ``assets/world/`` (a 32 px Stable Diffusi
 ``scripts/pretrain_world_backbone.py``, its evaluators, subject photos and a 500-image shard), so
 it runs offline on a laptop CPU: the full BAT pipeline (surrogate -> ALBAT scores -> selection ->
 γ-mixture training -> samples), a plain DreamBooth-LoRA baseline with the same steps, and the
-world's metrics for both (held-out denoising loss, DINO, CLIP-I, CLIP-T, attribute fidelity).
+world's metrics for both (held-out denoising loss, DINO, CLIP-I, CLIP-T, attribute fidelity, and
+DreamBooth's PRES / DIV with the class-prompt drift).
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def run_demo(
                             num_inference_steps=inference_steps, guidance_scale=DEMO_GUIDANCE, seed=seed)
     table = world_table(scores)
     (eval_dir / "world_scores.md").write_text(table)
-    logger.info("[5/5] held-out loss, DINO / CLIP-I / CLIP-T and attribute fidelity with the world's "
-                "evaluators (%.1fs)", time.perf_counter() - started)
+    logger.info("[5/5] held-out loss, DINO / CLIP-I / CLIP-T, attribute fidelity, PRES / DIV and class drift "
+                "with the world's evaluators (%.1fs)", time.perf_counter() - started)
     print("\n" + table)
 
     outputs = {

@@ -9,6 +9,10 @@
   show the subject's shape, colour and pattern (minus any attribute the prompt asks to change);
   *prompt fidelity* is the fraction that show what the prompt asked for (the background colour,
   or the new colour / pattern), over the prompts that ask for something the classifier reads.
+* **Class-prompt drift** (:func:`class_subject_fidelity`): the same subject-fidelity read-back of
+  the images of the bare class prompt ("a photo of a star", no unique token) that DreamBench's PRES
+  is measured on: the share of them that draw the subject's exact design. Lower is better: a LoRA
+  that draws its subject for every star has overwritten the class.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import torch
 from dreambat.backbone.load import load_backbone
 from dreambat.data.transforms import ImageTransform, load_rgb
 from dreambat.errors import ConfigError
-from dreambat.eval.config import DreamBenchConfig
+from dreambat.eval.config import DreamBenchConfig, PriorSettings
 from dreambat.eval.prompts import DreamBenchPrompts
-from dreambat.eval.runner import plan
+from dreambat.eval.runner import plan, plan_prior
 from dreambat.lora import load_lora, unload_lora
 from dreambat.pivotal import expand_prompts, load_new_tokens
 from dreambat.scoring.diffusion_task import DiffusionLossTask
@@ -115,6 +119,19 @@ def _expectations(template: str, changes: dict[str, str], subject: Subject) -> t
     return keep, asked
 
 
+def _shows(wanted: dict[str, str], got: dict[str, str]) -> bool:
+    # the classifier's own rule: stripes and checks show two colours in equal halves, so which one
+    # it calls the object colour is a convention; either one counts
+    return all(AttributeClassifier.matches(got, k, v) for k, v in wanted.items())
+
+
+def shows_subject(predictions: Sequence[dict[str, str]], subject: Subject) -> float:
+    """Fraction of classifier predictions that read ``subject``'s shape, colour and pattern (NaN for none)."""
+    d = subject.design
+    wanted = {"shape": d.shape, "color": d.color, "pattern": d.pattern}
+    return float(np.mean([_shows(wanted, p) for p in predictions])) if predictions else float("nan")
+
+
 def attribute_scores(config: DreamBenchConfig, classifier: Any) -> list[AttributeScore]:
     """Read the images of a finished :func:`~dreambat.eval.runner.run_dreambench` back.
 
@@ -132,21 +149,32 @@ def attribute_scores(config: DreamBenchConfig, classifier: Any) -> list[Attribut
             template = templates[int(item.job.path.name.split("_")[0])]  # <prompt index>_<seed>.png
             per_image.append(_expectations(template, changes[template], subject))
         predictions = classifier.predict([load_rgb(item.job.path) for item in items])
-
-        def met(wanted: dict[str, str], got: dict[str, str]) -> bool:
-            # the classifier's own rule: stripes and checks show two colours in equal halves, so
-            # which one it calls the object colour is a convention; either one counts
-            return all(AttributeClassifier.matches(got, k, v) for k, v in wanted.items())
-
-        keep = np.mean([met(k, p) for p, (k, _) in zip(predictions, per_image)])
+        keep = np.mean([_shows(k, p) for p, (k, _) in zip(predictions, per_image)])
         shape = np.mean([p["shape"] == subject.design.shape for p in predictions])
-        asked = [met(a, p) for p, (_, a) in zip(predictions, per_image) if a]
+        asked = [_shows(a, p) for p, (_, a) in zip(predictions, per_image) if a]
         out.append(AttributeScore(method, subject_name, float(keep), float(shape),
                                   float(np.mean(asked)) if asked else None, len(items), len(asked)))
     return out
 
 
-WORLD_METRICS = ("heldout_loss", "dino", "clip_i", "clip_t", "subject_fidelity", "prompt_fidelity")
+def class_subject_fidelity(config: DreamBenchConfig, classifier: Any) -> dict[tuple[str, str], float | None]:
+    """Per ``(method, subject)``, the share of its class-prompt images (the PRES images of a finished
+    :func:`~dreambat.eval.runner.run_dreambench`) that show the subject's shape, colour and pattern.
+
+    None where the run made none (``num_prior_images=0``). Subjects must be world subjects (by name).
+    """
+    out: dict[tuple[str, str], float | None] = {}
+    for (method, subject_name), images in plan_prior(config).items():
+        if not images.class_jobs:
+            out[(method, subject_name)] = None
+            continue
+        predictions = classifier.predict([load_rgb(job.path) for job in images.class_jobs])
+        out[(method, subject_name)] = shows_subject(predictions, subject_by_name(subject_name))
+    return out
+
+
+WORLD_METRICS = ("heldout_loss", "dino", "clip_i", "clip_t", "subject_fidelity", "prompt_fidelity",
+                 "pres", "div", "class_subject_fidelity")
 """Columns of :func:`evaluate_world`'s table, in order."""
 
 
@@ -164,6 +192,12 @@ class WorldScore:
     subject_shape: float
     prompt_fidelity: float | None
     num_images: int
+    pres: float | None = None
+    """DreamBench's PRES (lower is better): DINO cosine of class-prompt images with the held-out photos."""
+    div: float | None = None
+    """DreamBench's DIV (higher is better): mean 1 - DINO cosine between subject-prompt images."""
+    class_subject_fidelity: float | None = None
+    """Class-prompt drift (lower is better): share of class-prompt images showing the subject's design."""
 
 
 def subject_heldout_dir(subject: Subject | str) -> Path:
@@ -180,7 +214,7 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
                    num_images: int = 2, num_prompts: int | None = None, num_inference_steps: int = 25,
                    guidance_scale: float = 3.0, seed: int = 0, num_loss_timesteps: int = 20,
                    evaluators_dir: str | Path | None = None, progress: bool = True,
-                   unique_token: str = "sks") -> list[WorldScore]:
+                   num_prior_images: int = 4, unique_token: str = "sks") -> list[WorldScore]:
     """Score LoRAs on world subjects with every world metric.
 
     Args:
@@ -192,6 +226,8 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
             its new tokens are loaded and expanded there).
         num_images / num_prompts / num_inference_steps / guidance_scale / seed: DreamBench
             generation over the world prompts (resumable in ``output_dir``).
+        num_prior_images: images of the class prompt ("a photo of a star") and of the subject
+            prompt ("a photo of sks star") for PRES, DIV and class drift (0: those stay None).
 
     Returns:
         One :class:`WorldScore` per (method, subject), also written to
@@ -222,10 +258,12 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
                                       scheduler="ddim", batch_size=16, unique_token=unique_token),
         encoders=EncoderSettings(**settings),
         prompts_file=WORLD_PROMPTS_PATH,
+        prior=PriorSettings(num_prior_images=num_prior_images),
     )
     bench = run_dreambench(config, progress=progress)
     dreambench = {(s.method, s.subject): s for s in bench.scores}
     attributes = {(a.method, a.subject): a for a in attribute_scores(config, classifier)}
+    drift = class_subject_fidelity(config, classifier)
     loss = HeldoutLoss(backbone, num_timesteps=num_loss_timesteps)
     scores = []
     for method in config.methods:
@@ -235,7 +273,8 @@ def evaluate_world(backbone: str | Path, methods: dict[str, Path | None], subjec
                 method=method.name, subject=subject.name,
                 heldout_loss=loss(subject, instance_prompt.format(subject.class_word), method.lora_for(subject.name)),
                 dino=d.dino, clip_i=d.clip_i, clip_t=d.clip_t, subject_fidelity=a.subject_fidelity,
-                subject_shape=a.subject_shape, prompt_fidelity=a.prompt_fidelity, num_images=a.num_images))
+                subject_shape=a.subject_shape, prompt_fidelity=a.prompt_fidelity, num_images=a.num_images,
+                pres=d.pres, div=d.div, class_subject_fidelity=drift[(method.name, subject.name)]))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "world_scores.json").write_text(json.dumps([asdict(s) for s in scores], indent=2) + "\n")
     return scores
@@ -254,9 +293,10 @@ def mean_by_method(scores: Sequence[WorldScore]) -> dict[str, dict[str, float | 
 
 
 def world_table(scores: Sequence[WorldScore]) -> str:
-    """A Markdown table of :func:`mean_by_method` (loss: lower is better; the rest: higher)."""
-    header = "| method | held-out loss ↓ | DINO | CLIP-I | CLIP-T | subject fidelity | prompt fidelity |"
-    lines = [header, "|" + "---|" * 7]
+    """A Markdown table of :func:`mean_by_method` (↓: lower is better; the rest: higher)."""
+    header = ("| method | held-out loss ↓ | DINO | CLIP-I | CLIP-T | subject fidelity | prompt fidelity | PRES ↓ "
+              "| DIV | class drift ↓ |")
+    lines = [header, "|" + "---|" * (len(WORLD_METRICS) + 1)]
     for method, row in mean_by_method(scores).items():
         cells = ["–" if row[m] is None else f"{row[m]:.4f}" if m == "heldout_loss" else f"{row[m]:.3f}"
                  for m in WORLD_METRICS]

@@ -1,4 +1,4 @@
-"""DreamBench evaluation: DINO, CLIP-I, CLIP-T, the runner, sample grids, plots.
+"""DreamBench evaluation: DINO, CLIP-I, CLIP-T, PRES, DIV, the runner, sample grids, plots.
 
 Modules, one role each:
 
@@ -25,6 +25,7 @@ import importlib
 _EXPORTS = {
     "ClipEncoder": "encoders", "DinoEncoder": "encoders", "dino_transform": "encoders",
     "clip_i_score": "metrics", "clip_t_score": "metrics", "dino_score": "metrics",
+    "pres_score": "metrics", "div_score": "metrics", "PriorSettings": "config",
     "mean_pairwise_cosine": "metrics", "mean_paired_cosine": "metrics",
     "DreamBenchPrompts": "prompts", "clip_t_prompt": "prompts", "generation_prompt": "prompts",
     "DreamBenchConfig": "config", "EncoderSettings": "config", "GenerationSettings": "config",

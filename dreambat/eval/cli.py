@@ -21,8 +21,8 @@ from .constants import GRID_INFERENCE_STEPS
 from .flags import DreamBenchSettings, GridSettings
 
 DREAMBENCH_DESCRIPTION = """\
-Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T, and write
-CSV / JSON / Markdown tables and a bar chart. `dreambat eval` and eval/dreambench.py take the same flags."""
+Generate DreamBench images for the base model and LoRAs, score DINO / CLIP-I / CLIP-T and DreamBooth's
+PRES / DIV, and write CSV / JSON / Markdown tables and a bar chart. `dreambat eval` and eval/dreambench.py take the same flags."""
 
 DREAMBENCH_EXAMPLE = """example:
   dreambat eval --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\

@@ -34,7 +34,7 @@ from .constants import (
     REAL_IMAGES,
     SCHEDULER_NAMES,
 )
-from .prompts import DreamBenchPrompts
+from .prompts import SUBJECT_PROMPT_TEMPLATE, DreamBenchPrompts, check_class_template
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
@@ -241,6 +241,47 @@ class GenerationSettings(SamplingSettings):
 
 
 @dataclass
+class PriorSettings:
+    """What PRES and DIV (DreamBooth's prior preservation and diversity metrics) are measured on.
+
+    Per (method, subject), ``num_prior_images`` images of the class prompt (``class_prompt_template``
+    with the class noun: "a photo of a dog") and as many of the subject prompt
+    (:data:`~dreambat.eval.prompts.SUBJECT_PROMPT_TEMPLATE`: "a photo of sks dog"). Image ``i`` of
+    either uses seed ``seed + i`` (the generation seed), so a larger count extends the images on
+    disk and a smaller one uses the first of them. PRES is the mean DINO cosine of the class-prompt
+    images with the real photos (lower: the class prior kept); DIV the mean ``1 - cosine`` between
+    the subject-prompt images' DINO embeddings (higher: more diverse). DreamBooth measures DIV with
+    LPIPS; here it uses the DINO features, as no LPIPS weights are available offline.
+    """
+
+    _argument_group_name: ClassVar[str] = "prior preservation and diversity (PRES / DIV)"
+
+    num_prior_images: int = flag("Images of the class prompt, and of the subject prompt, per method and subject "
+                                 "for PRES and DIV (0: neither).", default=4)
+    class_prompt_template: str = flag("PRES's class prompt, '{}' standing for the class noun.",
+                                      default="a photo of a {}")
+
+    def __post_init__(self):
+        if not 0 <= self.num_prior_images <= MAX_IMAGES_PER_PROMPT:
+            raise ConfigError(f"--num_prior_images must be in [0, {MAX_IMAGES_PER_PROMPT}] (0 turns PRES and DIV "
+                              f"off), got {self.num_prior_images}.")
+        check_class_template(self.class_prompt_template)
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_prior_images > 0
+
+    def fingerprint(self) -> dict | None:
+        """The prompts that change the pixels of the prior images (None when none are generated).
+
+        The count is left out: image ``i`` does not depend on it.
+        """
+        if not self.enabled:
+            return None
+        return {"class_prompt_template": self.class_prompt_template, "subject_prompt_template": SUBJECT_PROMPT_TEMPLATE}
+
+
+@dataclass
 class EncoderSettings:
     """Which evaluators to load (see :mod:`dreambat.eval.encoders`)."""
 
@@ -277,6 +318,7 @@ class DreamBenchConfig:
     device: str = DEFAULT_DEVICE
     dtype: str = DEFAULT_DTYPE
     revision: str | None = None
+    prior: PriorSettings = field(default_factory=PriorSettings)
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)

@@ -13,7 +13,11 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_EVAL_BATCH_SIZE = 32  # images per evaluator forward
 
 METRIC_NAMES: tuple[str, ...] = ("dino", "clip_i", "clip_t")
-METRIC_LABELS: dict[str, str] = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}
+# DreamBooth's prior preservation and diversity: on whenever --num_prior_images > 0 (not picked by
+# --metrics), both from DINO embeddings of their own class-prompt and subject-prompt images.
+PRIOR_METRIC_NAMES: tuple[str, ...] = ("pres", "div")
+METRIC_LABELS: dict[str, str] = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES ↓",
+                                 "div": "DIV"}
 
 BASE_METHOD = "base"
 REAL_IMAGES = "real_images"  # the measured real-vs-real row of the tables; not a method name

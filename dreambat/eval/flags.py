@@ -24,6 +24,7 @@ from .config import (
     EncoderSettings,
     GenerationSettings,
     Method,
+    PriorSettings,
     SamplingSettings,
     build_methods,
     check_metrics,
@@ -152,13 +153,14 @@ class DreamBenchSettings:
 
     models: BenchMethodFlags
     generation: GenerationSettings
+    prior: PriorSettings
     subjects: SubjectFlags
     evaluators: EvaluatorFlags
     output: BenchOutputFlags
     config: DreamBenchConfig = field(init=False, repr=False)
 
-    GROUPS: ClassVar[tuple[type, ...]] = (BenchMethodFlags, GenerationSettings, SubjectFlags, EvaluatorFlags,
-                                          BenchOutputFlags)
+    GROUPS: ClassVar[tuple[type, ...]] = (BenchMethodFlags, GenerationSettings, PriorSettings, SubjectFlags,
+                                          EvaluatorFlags, BenchOutputFlags)
 
     def __post_init__(self):
         prompts = DreamBenchPrompts.load(self.subjects.prompts_file)
@@ -174,6 +176,7 @@ class DreamBenchSettings:
             device=self.models.device,
             dtype=self.models.dtype,
             revision=self.models.revision,
+            prior=self.prior,
         )
 
     @classmethod

@@ -83,13 +83,16 @@ class LoraSwitch:
 
     def prompts(self, prompts: Sequence[str]) -> list[str]:
         """``prompts`` as the loaded LoRA reads them: its token abstraction (``TOK``) expanded."""
+        return expand_prompts(prompts, self.new_tokens)
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Warn when the loaded LoRA has new tokens that none of ``prompts`` (all its jobs) names."""
         new = self.new_tokens
         if new is not None and new.abstraction and not any(new.abstraction in p for p in prompts):
             logger.warning(
-                "%s was trained with new tokens for %r, which none of these prompts contains (%r...): pass "
+                "%s was trained with new tokens for %r, which none of its prompts contains (%r...): pass "
                 "--unique_token %s so the prompts name the subject.", self.current, new.abstraction, prompts[0],
                 new.abstraction)
-        return expand_prompts(prompts, new)
 
 
 @torch.no_grad()
@@ -124,6 +127,12 @@ def image_path(root: Path, method: str, subject: str, prompt_index: int, seed: i
     return root / method / subject / f"{prompt_index:02d}_{seed}.png"
 
 
+def prior_image_path(root: Path, method: str, subject: str, kind: str, seed: int) -> Path:
+    """``root/<method>/<subject>/prior/<kind>_<seed>.png``: a PRES (``kind="class"``) or DIV
+    (``kind="subject"``) image, beside the DreamBench ones and never mistaken for them."""
+    return root / method / subject / "prior" / f"{kind}_{seed}.png"
+
+
 def save_atomically(image: Image.Image, path: Path) -> None:
     """Write a PNG under a temporary name and rename it, so no half-written file is ever skipped."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +155,7 @@ def run_jobs(pipeline, jobs: Iterable[ImageJob], settings: GenerationSettings,
         for lora, group in groupby(todo, key=lambda job: job.lora):
             group = list(group)
             switch.use(lora)
+            switch.check_prompts([job.prompt for job in group])
             for start in range(0, len(group), settings.batch_size):
                 batch = group[start:start + settings.batch_size]
                 prompts = switch.prompts([job.prompt for job in batch])

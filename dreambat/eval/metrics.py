@@ -1,4 +1,4 @@
-"""DreamBench metrics as pure functions of embeddings: DINO, CLIP-I and CLIP-T.
+"""DreamBench metrics as pure functions of embeddings: DINO, CLIP-I, CLIP-T, and DreamBooth's PRES and DIV.
 
 All three are **raw cosine similarities**: not multiplied by 100, not clipped at 0, averaged in
 float64. The encoders (:mod:`dreambat.eval.encoders`) return unnormalised embeddings; every
@@ -10,6 +10,14 @@ function here L2-normalises its inputs itself, so callers never have to.
 - **CLIP-T** = :func:`mean_paired_cosine` of the CLIP image embedding of each generated image and
   the CLIP text embedding of *its* prompt, where the prompt is the DreamBench template with the
   unique token removed and the class noun kept ("a dog in the jungle", not "a sks dog ...").
+
+- **PRES** (prior preservation, lower is better) = :func:`pres_score`: the DINO score of images of
+  the *class prompt* ("a photo of a dog", no unique token) generated with the LoRA, against the
+  real subject photos. High: the class prior collapsed onto the subject.
+- **DIV** (diversity, higher is better) = :func:`div_score`: the mean ``1 - cos`` over pairs
+  ``i != j`` of the DINO embeddings of N images of one prompt. DreamBooth measures it with LPIPS;
+  here DINO features stand in, since LPIPS weights cannot be fetched offline, so DIV values are
+  not comparable with the paper's.
 
 Comparing a set with itself (``b=None``) skips the ``N`` self-pairs, which always score 1: that is
 how the "real images" reference row (real vs. real) is measured.
@@ -24,7 +32,7 @@ import torch
 from .constants import METRIC_LABELS, METRIC_NAMES
 
 __all__ = ["METRIC_LABELS", "METRIC_NAMES", "clip_i_score", "clip_t_score", "cosine_matrix", "dino_score",
-           "mean_paired_cosine", "mean_pairwise_cosine"]
+           "div_score", "mean_paired_cosine", "mean_pairwise_cosine", "pres_score"]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -84,3 +92,16 @@ def clip_i_score(generated: torch.Tensor, real: torch.Tensor) -> float:
 def clip_t_score(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> float:
     """CLIP-T: mean cosine of each image ``[N, D]`` with its own prompt's text embedding ``[N, D]``."""
     return mean_paired_cosine(image_embeddings, text_embeddings)
+
+
+def pres_score(class_generated: torch.Tensor, real: torch.Tensor) -> float:
+    """PRES: mean pairwise cosine of the DINO embeddings of class-prompt images ``[N, D]`` x real photos ``[M, D]``."""
+    return mean_pairwise_cosine(class_generated, real)
+
+
+def div_score(generated: torch.Tensor) -> float:
+    """DIV: mean ``1 - cos`` over pairs ``i != j`` of the DINO embeddings ``[N, D]`` of one prompt's images.
+
+    0 when all images are the same; NaN with fewer than two images.
+    """
+    return 1.0 - mean_pairwise_cosine(generated)

@@ -5,6 +5,10 @@ Each template has two placeholders: ``{0}`` the unique token (``sks``) and ``{1}
 ten and the last five are shared. Images are generated from ``template.format(token, noun)``;
 CLIP-T scores them against the same template with the token removed (``"a dog in the jungle"``),
 as DreamBench does, because CLIP does not know the token.
+
+PRES and DIV (DreamBooth's prior preservation and diversity) use two more prompts per subject:
+the class prompt, a ``{}`` template with the class noun only (``"a photo of a dog"``, see
+:func:`class_prompt`), and the subject prompt :data:`SUBJECT_PROMPT_TEMPLATE` (``"a photo of sks dog"``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,29 @@ from ..errors import ConfigError
 
 DREAMBENCH_PROMPTS_PATH = Path(__file__).resolve().parents[2] / "assets" / "dreambench" / "prompts.json"
 PROMPT_SETS = ("object", "live")
+SUBJECT_PROMPT_TEMPLATE = "a photo of {0} {1}"
+"""DIV's prompt: the generic instance prompt, ``{0}`` the unique token and ``{1}`` the class noun."""
+_ONE_SLOT = re.compile(r"[^{}]*\{\}[^{}]*")
 
 
 def generation_prompt(template: str, unique_token: str, class_noun: str) -> str:
     """The prompt images are generated from, e.g. ``"a sks dog in the jungle"``."""
     return " ".join(template.format(unique_token, class_noun).split())
+
+
+def check_class_template(template: str) -> str:
+    """A class-prompt template: exactly one ``{}`` (the class noun) and no other braces."""
+    if not _ONE_SLOT.fullmatch(template or ""):
+        raise ConfigError(
+            f"--class_prompt_template {template!r} must hold '{{}}' once, for the class noun, and no other "
+            "braces, e.g. 'a photo of a {}'."
+        )
+    return template
+
+
+def class_prompt(template: str, class_noun: str) -> str:
+    """The class prompt of PRES, e.g. ``"a photo of a dog"`` (no unique token)."""
+    return " ".join(template.format(class_noun).split())
 
 
 def clip_t_prompt(template: str, class_noun: str) -> str:

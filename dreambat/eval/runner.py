@@ -4,12 +4,15 @@ Layout of ``output_dir``::
 
     generation_settings.json           what the images were generated with (checked on resume)
     <method>/<subject>/<pp>_<seed>.png images: prompt index pp, seed = seed + 1000 * pp + i
+    <method>/<subject>/prior/class_<seed>.png, subject_<seed>.png
+                                       PRES / DIV images: class and subject prompt, seed = seed + i
     scores.csv / scores.json / scores.md / scores.png
 
 A second run with the same settings generates nothing and recomputes the scores from the files on
 disk; adding a method or a subject generates only its images. Images generated under other
-settings (backbone, steps, guidance, scheduler, seeds, token, templates, a method's LoRA) are
-refused up front rather than mixed in.
+settings (backbone, steps, guidance, scheduler, seeds, token, templates, a method's LoRA, the
+class-prompt template) are refused up front rather than mixed in; ``--num_prior_images`` may change
+(more generates the missing ones, fewer uses the first).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from ..errors import ConfigError, SubjectDataError
 from ..progress import progress as show_progress
 from ..timing import Timer
 from .config import DreamBenchConfig, DreamBenchSubject
-from .constants import REAL_IMAGES
+from .constants import PRIOR_METRIC_NAMES, REAL_IMAGES
 from .encoders import ClipEncoder, DinoEncoder, resolve_device
-from .generation import ImageJob, image_path, load_pipeline, run_jobs, torch_dtype
-from .metrics import clip_i_score, clip_t_score, dino_score, mean_pairwise_cosine
+from .generation import ImageJob, image_path, load_pipeline, prior_image_path, run_jobs, torch_dtype
+from .metrics import clip_i_score, clip_t_score, dino_score, div_score, mean_pairwise_cosine, pres_score
 from .plots import plot_scores
-from .prompts import DreamBenchPrompts, clip_t_prompt, generation_prompt
+from .prompts import SUBJECT_PROMPT_TEMPLATE, DreamBenchPrompts, class_prompt, clip_t_prompt, generation_prompt
 from .tables import SubjectScore, write_tables
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,40 @@ def plan(config: DreamBenchConfig, prompts: DreamBenchPrompts) -> dict[tuple[str
     return planned
 
 
+@dataclass(frozen=True)
+class PriorImages:
+    """The PRES and DIV images of one (method, subject): class-prompt and subject-prompt jobs (empty
+    when ``--num_prior_images`` is 0)."""
+
+    class_jobs: tuple[ImageJob, ...] = ()
+    subject_jobs: tuple[ImageJob, ...] = ()
+
+    @property
+    def jobs(self) -> tuple[ImageJob, ...]:
+        return self.class_jobs + self.subject_jobs
+
+
+def plan_prior(config: DreamBenchConfig) -> dict[tuple[str, str], PriorImages]:
+    """The PRES / DIV images of every ``(method, subject)``, keyed and ordered as :func:`plan`.
+
+    Image ``i`` of the class prompt and of the subject prompt both use seed ``seed + i``.
+    """
+    settings, prior = config.generation, config.prior
+    seeds = [settings.seed + i for i in range(prior.num_prior_images)]
+    planned: dict[tuple[str, str], PriorImages] = {}
+    for method in config.methods:
+        for subject in config.subjects:
+            lora = method.lora_for(subject.name)
+            prompts = {"class": class_prompt(prior.class_prompt_template, subject.class_noun),
+                       "subject": generation_prompt(SUBJECT_PROMPT_TEMPLATE, settings.unique_token, subject.class_noun)}
+            jobs = {kind: tuple(ImageJob(lora, text, seed, prior_image_path(config.output_dir, method.name,
+                                                                            subject.name, kind, seed))
+                                for seed in seeds)
+                    for kind, text in prompts.items()}
+            planned[(method.name, subject.name)] = PriorImages(jobs["class"], jobs["subject"])
+    return planned
+
+
 def check_settings(config: DreamBenchConfig, prompts: DreamBenchPrompts, backbone: Path) -> dict:
     """Refuse an ``output_dir`` whose images came from other settings; returns the settings to record.
 
@@ -89,11 +126,16 @@ def check_settings(config: DreamBenchConfig, prompts: DreamBenchPrompts, backbon
         "generation": config.generation.fingerprint(),
         "prompts": {"object": list(prompts.object), "live": list(prompts.live)},
         "methods": {m.name: None if m.lora is None else str(m.lora.resolve()) for m in config.methods},
+        "prior": config.prior.fingerprint(),
     }
     path = config.output_dir / SETTINGS_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
         changed = [key for key in ("backbone", "dtype", "generation", "prompts") if previous.get(key) != current[key]]
+        # a folder without PRES / DIV images (older, or --num_prior_images 0) takes any prior prompts
+        if previous.get("prior") and current["prior"] and previous["prior"] != current["prior"]:
+            changed.append("PRES / DIV prompts (--class_prompt_template)")
+        current["prior"] = current["prior"] or previous.get("prior")
         changed += [f"method '{name}' LoRA" for name, lora in current["methods"].items()
                     if name in previous.get("methods", {}) and previous["methods"][name] != lora]
         if changed:
@@ -135,7 +177,7 @@ class _Scorer:
         enc, device = config.encoders, resolve_device(config.device)
         self.metrics = config.metrics
         self.dino = DinoEncoder.load(enc.dino_model, device=device, batch_size=enc.batch_size) \
-            if "dino" in config.metrics else None
+            if "dino" in config.metrics or config.prior.enabled else None
         self.clip = ClipEncoder.load(enc.clip_model, enc.clip_pretrained, device=device,
                                      batch_size=enc.batch_size) if needs_clip else None
 
@@ -159,6 +201,15 @@ class _Scorer:
             text_embeddings = self.clip.embed_texts(unique)
             values["clip_t"] = clip_t_score(generated["clip"], text_embeddings[[unique.index(t) for t in texts]])
         return values
+
+    def prior(self, images: PriorImages, real: dict[str, torch.Tensor]) -> dict[str, float | None]:
+        """PRES and DIV of one (method, subject) from its prior images on disk (``{}`` when there are none)."""
+        if not images.class_jobs:
+            return {}
+        class_images = self.dino.embed_images(_load_images([job.path for job in images.class_jobs]))
+        subject_images = self.dino.embed_images(_load_images([job.path for job in images.subject_jobs]))
+        values = {"pres": pres_score(class_images, real["dino"]), "div": div_score(subject_images)}
+        return {name: None if math.isnan(value) else value for name, value in values.items()}
 
     def real_vs_real(self, real: dict[str, torch.Tensor]) -> dict[str, float | None]:
         values: dict[str, float | None] = {}
@@ -193,19 +244,21 @@ def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamB
         checked = config.check_files()  # the one place the backbone is resolved
         photos = {s.name: load_photos(s, checked.photos[s.name]) for s in config.subjects}
         planned = plan(config, prompts)
+        prior = plan_prior(config)
         recorded = check_settings(config, prompts, checked.backbone)
         scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
         config.output_dir.mkdir(parents=True, exist_ok=True)
         (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
 
-    jobs = [item.job for items in planned.values() for item in items]
+    # each (method, subject)'s prior images right after its DreamBench ones: one LoRA load for both
+    jobs = [job for key, items in planned.items() for job in [*(item.job for item in items), *prior[key].jobs]]
     todo = [job for job in jobs if not job.path.is_file()]
     with timer("generation"):
         generated = _generate(config, checked.backbone, todo, progress)
     logger.info("Generated %d image(s); %d were already on disk.", generated, len(jobs) - len(todo))
 
     with timer("scoring"):
-        scores = score_all(config, scorer, planned, photos)
+        scores = score_all(config, scorer, planned, photos, prior)
     seconds = timer.seconds
     settings = {
         "pretrained_model_name_or_path": config.pretrained_model_name_or_path,
@@ -213,20 +266,30 @@ def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamB
         "subjects": {s.name: {"folder": str(s.folder), "class_noun": s.class_noun, "live": s.live}
                      for s in config.subjects},
         "generation": asdict(config.generation),
+        "prior": asdict(config.prior),
         "encoders": {"dino": getattr(scorer.dino, "name", None), "clip": getattr(scorer.clip, "name", None)},
         "prompts_file": str(prompts.source),
     }
     notes = [f"Evaluators: {', '.join(filter(None, settings['encoders'].values()))}. "
              f"{config.generation.num_images} image(s) per prompt, {config.generation.num_inference_steps} "
              f"sampler steps, guidance {config.generation.guidance_scale}."]
-    paths = write_tables(config.output_dir, scores, config.metrics, settings=settings, notes=notes)
+    table_metrics = config.metrics
+    if config.prior.enabled:
+        table_metrics += PRIOR_METRIC_NAMES
+        subject_template = SUBJECT_PROMPT_TEMPLATE.format(config.generation.unique_token, "{}")
+        notes.append(f"PRES / DIV: {config.prior.num_prior_images} image(s) each of the class prompt "
+                     f"'{config.prior.class_prompt_template}' and the subject prompt '{subject_template}' "
+                     "({} the class noun) per method and subject.")
+    paths = write_tables(config.output_dir, scores, table_metrics, settings=settings, notes=notes)
     paths["png"] = plot_scores(scores, config.output_dir / "scores.png", config.metrics)
     return DreamBenchResult(scores, paths, generated, len(jobs) - len(todo), seconds)
 
 
 def score_all(config: DreamBenchConfig, scorer: _Scorer, planned: dict[tuple[str, str], list[PlannedImage]],
-              photos: dict[str, list[Image.Image]]) -> list[SubjectScore]:
-    """Per-subject scores of every method, plus the measured real-vs-real row per subject."""
+              photos: dict[str, list[Image.Image]],
+              prior: dict[tuple[str, str], PriorImages] | None = None) -> list[SubjectScore]:
+    """Per-subject scores of every method (PRES / DIV from ``prior``'s images, where planned), plus the
+    measured real-vs-real row per subject."""
     scores: list[SubjectScore] = []
     real_rows: list[SubjectScore] = []
     for subject in config.subjects:
@@ -237,6 +300,7 @@ def score_all(config: DreamBenchConfig, scorer: _Scorer, planned: dict[tuple[str
             items = planned[(method.name, subject.name)]
             generated = scorer.embed(_load_images([item.job.path for item in items]))
             values = scorer.score(generated, real, [item.clip_t_text for item in items])
+            values.update(scorer.prior((prior or {}).get((method.name, subject.name), PriorImages()), real))
             scores.append(SubjectScore(method.name, num_generated=len(items), **common, **values))
     order = {method.name: index for index, method in enumerate(config.methods)}
     scores.sort(key=lambda score: order[score.method])

@@ -3,7 +3,8 @@
 Written side by side in ``output_dir``: ``scores.csv`` (one row per method and subject),
 ``scores.json`` (rows, summary, references and the settings) and ``scores.md`` (the summary as
 a Markdown table). Standard deviations are sample standard deviations over subjects (``ddof=1``);
-with a single subject there is none and the tables show ``–``.
+with a single subject there is none and the tables show ``–``. PRES and DIV (see
+:mod:`dreambat.eval.metrics`) are always CSV columns, empty when the run did not measure them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .constants import METRIC_LABELS, METRIC_NAMES, REAL_IMAGES
+from .constants import METRIC_LABELS, METRIC_NAMES, PRIOR_METRIC_NAMES, REAL_IMAGES
 
-CSV_COLUMNS = ("method", "subject", "class_noun", "prompt_set", "num_generated", "num_real", *METRIC_NAMES)
+CSV_COLUMNS = ("method", "subject", "class_noun", "prompt_set", "num_generated", "num_real", *METRIC_NAMES,
+               *PRIOR_METRIC_NAMES)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class SubjectScore:
     dino: float | None = None
     clip_i: float | None = None
     clip_t: float | None = None
+    pres: float | None = None
+    """Prior preservation (lower is better): class-prompt images vs. the real photos, DINO cosine."""
+    div: float | None = None
+    """Diversity (higher is better): mean ``1 - cos`` between DINO embeddings of the subject-prompt images."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class Reference:
     clip_i: float | None
     clip_t: float | None
     source: str
+    pres: float | None = None  # the paper's PRES / DIV are Imagen's, and its DIV is LPIPS: not shown
+    div: float | None = None
 
 
 # Published reference rows: DreamBooth paper (Ruiz et al. 2023), Table 1, DreamBench, 30 subjects.
@@ -108,6 +116,10 @@ def markdown_table(scores: Sequence[SubjectScore], metrics: Sequence[str] = METR
     lines.append("Raw cosine similarities (not ×100), mean ± sample std over subjects. DINO / CLIP-I: "
                  "mean over all (generated, real) pairs; CLIP-T: mean over generated images of the "
                  "cosine with the prompt without the unique token.")
+    if set(PRIOR_METRIC_NAMES) & set(metrics):
+        lines.append("PRES (lower is better): DINO cosine of class-prompt images (no unique token) with the real "
+                     "photos. DIV (higher is better): mean 1 − DINO cosine between images of the subject prompt "
+                     "(DreamBooth uses LPIPS; not comparable with its numbers).")
     lines.extend(notes)
     return "\n".join(lines) + "\n"
 

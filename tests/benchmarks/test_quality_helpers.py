@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import bench_ablations, bench_quality
+from benchmarks import bench_ablations, bench_curves, bench_quality
 from dreambat.albat.manifest import ManifestRecord, read_manifest, write_manifest
 from dreambat.albat.selection import apply_selection, get_rule
 
@@ -26,6 +26,18 @@ def test_paired_difference_is_mean_and_standard_error_of_pairs():
     assert mean == pytest.approx(diffs.mean())
     assert se == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
     assert bench_quality.paired(rows[:1], base, "heldout_loss") is None  # one pair has no SE
+
+
+def test_tables_take_rows_written_before_pres_and_div():
+    """results.jsonl rows from before PRES / DIV / class drift lack those keys; new rows may hold None."""
+    prior = ("pres", "div", "class_subject_fidelity")
+    old = [{k: v for k, v in _row(m, "a", 0, 1.0).items() if k not in prior} for m in ("dreambooth", "exact")]
+    new = [_row("dreambooth", "a", 1, 1.0, pres=None), _row("exact", "a", 1, 0.9, pres=0.5)]
+    rows = [r | {"pool": "clean", "photos": 5, "step": 10} for r in old + new]
+    line = next(line for line in bench_curves.curve_table(rows).splitlines() if "| exact |" in line)
+    assert line.endswith("| 0.5000 | 0.0000 | 0.0000 |")  # the means of the rows that have them
+    assert "| exact |" in bench_quality.summarise(rows, ["dreambooth", "exact"])
+    assert bench_quality.paired(rows, {(r["subject"], r["seed"]): r for r in rows[:1]}, "pres") is None
 
 
 def test_versus_random_counts_pairs_with_lower_loss():

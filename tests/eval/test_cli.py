@@ -20,7 +20,8 @@ def test_dreambat_eval_runs_and_prints_the_table(tiny_backbone, tiny_evaluators,
     flags = _flags(tiny_backbone, tiny_evaluators, subject_dir, tmp_path / "out")
     assert main([*flags, "--lora_dir", str(lora_dirs[0]), "--method_name", "bat", "--metrics", "clip_t"]) == 0
     printed = capsys.readouterr().out
-    assert "| method | CLIP-T |" in printed and "| bat |" in printed and "Generated 2 image(s)" in printed
+    assert "| method | CLIP-T | PRES ↓ | DIV |" in printed and "| bat |" in printed
+    assert "Generated 18 image(s)" in printed  # per method: 1 DreamBench image, 4 + 4 for PRES / DIV
     assert (tmp_path / "out/bat/subject/00_0.png").is_file() and (tmp_path / "out/scores.png").is_file()
 
 
@@ -29,6 +30,8 @@ def test_dreambat_eval_runs_and_prints_the_table(tiny_backbone, tiny_evaluators,
     (["--lora_dir", "/no/such/lora"], "does not exist"),
     (["--lora_dir", "a", "--lora_dir", "b", "--method_name", "x"], "one name per LoRA"),
     (["--subject", "folder-without-class"], "FOLDER=CLASS"),
+    (["--num_prior_images", "-2"], "--num_prior_images must be in"),
+    (["--class_prompt_template", "a photo of a {0}"], "--class_prompt_template"),
 ])
 def test_dreambat_eval_errors(tiny_backbone, tiny_evaluators, subject_dir, tmp_path, capsys, extra, message):
     assert main([*_flags(tiny_backbone, tiny_evaluators, subject_dir, tmp_path / "out"), *extra]) == 2

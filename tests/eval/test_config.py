@@ -5,7 +5,9 @@ import shutil
 import pytest
 
 from dreambat.errors import ConfigError, SubjectDataError
-from dreambat.eval.config import GenerationSettings, build_methods, dreambench_subjects, parse_subject
+from dreambat.eval.config import (
+    GenerationSettings, PriorSettings, build_methods, dreambench_subjects, parse_subject,
+)
 from dreambat.eval.prompts import DreamBenchPrompts
 from tests.conftest import ASSETS
 
@@ -49,3 +51,14 @@ def test_methods_and_settings(tmp_path):
     for bad in ({"num_images": 0}, {"scheduler": "lms"}, {"resolution": 30}, {"unique_token": " "}):
         with pytest.raises(ConfigError):
             GenerationSettings(**bad)
+
+
+def test_prior_settings_refuse_a_negative_count_and_a_template_without_one_slot():
+    assert PriorSettings().num_prior_images == 4 and PriorSettings().class_prompt_template == "a photo of a {}"
+    assert not PriorSettings(num_prior_images=0).enabled and PriorSettings(num_prior_images=0).fingerprint() is None
+    assert PriorSettings(class_prompt_template="{}").fingerprint()["class_prompt_template"] == "{}"
+    with pytest.raises(ConfigError, match="--num_prior_images must be in"):
+        PriorSettings(num_prior_images=-1)
+    for bad in ("a photo of a dog", "a photo of a {0}", "a {} and a {}", "a {1} {}", "a { } {}", ""):
+        with pytest.raises(ConfigError, match="--class_prompt_template"):
+            PriorSettings(class_prompt_template=bad)

@@ -10,7 +10,7 @@ from dreambat.parsing import HelpFormatter
 from dreambat.errors import ConfigError
 from dreambat.eval.cli import DREAMBENCH, GRID, parse_dreambench_settings, parse_grid_settings
 from dreambat.eval.config import (
-    DreamBenchConfig, DreamBenchSubject, EncoderSettings, GenerationSettings, Method, SamplingSettings,
+    DreamBenchConfig, DreamBenchSubject, EncoderSettings, GenerationSettings, Method, PriorSettings, SamplingSettings,
 )
 from dreambat.eval.constants import (
     DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_DINO_MODEL, DEFAULT_EVAL_BATCH_SIZE, GRID_INFERENCE_STEPS,
@@ -30,7 +30,7 @@ def test_a_full_eval_command_line_sets_every_field(tmp_path):
         "--device", "cpu", "--dtype", "bfloat16",
         "--num_images", "3", "--seed", "7", "--num_inference_steps", "20", "--guidance_scale", "5.5",
         "--resolution", "256", "--scheduler", "ddim", "--batch_size", "2", "--unique_token", "zwx",
-        "--num_prompts", "5",
+        "--num_prompts", "5", "--num_prior_images", "6", "--class_prompt_template", "a {} in a photo",
         "--subject", f"{tmp_path}/dog2=dog", "--subject", f"{tmp_path}/bear=stuffed animal",
         "--subject", f"{tmp_path}/robo=robot:live",
         "--dreambench_dir", f"{tmp_path}/dreambench", "--dreambench_subject", "can",
@@ -56,6 +56,7 @@ def test_a_full_eval_command_line_sets_every_field(tmp_path):
         device="cpu",
         dtype="bfloat16",
         revision="v1",
+        prior=PriorSettings(num_prior_images=6, class_prompt_template="a {} in a photo"),
     )
     assert settings.output.no_progress is True
     # the flags as typed, next to what the config made of them
@@ -69,6 +70,7 @@ def test_eval_defaults_come_from_the_settings_and_constants(tmp_path):
     config = settings.config
     assert [m.name for m in config.methods] == ["base"] and config.metrics == METRIC_NAMES
     assert config.generation == GenerationSettings() and config.generation.num_inference_steps == 50
+    assert config.prior == PriorSettings() and config.prior.num_prior_images == 4
     assert config.encoders == EncoderSettings(DEFAULT_DINO_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED,
                                               DEFAULT_EVAL_BATCH_SIZE)
     defaults = {f.name: f.default for f in dataclasses.fields(DreamBenchConfig) if f.name in ("device", "dtype")}
@@ -102,6 +104,8 @@ def test_a_grid_command_line_sets_every_field(tmp_path):
     (["--num_images", "two"], "invalid int value"),
     (["--dreambench_subject", "can"], "--dreambench_subject picks from --dreambench_dir"),
     (["--metrics", "fid"], "Unknown metric"),
+    (["--num_prior_images", "-1"], "--num_prior_images must be in"),
+    (["--class_prompt_template", "a photo of a dog"], "--class_prompt_template"),
 ])
 def test_bad_eval_flags_exit_2_with_the_reason(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from dreambat.eval.metrics import (
-    clip_i_score, clip_t_score, cosine_matrix, dino_score, mean_paired_cosine, mean_pairwise_cosine,
+    clip_i_score, clip_t_score, cosine_matrix, dino_score, div_score, mean_paired_cosine, mean_pairwise_cosine,
+    pres_score,
 )
 
 
@@ -54,11 +55,31 @@ def test_raw_cosine_is_not_scaled_or_clipped():
     assert mean_pairwise_cosine(a, 3 * a) == pytest.approx(1.0)
 
 
+def test_pres_is_the_cosine_with_the_real_photos_by_hand():
+    class_images = torch.tensor([[1.0, 0.0], [3.0, 3.0]])
+    real = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # cosines: (1, 0) with (1, 0) and (0, 1): 1 and 0; (1, 1)/√2 with both: 1/√2 each
+    assert pres_score(class_images, real) == pytest.approx((1 + 0 + 2 / math.sqrt(2)) / 4, abs=1e-12)
+    assert pres_score(class_images[:1], real[:1]) == pytest.approx(1.0)
+
+
+def test_div_is_one_minus_the_mean_cosine_over_distinct_pairs_by_hand():
+    assert div_score(torch.tensor([[1.0, 2.0]] * 3)) == pytest.approx(0.0, abs=1e-12)  # identical images
+    assert div_score(torch.tensor([[1.0, 0.0], [0.0, 5.0]])) == pytest.approx(1.0)  # orthogonal
+    assert div_score(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(2.0)  # opposite
+    three = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    # pairs: (e1, d) 1/√2, (e1, e2) 0, (d, e2) 1/√2, each counted in both orders
+    assert div_score(three) == pytest.approx(1 - (2 / math.sqrt(2)) / 3, abs=1e-12)
+    assert math.isnan(div_score(three[:1]))
+
+
 def test_identical_images_score_one(dino, clip):
     image = _images(1)[0]
     generated, real = [image] * 4, [image.copy() for _ in range(3)]
     assert dino_score(dino.embed_images(generated), dino.embed_images(real)) == pytest.approx(1.0, abs=1e-5)
     assert clip_i_score(clip.embed_images(generated), clip.embed_images(real)) == pytest.approx(1.0, abs=1e-5)
+    assert div_score(dino.embed_images(generated)) == pytest.approx(0.0, abs=1e-5)
+    assert pres_score(dino.embed_images(generated), dino.embed_images(real)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_embeddings_do_not_depend_on_batch_size(dino, clip):

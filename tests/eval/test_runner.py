@@ -12,7 +12,7 @@ from dreambat.constants import LORA_WEIGHTS_NAME
 from dreambat.errors import ConfigError, ModelNotFoundError, SubjectDataError
 from dreambat.eval import runner
 from dreambat.eval.config import (
-    DreamBenchConfig, EncoderSettings, GenerationSettings, Method, build_methods, parse_subject,
+    DreamBenchConfig, EncoderSettings, GenerationSettings, Method, PriorSettings, build_methods, parse_subject,
 )
 from dreambat.eval.generation import generate_images, load_pipeline
 from dreambat.eval.prompts import DreamBenchPrompts
@@ -20,7 +20,7 @@ from dreambat.eval.tables import CSV_COLUMNS
 
 
 def make_config(backbone, evaluators, subjects, out, loras=(), names=None, metrics=("dino", "clip_i", "clip_t"),
-                **generation):
+                prior=PriorSettings(num_prior_images=0), **generation):
     prompts = DreamBenchPrompts.load()
     settings = {"num_images": 2, "num_prompts": 2, "num_inference_steps": 1, "batch_size": 3, **generation}
     return DreamBenchConfig(
@@ -33,6 +33,7 @@ def make_config(backbone, evaluators, subjects, out, loras=(), names=None, metri
                                  str(evaluators.clip_pretrained), batch_size=8),
         metrics=metrics,
         device="cpu",
+        prior=prior,
     )
 
 
@@ -134,3 +135,62 @@ def test_bad_inputs_fail_before_generation(tiny_backbone, tiny_evaluators, two_s
     with pytest.raises(ConfigError, match="Duplicate subject"):
         make_config(tiny_backbone, tiny_evaluators, [two_subjects[0], two_subjects[0]], out)
     assert not out.exists()
+
+
+def _prior_files(out):
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("prior/*.png")}
+
+
+def test_pres_and_div_images_are_planned_scored_reused_and_extended(tiny_backbone, tiny_evaluators, two_subjects,
+                                                                    lora_dirs, tmp_path, dino):
+    out, star = tmp_path / "bench", two_subjects[:1]
+
+    def config(count, template="a photo of a {}", metrics=("clip_t",)):
+        return make_config(tiny_backbone, tiny_evaluators, star, out, [lora_dirs[0]], ["bat"], metrics=metrics,
+                           prior=PriorSettings(count, template), num_images=1, num_prompts=1)
+
+    first = config(2)
+    planned = runner.plan_prior(first)[("bat", "star")]
+    assert [job.prompt for job in planned.class_jobs] == ["a photo of a star"] * 2
+    assert [job.prompt for job in planned.subject_jobs] == ["a photo of sks star"] * 2
+    assert [job.seed for job in planned.jobs] == [0, 1, 0, 1] and planned.class_jobs[0].lora == lora_dirs[0]
+
+    result = runner.run_dreambench(first, progress=False)  # clip_t only: DINO is loaded for PRES / DIV
+    assert set(_prior_files(out)) == {f"{m}/star/prior/{kind}_{seed}.png" for m in ("base", "bat")
+                                      for kind in ("class", "subject") for seed in (0, 1)}
+    assert result.generated == 2 * (1 + 4)  # per method: one DreamBench image, two class and two subject ones
+    [base, bat, real] = result.scores
+    photos = dino.embed_images(runner.load_photos(first.subjects[0], first.subjects[0].images()))
+    for score in (base, bat):
+        images = runner.plan_prior(first)[(score.method, "star")]
+        class_embeddings = dino.embed_images([Image.open(job.path).convert("RGB") for job in images.class_jobs])
+        subject_embeddings = dino.embed_images([Image.open(job.path).convert("RGB") for job in images.subject_jobs])
+        by_hand = [float(torch.cosine_similarity(c, r, dim=0)) for c in class_embeddings for r in photos]
+        assert score.pres == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-5)
+        cosine = float(torch.cosine_similarity(subject_embeddings[0], subject_embeddings[1], dim=0))
+        assert score.div == pytest.approx(1 - cosine, abs=1e-5) and score.div > 1e-4  # two seeds differ
+        assert score.dino is None and score.clip_t is not None
+    assert real.pres is None and real.div is None
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert float(rows[1]["pres"]) == pytest.approx(bat.pres) and rows[-1]["div"] == ""
+    table = (out / "scores.md").read_text()
+    assert "| method | CLIP-T | PRES ↓ | DIV |" in table and "'a photo of a {}'" in table
+    assert json.loads((out / "scores.json").read_text())["summary"]["bat"]["div"]["n"] == 1
+
+    before = _prior_files(out)
+    again = runner.run_dreambench(first, progress=False)
+    assert again.generated == 0 and again.reused == 10 and _prior_files(out) == before
+    assert again.scores[1].pres == pytest.approx(bat.pres, abs=1e-6)
+
+    more = runner.run_dreambench(config(3), progress=False)  # only seed 2 of each prompt is new
+    assert more.generated == 4 and {k: v for k, v in _prior_files(out).items() if k in before} == before
+    fewer = runner.run_dreambench(config(1), progress=False)  # the first image of each prompt
+    assert fewer.generated == 0 and fewer.scores[1].div is None and fewer.scores[1].pres is not None
+
+    with pytest.raises(ConfigError, match="other settings.*--class_prompt_template"):
+        runner.run_dreambench(config(2, "a {} photo"), progress=False)
+    off = runner.run_dreambench(config(0, "a {} photo"), progress=False)  # nothing of PRES / DIV to mix
+    assert off.generated == 0 and all(s.pres is None and s.div is None for s in off.scores)
+    assert "PRES" not in (out / "scores.md").read_text()
+    with pytest.raises(ConfigError, match="--class_prompt_template"):  # the recorded template still holds
+        runner.run_dreambench(config(2, "a {} photo"), progress=False)

@@ -107,8 +107,12 @@ def test_evaluation_expands_the_abstraction_and_warns_when_prompts_lack_it(ti_ru
     switch = LoraSwitch(pipe)
     switch.use(result.output_dir)
     assert switch.prompts(["a TOK star in the snow"]) == ["a <s0><s1> star in the snow"]
+    assert switch.prompts(["a sks star"]) == ["a sks star"]
     with caplog.at_level(logging.WARNING):
-        assert switch.prompts(["a sks star"]) == ["a sks star"]
+        switch.check_prompts(["a TOK star", "a photo of a star"])  # the class prompt of PRES lacks it: fine
+    assert not caplog.text
+    with caplog.at_level(logging.WARNING):
+        switch.check_prompts(["a sks star", "a photo of a star"])
     assert "--unique_token TOK" in caplog.text
     switch.use(None)
     assert switch.prompts(["a TOK star"]) == ["a TOK star"]

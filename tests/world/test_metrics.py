@@ -1,5 +1,6 @@
 """World metrics: the held-out denoising loss and the attribute read-back of a DreamBench run."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,14 +8,17 @@ import torch
 
 from dreambat.backbone.load import load_backbone
 from dreambat.errors import ModelNotFoundError
-from dreambat.eval.config import DreamBenchConfig, EncoderSettings, GenerationSettings, Method
+from dreambat.eval.config import DreamBenchConfig, EncoderSettings, GenerationSettings, Method, PriorSettings
 from dreambat.eval.config import DreamBenchSubject
-from dreambat.eval.runner import plan
+from dreambat.eval.runner import plan, plan_prior
 from dreambat.eval.prompts import DreamBenchPrompts
 from dreambat.lora import add_unet_lora, save_lora
 from dreambat_world.classifiers import AttributeClassifier, AttributeNet, ClassifierConfig
 from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR
-from dreambat_world.metrics import HeldoutLoss, attribute_scores, subject_heldout_dir, world_table, WorldScore
+from dreambat_world.metrics import (
+    WORLD_METRICS, HeldoutLoss, WorldScore, attribute_scores, class_subject_fidelity, shows_subject,
+    subject_heldout_dir, world_table,
+)
 from dreambat_world.prompts import WORLD_PROMPTS_PATH, load_templates
 from dreambat_world.subjects import WORLD_SUBJECTS, subject_photos
 
@@ -116,7 +120,59 @@ def test_attribute_scores_read_half_and_half_colours_order_free(tmp_path):
 
 
 def test_world_table_means_over_subjects():
-    rows = [WorldScore("bat", s, loss, 0.5, 0.5, 0.2, fid, 1.0, None, 4)
-            for s, loss, fid in (("a", 0.1, 0.5), ("b", 0.3, 1.0))]
+    rows = [WorldScore("bat", s, loss, 0.5, 0.5, 0.2, fid, 1.0, None, 4, pres=pres, div=0.1, class_subject_fidelity=drift)
+            for s, loss, fid, pres, drift in (("a", 0.1, 0.5, 0.4, 0.0), ("b", 0.3, 1.0, 0.6, None))]
     table = world_table(rows)
-    assert "| bat | 0.2000 | 0.500 | 0.500 | 0.200 | 0.750 | – |" in table
+    assert "| PRES ↓ | DIV | class drift ↓ |" in table.splitlines()[0]
+    assert "| bat | 0.2000 | 0.500 | 0.500 | 0.200 | 0.750 | – | 0.500 | 0.100 | 0.000 |" in table
+    # rows written before PRES / DIV existed (positional, no prior images) still build and show –
+    assert world_table([WorldScore("old", "a", 0.1, 0.5, 0.5, 0.2, 0.5, 1.0, None, 4)]).rstrip().endswith("| – | – | – |")
+
+
+def test_world_score_has_the_prior_metrics_last():
+    assert WORLD_METRICS[-3:] == ("pres", "div", "class_subject_fidelity")
+    assert WORLD_METRICS[:6] == ("heldout_loss", "dino", "clip_i", "clip_t", "subject_fidelity", "prompt_fidelity")
+    assert {"pres", "div", "class_subject_fidelity"} <= {f.name for f in dataclasses.fields(WorldScore)}
+
+
+class _Listed(AttributeClassifier):
+    """Predicts the given labels in turn, one per image."""
+
+    def __init__(self, predictions):
+        super().__init__(AttributeNet(ClassifierConfig()))
+        self.predictions = list(predictions)
+
+    def predict(self, images):
+        out, self.predictions = self.predictions[:len(images)], self.predictions[len(images):]
+        return [dict(p) for p in out]
+
+
+def test_class_subject_fidelity_reads_the_class_prompt_images_back(tmp_path):
+    def config(count):
+        return DreamBenchConfig(
+            pretrained_model_name_or_path=str(BACKBONE), methods=[Method("base")],
+            subjects=[DreamBenchSubject(SUBJECT.name, subject_heldout_dir(SUBJECT), SUBJECT.class_word)],
+            output_dir=tmp_path, generation=GenerationSettings(num_images=1, num_prompts=1),
+            encoders=EncoderSettings(), prompts_file=WORLD_PROMPTS_PATH, prior=PriorSettings(count))
+
+    images = plan_prior(config(4))[("base", SUBJECT.name)]
+    assert [job.prompt for job in images.class_jobs] == [f"a photo of a {SUBJECT.class_word}"] * 4
+    for job in images.jobs:
+        job.path.parent.mkdir(parents=True, exist_ok=True)
+        subject_photos(SUBJECT, "heldout", n=1)[0].save(job.path)
+    d = SUBJECT.design
+    own = {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "blue"}
+    other_shape = dict(own, shape="circle" if d.shape != "circle" else "square")
+    other_colour = dict(own, color=next(c for c in ("red", "green", "blue") if c != d.color))
+    # only the four class-prompt images are read (the subject-prompt ones are DIV's), in order
+    classifier = _Listed([own, other_shape, own, other_colour, own, own, own, own])
+    assert class_subject_fidelity(config(4), classifier) == {("base", SUBJECT.name): pytest.approx(0.5)}
+    assert len(classifier.predictions) == 4
+    assert class_subject_fidelity(config(0), _Listed([])) == {("base", SUBJECT.name): None}
+
+
+def test_shows_subject_reads_half_and_half_colours_order_free():
+    subject = next(s for s in WORLD_SUBJECTS if s.design.pattern == "striped")
+    d = subject.design
+    swapped = {"shape": d.shape, "color": d.pattern_color, "pattern": d.pattern, "pattern_color": d.color}
+    assert shows_subject([swapped, dict(swapped, pattern="plain")], subject) == 0.5
