@@ -201,7 +201,8 @@ def score_table(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace) -> str:
     head = (f"Reference tag `{args.reference_tag}`, seeds {args.seeds}. Cells: mean over (subject, seed); "
-            "in brackets the paired difference to DreamBooth-LoRA ± its standard error, * where it "
+            "in brackets the paired difference to DreamBooth-LoRA ± its standard error over subjects "
+            "(each subject's seeds averaged first), * where it "
             "exceeds 2 SE. Held-out loss: lower is better.\n")
     return "\n".join([head, *(sweep_table(SWEEPS[name], args) for name in args.sweeps), score_table(args)])
 

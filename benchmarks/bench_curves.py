@@ -10,13 +10,24 @@ run is the S-step run), and every checkpoint is scored with every world metric
 * **oracle headroom**: each method minus ``dreambooth`` and minus ``random``, paired over
   (subject, seed), at each step and photo count, ± SE, * beyond 2 SE;
 * **equal subject exposure**: BAT at γ sees ``1 - γ`` of its batch as subject photos, so BAT at
-  step S/(1-γ) is set against DreamBooth at step S;
+  step S/(1-γ) is set against DreamBooth at step S; ``prior`` adds its class rows on top of a full
+  instance batch, so it is set against DreamBooth at the same step S;
+* **matched likeness** (the fronts): each method's prompt following (CLIP-T, prompt fidelity) read
+  off its curve at fixed likeness levels (DINO, subject fidelity), minus ``dreambooth``'s and minus
+  ``random``'s at the same level, paired over (subject, seed) and clustered by subject; the same for
+  PRES (prior drift, lower is better) at matched DINO when the rows carry it;
 * the **trade-off plot**: subject likeness (DINO, subject fidelity) against prompt following
-  (CLIP-T, prompt fidelity), one curve per method over the steps.
+  (CLIP-T, prompt fidelity), and DINO against PRES when the rows carry it, one curve per method
+  over the steps.
 
-Methods: ``dreambooth`` (no backbone data), ``random``, ``clip`` (``--selection clip``, the world's
-CLIP-role encoder), ``oracle_class`` / ``oracle_near`` (ground-truth selections, benchmark only:
-:mod:`dreambat_world.selection_truth`) and ``albat`` (the library's reliable defaults).
+Methods: ``dreambooth`` (no backbone data), ``prior`` (DreamBooth with prior preservation on
+``--keep`` backbone-generated images of "a photo of a <class word>", shared by every subject and
+run of that class word in ``OUTPUT/TAG/class_images/<word>/``), ``random``, ``clip``
+(``--selection clip``, the world's CLIP-role encoder, nearest to the subject photos),
+``clip_text`` (``--selection clip --clip_query text``: nearest to the text "a photo of a <class
+word>", Custom Diffusion's real prior), ``oracle_class`` / ``oracle_near`` (ground-truth
+selections, benchmark only: :mod:`dreambat_world.selection_truth`) and ``albat`` (the library's
+reliable defaults). Every selection is mixed in at γ; ``dreambooth`` and ``prior`` have γ = 0.
 
     python scripts/make_world.py --skip_assets                 # the clean pool, once
     python scripts/make_world.py --skip_assets --noisy         # the LAION-like pool, once
@@ -44,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._measure import REPO, git_head, machine_info
-from benchmarks.bench_quality import diff_text, fmt, paired, pick_subjects, subject_dir
+from benchmarks.bench_quality import clustered, diff_text, fmt, paired, pick_subjects, subject_dir
 from dreambat.albat import read_manifest
 from dreambat.bat.config import BatSettings
 from dreambat.bat.pipeline import run_bat
@@ -55,12 +66,19 @@ from dreambat_world.metrics import WORLD_METRICS, evaluate_world
 from dreambat_world.selection_truth import ORACLES, composition, oracle_manifest
 from dreambat_world.subjects import subject_by_name
 
-METHODS = ("dreambooth", "random", "clip", *ORACLES, "albat")
+METHODS = ("dreambooth", "prior", "random", "clip", "clip_text", *ORACLES, "albat")
 ORDER = ("base", *METHODS)
 """Methods in table order; ``base`` (the backbone without a LoRA) is the step-0 point of every curve."""
+UNMIXED = ("dreambooth", "prior")
+"""Methods without a γ-mixture: every instance slot of their batches is a subject photo (``prior``'s
+class rows come on top of the instance batch)."""
 POOLS = {"clean": DEFAULT_POOL_DIR, "noisy": DEFAULT_NOISY_POOL_DIR}
 LIKENESS = ("dino", "subject_fidelity")
 PROMPT_FOLLOWING = ("clip_t", "prompt_fidelity")
+PRIOR_DRIFT = "pres"
+"""PRES, the drift of the class prior (lower is better); rows made before it existed lack it."""
+MATCHED_LEVELS = 4
+"""Likeness levels of the matched-likeness tables, evenly inside the span every method's curves reach."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_text_encoder", action="store_true", help="also train a text-encoder LoRA")
     p.add_argument("--train_text_encoder_ti", action="store_true",
                    help="pivotal tuning: new tokens for --instance_token (use TOK), trained with the LoRA")
+    p.add_argument("--batch_size", type=int, default=4, help="instance slots per training batch")
     p.add_argument("--instance_token", default="sks", help="the identifier of the instance prompt")
     p.add_argument("--train_only", action="store_true",
                    help="train (and checkpoint) every LoRA, evaluate nothing; a later run without it evaluates")
@@ -99,11 +118,23 @@ def instance_prompt(args, word: str) -> str:
     return f"a photo of {args.instance_token} {word}".replace("  ", " ")
 
 
+def class_prompt(word: str) -> str:
+    """The class prompt of ``prior``'s generated images and ``clip_text``'s retrieval query."""
+    return f"a photo of a {word}"
+
+
 def train(method: str, args, subject: str, seed: int, photos: int, work: Path, shards: list[str],
           candidates: list) -> Path:
     """Train ``method`` to the last checkpoint step in ``work/method`` (resumes; reuses a finished run).
 
-    ``candidates``: the pool samples every selector chooses from (the oracles rank them directly)."""
+    ``candidates``: the pool samples every selector chooses from (the oracles rank them directly).
+
+    ``prior`` trains each batch on ``--batch_size`` subject slots plus as many class slots
+    (:class:`~dreambat.data.stream.TrainingStream` appends B class rows to the B instance rows), so
+    its subject exposure per step is DreamBooth's. Its class images live in
+    ``OUTPUT/TAG/class_images/<word>/``, generated once and shared by every subject, seed and photo
+    count of that class word (a later run with a larger ``--keep`` generates only the missing ones).
+    """
     out = work / method
     if (out / LORA_WEIGHTS_NAME).is_file():
         return out
@@ -112,13 +143,18 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
     flags = dict(
         pretrained_model_name_or_path=args.backbone, instance_data_dir=str(subject_dir(subject, photos, work)),
         instance_prompt=instance_prompt(args, word), output_dir=str(out), seed=seed, resolution=32,
-        random_flip=True, train_batch_size=4, max_train_steps=steps[-1], learning_rate=args.learning_rate,
-        rank=args.rank, train_text_encoder=args.train_text_encoder, train_text_encoder_ti=args.train_text_encoder_ti,
-        token_abstraction=args.instance_token,
+        random_flip=True, train_batch_size=args.batch_size, max_train_steps=steps[-1],
+        learning_rate=args.learning_rate, rank=args.rank, train_text_encoder=args.train_text_encoder,
         checkpointing_steps=math.gcd(*steps), checkpoints_total_limit=None, report_to="none",
         resume_from_checkpoint="latest")
-    if method == "dreambooth":
+    if args.train_text_encoder_ti:
+        flags |= dict(train_text_encoder_ti=True, token_abstraction=args.instance_token)
+    if method in UNMIXED:
         flags["selection"] = "none"
+        if method == "prior":
+            flags |= dict(with_prior_preservation=True, class_prompt=class_prompt(word), num_class_images=args.keep,
+                          class_data_dir=str(args.output_dir / args.tag / "class_images" / word),
+                          prior_loss_weight=1.0)
     else:
         flags |= dict(backbone_shards=shards, max_candidates=args.max_candidates, num_backbone_samples=args.keep,
                       augmentation_ratio=args.gamma)
@@ -126,11 +162,13 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
             manifest = oracle_manifest(candidates, subject_by_name(subject), method,
                                        work / f"{method}_scores" / "selection.jsonl", seed=seed)
             flags |= dict(selection="albat", selection_manifest=str(manifest), keep_nonpositive=True)
-        elif method == "clip":
+        elif method in ("clip", "clip_text"):
             from dreambat_world.evaluators import EVALUATORS_DIR, world_evaluators
 
             e = world_evaluators(args.evaluators_dir or EVALUATORS_DIR)
             flags |= dict(selection="clip", clip_model=str(e.clip_model), clip_pretrained=str(e.clip_pretrained))
+            if method == "clip_text":
+                flags |= dict(clip_query="text", clip_query_prompt=class_prompt(word))
         elif method == "albat":
             flags |= dict(selection="albat", surrogate_steps=max(steps[0] // 2, 1), score_batch_size=16)
         else:
@@ -140,9 +178,10 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
 
 
 FIXED_SETTINGS = ("backbone", "checkpoints", "gamma", "keep", "max_candidates", "learning_rate", "rank",
-                  "train_text_encoder", "train_text_encoder_ti", "instance_token", "num_images", "num_prompts", "inference_steps",
-                  "evaluators_dir")
-"""Settings every row of a tag shares; pools, photo counts, subjects, seeds and methods may be added."""
+                  "train_text_encoder", "train_text_encoder_ti", "batch_size", "instance_token", "num_images",
+                  "num_prompts", "inference_steps", "evaluators_dir")
+"""Settings every row of a tag shares; pools, photo counts, subjects, seeds and methods may be added.
+A tag saved before a setting existed ran at its default."""
 
 
 def check_settings(root: Path, args) -> None:
@@ -150,7 +189,7 @@ def check_settings(root: Path, args) -> None:
     path = root / "settings.json"
     if not path.is_file() or not (root / "results.jsonl").is_file():
         return
-    saved = json.loads(path.read_text())
+    saved = {k: str(v) for k, v in vars(parse_args([])).items()} | json.loads(path.read_text())
     changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in FIXED_SETTINGS
                if k in saved and saved[k] != str(getattr(args, k))]
     if changed:
@@ -219,7 +258,7 @@ def main(argv=None) -> None:
                             if manifest.is_file() else None
                         row = {**asdict(score), "method": method, "step": int(step), "pool": args.pool,
                                "photos": photos, "seed": seed, "class_word": word,
-                               "gamma": args.gamma if method in METHODS[1:] else 0.0,
+                               "gamma": 0.0 if method in (*UNMIXED, "base") else args.gamma,
                                "train_seconds": seconds.get(method), "eval_seconds": eval_seconds,
                                "selection": kept}
                         handle.write(json.dumps(row) + "\n")
@@ -278,23 +317,116 @@ def _diff_line(cells: list, own: list[dict], base: dict, metrics) -> str | None:
             + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
 
 
+def exposure_step(method: str, step: int, gamma: float) -> int:
+    """The step at which ``method`` has shown the subject photos as often as DreamBooth at ``step``:
+    the same step for the unmixed methods (``prior``'s class rows come on top of a full instance
+    batch), ``step / (1 - γ)`` for a γ-mixture (only ``1 - γ`` of its slots are subject photos)."""
+    return step if method in UNMIXED else round(step / (1 - gamma))
+
+
 def exposure_table(rows: list[dict], gamma: float) -> str:
-    """BAT at step S / (1 - γ) against DreamBooth at step S: the same number of subject-photo views."""
+    """Each method at :func:`exposure_step` against DreamBooth at step S: the same number of
+    subject-photo views."""
     metrics = ("heldout_loss", "dino", "subject_fidelity", "clip_t", "prompt_fidelity")
-    lines = ["| pool | photos | DreamBooth step | BAT step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics)
-             + " |", "|---|---|---|---|---|---|" + "---|" * len(metrics)]
+    lines = ["| pool | photos | DreamBooth step | method step | method | pairs | "
+             + " | ".join(f"Δ {m}" for m in metrics) + " |", "|---|---|---|---|---|---|" + "---|" * len(metrics)]
     found = False
     for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
         here = [r for r in rows if (r["pool"], r["photos"]) == (pool, photos)]
         for step in sorted({r["step"] for r in here if r["method"] == "dreambooth"}):
-            bat_step = round(step / (1 - gamma))
             base = {(r["subject"], r["seed"]): r for r in here if r["method"] == "dreambooth" and r["step"] == step}
             for method in [m for m in METHODS if m != "dreambooth"]:
-                own = [r for r in here if r["method"] == method and r["step"] == bat_step]
-                line = _diff_line([pool, photos, step, bat_step, method], own, base, metrics)
+                method_step = exposure_step(method, step, gamma)
+                own = [r for r in here if r["method"] == method and r["step"] == method_step]
+                line = _diff_line([pool, photos, step, method_step, method], own, base, metrics)
                 if line:
                     lines.append(line)
                     found = True
+    return "\n".join(lines) + "\n" if found else ""
+
+
+def value_at(curve: list[tuple[float, float]], level: float) -> float | None:
+    """``y`` where the path through ``curve`` (``(x, y)`` points in step order, linear between
+    consecutive points) first reaches ``x = level``; None if it never does."""
+    if len(curve) == 1 and curve[0][0] == level:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 == level:
+            return y0
+        if min(x0, x1) <= level <= max(x0, x1):
+            return y0 + (level - x0) / (x1 - x0) * (y1 - y0)
+    return None
+
+
+def curves(rows: list[dict], x_metric: str, y_metric: str) -> dict[tuple, list[tuple[float, float]]]:
+    """``(pool, photos, method, subject, seed) -> [(x, y), ...]`` in step order, each starting at the
+    backbone's own point (the ``base`` row, step 0) where the rows have it; points missing either
+    metric are left out."""
+    found: dict[tuple, list[tuple[int, float, float]]] = {}
+    base = {(r["pool"], r["photos"], r["subject"], r["seed"]): r for r in rows if r["method"] == "base"}
+    for r in rows:
+        if r["method"] == "base":
+            continue
+        key = (r["pool"], r["photos"], r["method"], r["subject"], r["seed"])
+        if key not in found:
+            start = base.get((r["pool"], r["photos"], r["subject"], r["seed"]))
+            found[key] = [] if start is None else [(0, start.get(x_metric), start.get(y_metric))]
+        found[key].append((r["step"], r.get(x_metric), r.get(y_metric)))
+    return {key: [(x, y) for _, x, y in sorted(points, key=lambda p: p[0]) if x is not None and y is not None]
+            for key, points in found.items()}
+
+
+def likeness_levels(paths: dict[tuple, list[tuple[float, float]]], pool: str, photos: int,
+                    n: int = MATCHED_LEVELS) -> list[float]:
+    """``n`` likeness levels evenly inside the span every method's curves reach at (pool, photos):
+    from the highest over methods of the mean (over subject-seed pairs) lowest point of a curve to
+    the lowest over methods of the mean highest point, ends left out, rounded to 3 decimals.
+    Empty when the methods' spans do not overlap."""
+    spans = {}
+    for (p, ph, method, _, _), curve in paths.items():
+        if (p, ph) == (pool, photos) and curve:
+            xs = [x for x, _ in curve]
+            spans.setdefault(method, []).append((min(xs), max(xs)))
+    if not spans:
+        return []
+    low = max(float(np.mean([lo for lo, _ in s])) for s in spans.values())
+    high = min(float(np.mean([hi for _, hi in s])) for s in spans.values())
+    if high <= low:
+        return []
+    return [round(low + (high - low) * (k + 1) / (n + 1), 3) for k in range(n)]
+
+
+def matched_table(rows: list[dict], reference: str, x_metric: str, y_metrics: tuple[str, ...]) -> str:
+    """Each method's ``y_metrics`` at fixed levels of ``x_metric`` (:func:`likeness_levels`, read off
+    each (subject, seed) curve by :func:`value_at`) minus ``reference``'s at the same level, paired over
+    the (subject, seed) whose two curves both reach it, ± SE clustered by subject
+    (:func:`~benchmarks.bench_quality.clustered`)."""
+    paths = {y: curves(rows, x_metric, y) for y in y_metrics}
+    lines = [f"| pool | photos | {x_metric} | method | pairs | " + " | ".join(f"Δ {m}" for m in y_metrics) + " |",
+             "|---|---|---|---|---|" + "---|" * len(y_metrics)]
+    found = False
+    for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
+        methods = [m for m in METHODS if m != reference and any(
+            r["method"] == m and (r["pool"], r["photos"]) == (pool, photos) for r in rows)]
+        for level in likeness_levels(paths[y_metrics[0]], pool, photos):
+            for method in methods:
+                diffs = []
+                for y in y_metrics:
+                    pairs = []
+                    for (p, ph, m, subject, seed), curve in paths[y].items():
+                        if (p, ph, m) != (pool, photos, method):
+                            continue
+                        own = value_at(curve, level)
+                        ref = value_at(paths[y].get((pool, photos, reference, subject, seed), []), level)
+                        if own is not None and ref is not None:
+                            pairs.append((subject, own - ref))
+                    diffs.append(clustered(pairs))
+                if all(d is None for d in diffs):
+                    continue
+                found = True
+                n = max(d[2] for d in diffs if d)
+                lines.append(f"| {pool} | {photos} | {level:.3f} | {method} | {n} | "
+                             + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, y_metrics)) + " |")
     return "\n".join(lines) + "\n" if found else ""
 
 
@@ -318,9 +450,15 @@ def composition_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if found else ""
 
 
+def has_metric(rows: list[dict], metric: str) -> bool:
+    """Whether any row carries ``metric`` (rows made before a metric existed lack it)."""
+    return any(r.get(metric) is not None for r in rows)
+
+
 def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
     """Subject likeness (x) against prompt following (y), one curve per method over the steps;
-    one panel per (likeness, prompt) metric pair, photos = the largest count, clean pool first."""
+    one panel per (likeness, prompt) metric pair, and DINO against PRES when the rows carry it;
+    photos = the largest count, clean pool first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,20 +467,26 @@ def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
     pool = "clean" if any(r["pool"] == "clean" for r in rows) else rows[0]["pool"]
     photos = max(r["photos"] for r in rows if r["pool"] == pool)
     here = [r for r in rows if r["pool"] == pool and r["photos"] == photos]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, (x_metric, y_metric) in zip(axes, zip(LIKENESS, PROMPT_FOLLOWING)):
-        for method in [m for m in METHODS if any(r["method"] == m for r in here)]:
-            steps = sorted({r["step"] for r in here if r["method"] in (method, "base")})
-            xs, ys = [], []
-            for step in steps:
+    panels = list(zip(LIKENESS, PROMPT_FOLLOWING)) + ([("dino", PRIOR_DRIFT)] if has_metric(here, PRIOR_DRIFT) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    others = sorted({r["method"] for r in here} - set(ORDER))
+    for ax, (x_metric, y_metric) in zip(axes, panels):
+        for method in [m for m in (*METHODS, *others) if any(r["method"] == m for r in here)]:
+            points = []
+            for step in sorted({r["step"] for r in here if r["method"] in (method, "base")}):
                 own = [r for r in here if r["method"] in (method, "base") and r["step"] == step]
-                xs.append(np.mean([r[x_metric] for r in own if r[x_metric] is not None]))
-                ys.append(np.mean([r[y_metric] for r in own if r[y_metric] is not None]))
-            ax.plot(xs, ys, marker="o", label=method)
-            for x, y, step in zip(xs, ys, steps):
+                x = [r[x_metric] for r in own if r.get(x_metric) is not None]
+                y = [r[y_metric] for r in own if r.get(y_metric) is not None]
+                if x and y:
+                    points.append((float(np.mean(x)), float(np.mean(y)), step))
+            if not points:
+                continue
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+            for x, y, step in points:
                 ax.annotate(str(step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(f"subject likeness: {x_metric}")
-        ax.set_ylabel(f"prompt following: {y_metric}")
+        ax.set_ylabel(f"prior drift: {y_metric} (lower is better)" if y_metric == PRIOR_DRIFT
+                      else f"prompt following: {y_metric}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     n = len({(r["subject"], r["seed"]) for r in here})
@@ -357,14 +501,27 @@ def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
 def write_tables(root: Path, gamma: float) -> str:
     rows = load_rows(root)
     parts = ["## Step curves (mean over subject-seed pairs)", "", curve_table(rows)]
+    clustering = "± SE over subjects (each subject's seeds averaged first), * beyond 2 SE"
     for reference in ("dreambooth", "random"):
         table = difference_table(rows, reference)
         if table:
-            parts += [f"## Each method minus {reference} at equal steps (paired over (subject, seed), ± SE, "
-                      "* beyond 2 SE)", "", table]
+            parts += [f"## Each method minus {reference} at equal steps (paired over (subject, seed), {clustering})",
+                      "", table]
     table = exposure_table(rows, gamma)
     if table:
-        parts += [f"## At equal subject exposure (BAT at γ = {gamma} trains 1/(1-γ) times the steps)", "", table]
+        parts += [f"## At equal subject exposure (a γ-mixture at γ = {gamma} trains 1/(1-γ) times the steps; "
+                  "prior adds its class rows on top of a full instance batch: the same step; "
+                  f"{clustering})", "", table]
+    matched = [(x, PROMPT_FOLLOWING, "prompt following") for x in LIKENESS]
+    if has_metric(rows, PRIOR_DRIFT):
+        matched.append(("dino", (PRIOR_DRIFT,), "PRES (lower is better)"))
+    for x_metric, y_metrics, what in matched:
+        for reference in ("dreambooth", "random"):
+            table = matched_table(rows, reference, x_metric, y_metrics)
+            if table:
+                parts += [f"## {what[0].upper() + what[1:]} at matched {x_metric}, minus {reference} (read off each "
+                          f"(subject, seed) curve, linear in {x_metric} between checkpoints, base at step 0; pairs: "
+                          f"(subject, seed) whose two curves reach the level; {clustering})", "", table]
     table = composition_table(rows)
     if table:
         parts += ["## What each selector kept (share of kept images / share of the pool, last step's runs)", "",

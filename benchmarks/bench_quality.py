@@ -19,7 +19,7 @@ surrogate per (subject, seed). Opt-in: ``bottom`` trains on the ``--keep`` candi
 if ALBAT's ranking means anything, the bottom of it should help least. Every run is resumable: finished LoRAs and images are reused.
 Results: ``OUTPUT/TAG/results.jsonl`` (one row per method, subject, seed) and
 ``OUTPUT/TAG/summary.md`` (mean ± std over seeds of the subject means, and paired differences
-to ``dreambooth`` with their standard error).
+to ``dreambooth`` with their standard error over subjects).
 """
 
 from __future__ import annotations
@@ -59,14 +59,30 @@ def fmt(value: float, metric: str, sign: bool = False) -> str:
 
 
 def paired(rows: list[dict], base: dict, metric: str) -> tuple[float, float, int] | None:
-    """Mean, standard error and count of ``row[metric] - base[(subject, seed)][metric]`` over the
-    rows that have a base row; None with fewer than two pairs (no standard error)."""
-    diffs = [r[metric] - base[(r["subject"], r["seed"])][metric] for r in rows
+    """Mean, standard error and pair count of ``row[metric] - base[(subject, seed)][metric]`` over
+    the rows that have a base row, clustered by subject (:func:`clustered`); None with fewer than
+    two subjects (no standard error)."""
+    diffs = [(r["subject"], r[metric] - base[(r["subject"], r["seed"])][metric]) for r in rows
              if (r["subject"], r["seed"]) in base and r.get(metric) is not None
-             and base[(r["subject"], r["seed"])].get(metric) is not None]  # rows from before a metric lack it
-    if len(diffs) < 2:
+             and base[(r["subject"], r["seed"])].get(metric) is not None]
+    return clustered(diffs)
+
+
+def clustered(diffs: list[tuple[str, float]]) -> tuple[float, float, int] | None:
+    """``(mean, SE, pairs)`` of paired differences ``(subject, Δ)`` clustered by subject.
+
+    The seeds of a subject share its photos, so they are not independent draws: each subject's
+    differences are averaged first, and the mean and the standard error are those of the subject
+    means. With one seed per subject this is the plain paired mean and SE. None with fewer than
+    two subjects.
+    """
+    by_subject: dict[str, list[float]] = {}
+    for subject, diff in diffs:
+        by_subject.setdefault(subject, []).append(diff)
+    if len(by_subject) < 2:
         return None
-    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
+    means = [float(np.mean(values)) for values in by_subject.values()]
+    return float(np.mean(means)), float(np.std(means, ddof=1) / np.sqrt(len(means))), len(diffs)
 
 
 def diff_text(diff: tuple[float, float, int], metric: str, star: bool = True) -> str:
@@ -192,7 +208,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"{len({r['subject'] for r in rows})} subjects × {len(seeds)} seeds. Mean ± std over seeds "
              "of the mean over subjects; Δ = paired difference to dreambooth over (subject, seed), ± its "
-             "standard error; * where |Δ| > 2 SE.", "",
+             "standard error over subjects (each subject's seeds averaged first); * where |Δ| > 2 SE.", "",
              "| method | runs | " + " | ".join(WORLD_METRICS) + " |", "|---|---|" + "---|" * len(WORLD_METRICS)]
     base = {(r["subject"], r["seed"]): r for r in rows if r["method"] == "dreambooth"}
     for method in methods:
@@ -253,7 +269,7 @@ def _versus_random(rows: list[dict], methods: list[str]) -> list[str]:
         return []
     base = {(r["subject"], r["seed"]): r for r in rows if r["method"] == "random"}
     lines = ["", "ALBAT against random selection of the same number of backbone images (paired over "
-             "(subject, seed), ± standard error, * where |Δ| > 2 SE; last column: pairs where ALBAT's "
+             "(subject, seed), ± standard error over subjects, * where |Δ| > 2 SE; last column: pairs where ALBAT's "
              "held-out loss is lower):", "",
              "| method | n | " + " | ".join(f"Δ {m}" for m in WORLD_METRICS) + " | lower loss |",
              "|---|---|" + "---|" * (len(WORLD_METRICS) + 1)]

@@ -50,6 +50,7 @@ from .constants import (
 from .data.shards import DEFAULT_MIN_IMAGE_SIZE
 from .errors import ConfigError
 from .inputs import ResolvedInputs, file_digest
+from .scoring.retrieval import TEXT_QUERY
 
 if TYPE_CHECKING:
     from .bat.config import BatSettings
@@ -130,13 +131,14 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
     """Everything a manifest's scores depend on; it is resumed or reused only under the same one.
 
     Influence scores depend on the backbone, the surrogate's weights, the subject, the pool, the
-    resolution and the estimator; similarity scores on the encoder, the subject and the pool.
+    resolution and the estimator; similarity scores on the encoder, the query and the pool, and
+    on the subject when it is the query (``--clip_query image``).
     """
     pool = _pool_fingerprint(settings.pool, settings.selection)
     if settings.scores == SIMILARITY:
         selection = settings.selection
-        return {"scores": "clip", "clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained,
-                "subject_sha256": resolved.subject_digests, **pool}
+        subject = {} if selection.clip_query == TEXT_QUERY else {"subject_sha256": resolved.subject_digests}
+        return {"scores": "clip", **_similarity_scorer(selection), **subject, **pool}
     return {
         "backbone": str(settings.inputs.pretrained_model_name_or_path),
         "surrogate_sha256": file_digest(surrogate),
@@ -146,6 +148,23 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
         "resolution": resolved.resolution,
         **settings.scoring.estimator(),
     }
+
+
+def _similarity_scorer(selection: SelectionConfig) -> dict:
+    """The encoder and the query of similarity scores. The image query, all there was before text
+    queries, adds no key, so that manifests and run folders recorded before them still match."""
+    scorer = {"clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained}
+    if selection.clip_query == TEXT_QUERY:
+        scorer |= {"clip_query": TEXT_QUERY, "clip_query_prompt": selection.clip_query_prompt}
+    return scorer
+
+
+def _selection_settings(selection: SelectionConfig) -> dict:
+    """The selection group in a run record, the query flags left out at the image query (as above)."""
+    settings = dataclasses.asdict(selection)
+    if selection.clip_query != TEXT_QUERY:
+        settings = {k: v for k, v in settings.items() if k not in ("clip_query", "clip_query_prompt")}
+    return settings
 
 
 def unscored_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
@@ -200,12 +219,12 @@ def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs, surrogat
         {"train": weights_settings(settings.surrogate_config(Path(".")))}
     )
     method = settings.selection
-    scorer = ({"clip_model": method.clip_model, "clip_pretrained": method.clip_pretrained}
-              if method.needs.scores == SIMILARITY else {"estimator": settings.scoring.estimator()})
+    scorer = (_similarity_scorer(method) if method.needs.scores == SIMILARITY
+              else {"estimator": settings.scoring.estimator()})
     scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": _pool_settings(settings.pool, settings.selection)} | scorer
     if settings.bat.selection_manifest:
         scores = inputs | {"selection_manifest_sha256": file_digest(settings.bat.selection_manifest)}
-    final = scores | {"train": weights_settings(settings.train), "selection": dataclasses.asdict(settings.selection),
+    final = scores | {"train": weights_settings(settings.train), "selection": _selection_settings(settings.selection),
                       "gamma": settings.gamma}
     record = {"final": _json(final)}
     if settings.needs_surrogate:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..albat import SelectionResult, rule_class
+from ..albat import SIMILARITY, SelectionResult, rule_class
 from .config import BatSettings
 
 
@@ -82,6 +82,10 @@ def bat_model_card_section(
         f"Backbone share of the training stream γ = {gamma:.2f}; backbone images train on their own captions.",
         "The kept candidates are listed in `selection.jsonl` (one line per candidate, with its score).",
     ]
+    if settings.selection.needs.scores == SIMILARITY and settings.bat.selection_manifest is None:
+        query = settings.selection
+        lines.insert(1, f"Scores: CLIP similarity to {query.clip_query_phrase} (the cosine of each candidate's "
+                        f"image embedding to the {query.clip_query} query's, `{query.clip_model}`).")
     if settings.needs_surrogate:
         scoring = settings.scoring
         lines.insert(1, f"Scores: surrogate LoRA of {settings.bat.surrogate_steps} steps, K = "

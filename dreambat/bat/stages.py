@@ -68,8 +68,8 @@ def scoring_stage(
 ) -> ScoredPool:
     """Stage 2: the scores the selection rule ranks by, for every candidate (nothing selected yet)."""
     if settings.selection.needs.scores == SIMILARITY:
-        logger.info("Stage 2/5: ranking backbone candidates by CLIP similarity to the subject (%s).",
-                    settings.selection.clip_model)
+        logger.info("Stage 2/5: ranking backbone candidates by CLIP similarity to %s (%s).",
+                    settings.selection.clip_query_phrase, settings.selection.clip_model)
     else:
         logger.info("Stage 2/5: scoring backbone candidates with ALBAT (K=%d, %s).",
                     settings.scoring.num_score_timesteps, settings.scoring.curvature)

@@ -20,6 +20,7 @@ from ..albat import (
     SCORING_PATHS,
     STRATEGIES,
     INFLUENCE,
+    SIMILARITY,
     RuleNeeds,
     SelectionRule,
     SettingError,
@@ -35,6 +36,7 @@ from ..fields import build_groups, flag
 from ..inputs import RunInputs
 from .diffusion_task import OUTPUT_FUNCTIONS
 from .draws import TIMESTEP_RULES, DrawDesign
+from .retrieval import CLIP_QUERIES, IMAGE_QUERY, TEXT_QUERY
 
 
 @dataclass
@@ -273,9 +275,44 @@ class SelectionConfig:
         "--selection clip: the open_clip pretrained tag (read from the cache) or a checkpoint file.",
         default=DEFAULT_CLIP_PRETRAINED,
     )
+    clip_query: str = flag(
+        "--selection clip: what candidates are ranked by closeness to. image: the subject photos (the "
+        "normalised mean of their CLIP image embeddings); text: the CLIP text embedding of "
+        "--clip_query_prompt, Custom Diffusion's real prior (real images of the class, which train on "
+        "their own captions).",
+        default=IMAGE_QUERY, choices=CLIP_QUERIES,
+    )
+    clip_query_prompt: str | None = flag(
+        "--clip_query text: the prompt candidates are retrieved by, naming the class without the subject "
+        "token, e.g. 'a photo of a dog'. Its own flag, not --class_prompt: that one names the generated "
+        "class images of --with_prior_preservation, which `dreambat score` does not have.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         self.rule(seed=0)  # every check of the rule's declared needs, and of the values, in one place
+        self._check_clip_query()
+
+    def _check_clip_query(self) -> None:
+        if self.clip_query not in CLIP_QUERIES:
+            raise ConfigError(f"--clip_query must be one of {', '.join(CLIP_QUERIES)}, got {self.clip_query!r}.")
+        if self.clip_query != TEXT_QUERY:
+            if self.clip_query_prompt is not None:
+                raise ConfigError("--clip_query_prompt is only read with --clip_query text: add --clip_query text "
+                                  "to retrieve candidates by that prompt, or drop it.")
+            return
+        similarity = [name for name, rule in RULES.items() if rule.needs.scores == SIMILARITY]
+        if self.needs.scores != SIMILARITY:
+            raise ConfigError(f"--clip_query text sets what --selection {' or '.join(similarity)} ranks by; "
+                              f"--selection {self.selection} does not use it. Drop it, or change --selection.")
+        if not (self.clip_query_prompt or "").strip():
+            raise ConfigError("--clip_query text ranks candidates by closeness to a prompt: pass "
+                              "--clip_query_prompt naming the class, e.g. --clip_query_prompt 'a photo of a dog'.")
+
+    @property
+    def clip_query_phrase(self) -> str:
+        """What CLIP retrieval ranks by, in words: ``the subject photos`` or ``the prompt '...'``."""
+        return f"the prompt '{self.clip_query_prompt}'" if self.clip_query == TEXT_QUERY else "the subject photos"
 
     @property
     def needs(self) -> RuleNeeds:

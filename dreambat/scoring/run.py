@@ -64,7 +64,7 @@ from .config import ScoreSettings, word_message
 from .consistency import load_caption_filter
 from .diffusion_task import DiffusionLossTask
 from .reliability import describe_reliability, reliability_advice, reliability_report
-from .retrieval import ClipSimilarity, collate_images, load_clip
+from .retrieval import collate_images, load_clip, similarity_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
     logger.info(
         "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
         len(records), counts.get("resumed", 0), result.kept,
-        "CLIP similarity to the subject photos" if settings.scores == SIMILARITY
+        f"CLIP similarity to {settings.selection.clip_query_phrase}" if settings.scores == SIMILARITY
         else describe_reliability(report["reliability"]),
         manifest_path,
     )
@@ -282,12 +282,14 @@ def collate_candidates(samples: Sequence[BackboneSample], transform: ImageTransf
 def _retrieve(
     settings: ScoreSettings, resolved: ResolvedInputs, surrogate: None, fp: dict, timer: Timer, show_progress: bool
 ) -> tuple[list[dict], dict]:
-    """Embed the subject photos and score this process's candidates by CLIP similarity."""
-    state = process_state()
+    """Embed the query (the subject photos or a prompt) and score this process's candidates by CLIP
+    similarity to it."""
+    state, selection = process_state(), settings.selection
     with timer("load"):
-        encoder = load_clip(settings.selection.clip_model, settings.selection.clip_pretrained, state.device)
-    with timer("subject_embeddings"):
-        scorer = ClipSimilarity(encoder, resolved.subject_images)
+        encoder = load_clip(selection.clip_model, selection.clip_pretrained, state.device)
+    with timer("query_embedding"):
+        scorer = similarity_scorer(encoder, selection.clip_query, subject_images=resolved.subject_images,
+                                   prompt=selection.clip_query_prompt)
     with timer("score"):
         summary, reader, rejected = _stream(settings, scorer, collate_images, fp, show_progress, encoder=encoder)
     return _gather(reader, summary, rejected), scorer.describe()
