@@ -231,7 +231,7 @@ def train_lora(
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if pivotal is not None and pivotal.vectors.grad is not None and accelerator.num_processes > 1:
-                    pass
+                    pivotal.vectors.grad = accelerator.reduce(pivotal.vectors.grad, reduction="mean")
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
