@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pivotal tuning: new tokens for --instance_token (use TOK), trained with the LoRA")
     p.add_argument("--batch_size", type=int, default=4, help="instance slots per training batch")
     p.add_argument("--instance_token", default="sks", help="the identifier of the instance prompt")
+    p.add_argument("--eval_checkpoints", type=int, nargs="+", default=None,
+                   help="evaluate only these of --checkpoints (default: all); the others stay on disk")
     p.add_argument("--train_only", action="store_true",
                    help="train (and checkpoint) every LoRA, evaluate nothing; a later run without it evaluates")
     p.add_argument("--num_images", type=int, default=2, help="generated images per prompt")
@@ -223,18 +225,21 @@ def main(argv=None) -> None:
     done = {(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"])
             for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else set()
     steps = sorted(args.checkpoints)
+    eval_steps = sorted(set(args.eval_checkpoints or steps))
+    if not set(eval_steps) <= set(steps):
+        sys.exit(f"--eval_checkpoints {eval_steps} must be among --checkpoints {steps}.")
     for photos in args.photos:
         for subject in pick_subjects(args.subjects):
             for seed in args.seeds:
-                todo = [(m, s) for m in args.methods for s in steps
+                todo = [(m, s) for m in args.methods for s in eval_steps
                         if (args.pool, photos, m, subject, seed, s) not in done]
                 if (args.pool, photos, "base", subject, seed, 0) not in done:
                     todo.append(("base", 0))
-                if not todo:
+                if not todo and not args.train_only:
                     continue
                 work = root / "runs" / args.pool / f"photos{photos}" / subject / f"seed{seed}"
                 seconds = {}
-                for method in dict.fromkeys(m for m, _ in todo if m != "base"):
+                for method in (args.methods if args.train_only else dict.fromkeys(m for m, _ in todo if m != "base")):
                     t0 = time.perf_counter()
                     train(method, args, subject, seed, photos, work, shards, candidates)
                     seconds[method] = round(time.perf_counter() - t0, 1)
@@ -264,7 +269,8 @@ def main(argv=None) -> None:
                         handle.write(json.dumps(row) + "\n")
                 print(f"{args.pool} photos {photos} {subject} seed {seed}: " + ", ".join(
                     f"{s.method} subj {s.subject_fidelity:.2f} dino {s.dino:.2f}" for s in scores), flush=True)
-    write_tables(root, args.gamma)
+    if not args.train_only:
+        write_tables(root, args.gamma)
 
 
 # ----------------------------------------------------------------------------- tables
