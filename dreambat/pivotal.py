@@ -97,7 +97,7 @@ def add_tokens(tokenizer, text_encoder, new: NewTokens) -> list[int]:
     table = _token_embedding(text_encoder)
     if len(tokenizer) > table.num_embeddings:
         old = table.num_embeddings
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         table = _token_embedding(text_encoder)
         with torch.no_grad():
             table.weight[old:] = table.weight[:old].mean(0)
