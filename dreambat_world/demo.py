@@ -36,8 +36,11 @@ DEMO_SUBJECT = WORLD_DEMO_SUBJECT
 DEMO_SUBJECT_DIR = WORLD_DIR / SUBJECTS_DIR / DEMO_SUBJECT.name / "train"
 DEMO_SHARDS = str(WORLD_DIR / BUNDLED_SHARD)
 DEMO_CLASS_NOUN = DEMO_SUBJECT.class_word
-DEMO_INSTANCE_PROMPT = f"a photo of sks {DEMO_CLASS_NOUN}"
-DEMO_VALIDATION_PROMPT = f"a sks {DEMO_CLASS_NOUN} on a green background"
+DEMO_IDENTIFIER = "TOK"
+"""The subject's identifier: new tokens trained by pivotal tuning (``--train_text_encoder_ti``). To the
+world's frozen text encoder "sks" reads like the article "a" (BENCHMARKS, issue 27)."""
+DEMO_INSTANCE_PROMPT = f"a photo of {DEMO_IDENTIFIER} {DEMO_CLASS_NOUN}"
+DEMO_VALIDATION_PROMPT = f"a {DEMO_IDENTIFIER} {DEMO_CLASS_NOUN} on a green background"
 BACKBONE_PREVIEW_NAME = "backbone_preview.png"
 SELECTION_PREVIEW_NAME = "selection_preview.png"
 DEMO_STEPS = 800
@@ -80,7 +83,7 @@ def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6, *, scor
 
 
 def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int, inference_steps: int) -> TrainConfig:
-    """The DreamBooth settings both demo runs share (the backbone's 32 px, rank 8, batch 4)."""
+    """The DreamBooth settings both demo runs share (the backbone's 32 px, rank 8, batch 4, pivotal tuning)."""
     return TrainConfig(
         pretrained_model_name_or_path=str(backbone),
         instance_data_dir=str(DEMO_SUBJECT_DIR),
@@ -93,6 +96,8 @@ def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int
         max_train_steps=steps,
         learning_rate=1e-3,
         rank=8,
+        train_text_encoder_ti=True,
+        token_abstraction=DEMO_IDENTIFIER,
         checkpointing_steps=max(steps // 2, 1),
         checkpoints_total_limit=1,
         validation_prompt=DEMO_VALIDATION_PROMPT,
@@ -166,7 +171,8 @@ def run_demo(
     started = time.perf_counter()
     eval_dir = output_dir / "eval"
     scores = evaluate_world(DEMO_BACKBONE, {"base": None, "dreambooth": baseline_dir, "bat": bat_dir},
-                            [DEMO_SUBJECT.name], eval_dir, instance_prompt="a photo of sks {}",
+                            [DEMO_SUBJECT.name], eval_dir, instance_prompt=f"a photo of {DEMO_IDENTIFIER} {{}}",
+                            unique_token=DEMO_IDENTIFIER,
                             num_images=DEMO_EVAL_IMAGES, num_prompts=num_prompts,
                             num_inference_steps=inference_steps, guidance_scale=DEMO_GUIDANCE, seed=seed)
     table = world_table(scores)
