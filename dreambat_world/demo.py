@@ -12,6 +12,7 @@ DreamBooth's PRES / DIV with the class-prompt drift).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,11 @@ DEMO_INSTANCE_PROMPT = f"a photo of {DEMO_IDENTIFIER} {DEMO_CLASS_NOUN}"
 DEMO_VALIDATION_PROMPT = f"a {DEMO_IDENTIFIER} {DEMO_CLASS_NOUN} on a green background"
 BACKBONE_PREVIEW_NAME = "backbone_preview.png"
 SELECTION_PREVIEW_NAME = "selection_preview.png"
+DEMO_PHOTOS = 1
+"""Subject photos the demo trains on: one photo trained for hundreds of steps is the regime where
+DreamBooth overfits and backbone data earns its place (BENCHMARKS, issue 27: at one photo and equal
+likeness, backbone images keep prompt fidelity 0.04-0.05 higher, and they cut the rise of the held-out
+loss by about two thirds)."""
 DEMO_STEPS = 800
 """Final-training steps of both demo LoRAs: on the world, DreamBooth-LoRA needs several hundred
 steps before its samples show the subject (the step curve in BENCHMARKS.md); 200 did not."""
@@ -82,11 +88,22 @@ def preview_selection(manifest: Path, urls: str, path: Path, n: int = 6, *, scor
     return records
 
 
-def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int, inference_steps: int) -> TrainConfig:
+def demo_photos(output_dir: Path, n: int = DEMO_PHOTOS) -> Path:
+    """A folder under ``output_dir`` holding the subject's first ``n`` training photos."""
+    folder = output_dir / "subject_photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted(DEMO_SUBJECT_DIR.glob("*.png"))[:n]:
+        if not (folder / photo.name).is_file():
+            shutil.copyfile(photo, folder / photo.name)
+    return folder
+
+
+def demo_train_config(backbone: Path, output_dir: Path, *, steps: int, seed: int, inference_steps: int,
+                      photos: Path = DEMO_SUBJECT_DIR) -> TrainConfig:
     """The DreamBooth settings both demo runs share (the backbone's 32 px, rank 8, batch 4, pivotal tuning)."""
     return TrainConfig(
         pretrained_model_name_or_path=str(backbone),
-        instance_data_dir=str(DEMO_SUBJECT_DIR),
+        instance_data_dir=str(photos),
         instance_prompt=DEMO_INSTANCE_PROMPT,
         output_dir=str(output_dir),
         seed=seed,
@@ -130,8 +147,10 @@ def run_demo(
         raise ModelNotFoundError(f"The world backbone is missing from {DEMO_BACKBONE}; restore assets/world/ "
                                  "from git (or rebuild it with scripts/pretrain_world_backbone.py).")
     world_evaluators()  # fails now, not after training, when an evaluator is missing
-    logger.info("[1/5] world backbone %s, subject '%s' (%d photos), evaluators ready (%.1fs)", DEMO_BACKBONE,
-                DEMO_SUBJECT.name, len(list(DEMO_SUBJECT_DIR.glob("*.png"))), time.perf_counter() - started)
+    photos = demo_photos(output_dir)
+    logger.info("[1/5] world backbone %s, subject '%s' (%d of its %d photos), evaluators ready (%.1fs)",
+                DEMO_BACKBONE, DEMO_SUBJECT.name, len(list(photos.glob("*.png"))),
+                len(list(DEMO_SUBJECT_DIR.glob("*.png"))), time.perf_counter() - started)
 
     started = time.perf_counter()
     preview = output_dir / BACKBONE_PREVIEW_NAME
@@ -140,7 +159,8 @@ def run_demo(
 
     started = time.perf_counter()
     bat_dir = output_dir / "bat"
-    train = demo_train_config(DEMO_BACKBONE, bat_dir, steps=steps, seed=seed, inference_steps=inference_steps)
+    train = demo_train_config(DEMO_BACKBONE, bat_dir, steps=steps, seed=seed, inference_steps=inference_steps,
+                              photos=photos)
     result = run_bat(BatSettings(
         train,
         PoolConfig(backbone_shards=[DEMO_SHARDS], max_candidates=max_candidates),
@@ -163,7 +183,8 @@ def run_demo(
     started = time.perf_counter()
     baseline_dir = output_dir / "dreambooth"
     run_bat(BatSettings(
-        demo_train_config(DEMO_BACKBONE, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps),
+        demo_train_config(DEMO_BACKBONE, baseline_dir, steps=steps, seed=seed, inference_steps=inference_steps,
+                          photos=photos),
         selection=SelectionConfig(selection="none"),
     ))
     logger.info("[4/5] DreamBooth-LoRA baseline, same steps (%.1fs)", time.perf_counter() - started)
