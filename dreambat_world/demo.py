@@ -47,7 +47,7 @@ SELECTION_PREVIEW_NAME = "selection_preview.png"
 DEMO_PHOTOS = 1
 """Subject photos the demo trains on: one photo trained for hundreds of steps is the regime where
 DreamBooth overfits and backbone data earns its place (BENCHMARKS, issue 27: at one photo and equal
-likeness, backbone images keep prompt fidelity 0.04-0.05 higher, and they cut the rise of the held-out
+likeness, backbone images keep prompt fidelity 0.02-0.04 higher, and they cut the rise of the held-out
 loss by about two thirds)."""
 DEMO_STEPS = 800
 """Final-training steps of both demo LoRAs: on the world, DreamBooth-LoRA needs several hundred
