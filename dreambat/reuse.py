@@ -50,7 +50,7 @@ from .constants import (
 from .data.shards import DEFAULT_MIN_IMAGE_SIZE
 from .errors import ConfigError
 from .inputs import ResolvedInputs, file_digest
-from .scoring.retrieval import TEXT_QUERY
+from .scoring.retrieval import IMAGE_QUERY, TEXT_QUERY
 
 if TYPE_CHECKING:
     from .bat.config import BatSettings
@@ -82,30 +82,28 @@ def _json(value: Any) -> Any:
 
 
 # Settings that came after run folders were first recorded, at the value that reproduces what
-# dreambat did before them: left out of a record there, so those folders still match.
+# dreambat did before them: a record leaves them out at that value, so those folders still match.
 SETTINGS_ADDED_LATER = {
-    "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",
+    "min_image_size": DEFAULT_MIN_IMAGE_SIZE, "min_clip_score": None,  # pool
+    "clip_query": IMAGE_QUERY, "clip_query_prompt": None,  # selection
+    "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",  # training
     "num_new_tokens_per_abstraction": 2, "initializer_concept": None, "text_encoder_lr": None,
 }
 
 
+def recorded(settings: dict) -> dict:
+    """``settings`` without those of :data:`SETTINGS_ADDED_LATER` still at their old-behaviour value."""
+    return {k: v for k, v in settings.items() if not (k in SETTINGS_ADDED_LATER and SETTINGS_ADDED_LATER[k] == v)}
+
+
 def weights_settings(config: Any) -> dict:
-    """A training config's settings that shape its weights (those a rerun may not change)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS
-            and not (k in SETTINGS_ADDED_LATER and SETTINGS_ADDED_LATER[k] == v)}
+    """A training config's settings that shape its weights (those a rerun may not change), as recorded."""
+    return recorded({k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_WEIGHTS})
 
 
 def _pool_settings(pool: PoolConfig, selection: SelectionConfig) -> dict:
-    """The pool's settings in a run record (a setting at the value it had before it existed is left
-    out, so that folders recorded before it came still match)."""
-    settings = weights_settings(pool)
-    return {k: v for k, v in settings.items() if k not in _settings_at_old_behaviour(pool)} | _filter_model(pool, selection)
-
-
-def _settings_at_old_behaviour(pool: PoolConfig) -> set[str]:
-    """Pool settings still at what dreambat did before they were flags."""
-    return ({"min_image_size"} if pool.min_image_size == DEFAULT_MIN_IMAGE_SIZE else set()) | (
-        {"min_clip_score"} if pool.min_clip_score is None else set())
+    """The pool's settings in a run record."""
+    return weights_settings(pool) | _filter_model(pool, selection)
 
 
 def _filter_model(pool: PoolConfig, selection: SelectionConfig) -> dict:
@@ -118,8 +116,7 @@ def _filter_model(pool: PoolConfig, selection: SelectionConfig) -> dict:
 def _pool_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
     fingerprint = {"shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
                    "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio}
-    changed = {"min_image_size", "min_clip_score"} - _settings_at_old_behaviour(pool)
-    fingerprint |= {name: getattr(pool, name) for name in sorted(changed)}
+    fingerprint |= recorded({name: getattr(pool, name) for name in ("min_image_size", "min_clip_score")})
     return fingerprint | {f"filter_{k}": v for k, v in _filter_model(pool, selection).items()}
 
 
@@ -151,20 +148,9 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
 
 
 def _similarity_scorer(selection: SelectionConfig) -> dict:
-    """The encoder and the query of similarity scores. The image query, all there was before text
-    queries, adds no key, so that manifests and run folders recorded before them still match."""
-    scorer = {"clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained}
-    if selection.clip_query == TEXT_QUERY:
-        scorer |= {"clip_query": TEXT_QUERY, "clip_query_prompt": selection.clip_query_prompt}
-    return scorer
-
-
-def _selection_settings(selection: SelectionConfig) -> dict:
-    """The selection group in a run record, the query flags left out at the image query (as above)."""
-    settings = dataclasses.asdict(selection)
-    if selection.clip_query != TEXT_QUERY:
-        settings = {k: v for k, v in settings.items() if k not in ("clip_query", "clip_query_prompt")}
-    return settings
+    """The encoder and the query of similarity scores (the image query adds no key, see :func:`recorded`)."""
+    return {"clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained} | recorded(
+        {"clip_query": selection.clip_query, "clip_query_prompt": selection.clip_query_prompt})
 
 
 def unscored_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
@@ -224,7 +210,7 @@ def stage_fingerprints(settings: BatSettings, resolved: ResolvedInputs, surrogat
     scores = (surrogate if settings.needs_surrogate else inputs) | {"pool": _pool_settings(settings.pool, settings.selection)} | scorer
     if settings.bat.selection_manifest:
         scores = inputs | {"selection_manifest_sha256": file_digest(settings.bat.selection_manifest)}
-    final = scores | {"train": weights_settings(settings.train), "selection": _selection_settings(settings.selection),
+    final = scores | {"train": weights_settings(settings.train), "selection": recorded(dataclasses.asdict(settings.selection)),
                       "gamma": settings.gamma}
     record = {"final": _json(final)}
     if settings.needs_surrogate:
