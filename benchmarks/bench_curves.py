@@ -70,6 +70,9 @@ METHODS = ("dreambooth", "prior", "random", "clip", "clip_text", *ORACLES, "alba
 ORDER = ("base", *METHODS)
 """Methods in table order; ``base`` (the backbone without a LoRA) is the step-0 point of every curve."""
 UNMIXED = ("dreambooth", "prior")
+POOL_FREE = (*UNMIXED, "base")
+"""Methods that read no pool: a row of one pool is also theirs in every other (same subject, seed,
+photos and step give the same LoRA and images), so they are trained and scored once."""
 """Methods without a γ-mixture: every instance slot of their batches is a subject photo (``prior``'s
 class rows come on top of the instance batch)."""
 POOLS = {"clean": DEFAULT_POOL_DIR, "noisy": DEFAULT_NOISY_POOL_DIR}
@@ -222,7 +225,7 @@ def main(argv=None) -> None:
                                                     "commit": git_head(), "machine": machine_info()}, indent=2))
     candidates = list(ShardReader(shards, max_candidates=args.max_candidates)) if shards else []
     metadata = {c.key: c.metadata for c in candidates}
-    done = {(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"])
+    done = {row_key(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"])
             for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else set()
     steps = sorted(args.checkpoints)
     eval_steps = sorted(set(args.eval_checkpoints or steps))
@@ -232,8 +235,8 @@ def main(argv=None) -> None:
         for subject in pick_subjects(args.subjects):
             for seed in args.seeds:
                 todo = [(m, s) for m in args.methods for s in eval_steps
-                        if (args.pool, photos, m, subject, seed, s) not in done]
-                if (args.pool, photos, "base", subject, seed, 0) not in done:
+                        if row_key(args.pool, photos, m, subject, seed, s) not in done]
+                if row_key(args.pool, photos, "base", subject, seed, 0) not in done:
                     todo.append(("base", 0))
                 if not todo and not args.train_only:
                     continue
@@ -273,11 +276,26 @@ def main(argv=None) -> None:
         write_tables(root, args.gamma)
 
 
+def row_key(pool: str, photos: int, method: str, subject: str, seed: int, step: int) -> tuple:
+    """What makes a row unique: :data:`POOL_FREE` methods' rows hold for every pool."""
+    return ("any" if method in POOL_FREE else pool, photos, method, subject, seed, step)
+
+
 # ----------------------------------------------------------------------------- tables
 
 
 def load_rows(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines() if line.strip()]
+    """The tag's rows, with each :data:`POOL_FREE` row repeated for every other pool the rows have."""
+    rows = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines() if line.strip()]
+    pools = sorted({r["pool"] for r in rows})
+    shared = {}
+    for r in rows:
+        if r["method"] in POOL_FREE:
+            shared.setdefault(row_key(**{k: r[k] for k in ("pool", "photos", "method", "subject", "seed", "step")}), r)
+    have = {(r["pool"], r["photos"], r["method"], r["subject"], r["seed"], r["step"]) for r in rows}
+    extra = [{**r, "pool": pool} for r in shared.values() for pool in pools
+             if (pool, r["photos"], r["method"], r["subject"], r["seed"], r["step"]) not in have]
+    return rows + extra
 
 
 def curve_table(rows: list[dict]) -> str:

@@ -59,12 +59,20 @@ def _oracle_near(metadata: Mapping[str, Any], subject: Subject) -> float:
     return float(shared_attributes(metadata, subject) + int(main["shape"] == subject.design.shape))
 
 
+def _oracle_clean(metadata: Mapping[str, Any], subject: Subject) -> float:
+    """1 for a clean pair (caption describes the image, image undegraded), whatever it shows."""
+    return float(is_clean(metadata))
+
+
 ORACLES: dict[str, Callable[[Mapping[str, Any], Subject], float]] = {
+    "oracle_clean": _oracle_clean,
     "oracle_class": _oracle_class,
     "oracle_near": _oracle_near,
 }
 """Oracle name -> ground-truth score of a candidate (higher is kept first; ties are broken at random).
 
+``oracle_clean``: a random draw among the clean pairs (correct caption, undegraded image): what
+avoiding the web's junk alone is worth; on the clean pool it is a random selection.
 ``oracle_class``: images of the subject's class (the main object has the subject's shape) with a
 correct caption and an undegraded image, the way Custom Diffusion or DreamBooth's class prior
 would want them. ``oracle_near``: the images most like the subject (shape, colour, pattern shared;

@@ -105,3 +105,24 @@ def test_settings_saved_before_a_setting_existed_count_as_its_default(tmp_path):
         bench_curves.check_settings(root, bench_curves.parse_args(["--batch_size", "8"]))
     with pytest.raises(SystemExit, match="--train_text_encoder_ti False -> True"):
         bench_curves.check_settings(root, bench_curves.parse_args(["--train_text_encoder_ti"]))
+
+
+def test_dreambooth_prior_and_base_rows_serve_every_pool(tmp_path):
+    rows = _front_rows()
+    noisy = [r | {"pool": "noisy", "clip_t": r["clip_t"] - 0.1} for r in rows if r["method"] == "random"]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + noisy))
+    loaded = bench_curves.load_rows(tmp_path)
+    # the noisy pool gets DreamBooth's and the base's rows, not random's clean ones
+    assert sorted({(r["pool"], r["method"]) for r in loaded}) == [
+        ("clean", "base"), ("clean", "dreambooth"), ("clean", "random"),
+        ("noisy", "base"), ("noisy", "dreambooth"), ("noisy", "random")]
+    assert len(loaded) == len(rows) + len(noisy) + 9
+    table = bench_curves.matched_table(loaded, "dreambooth", "dino", ("clip_t",))
+    clean = next(l for l in table.splitlines() if l.startswith("| clean | 5 | 0.240 | random"))
+    noisy_line = next(l for l in table.splitlines() if l.startswith("| noisy | 5 | 0.240 | random"))
+    assert clean == "| clean | 5 | 0.240 | random | 3 | +0.1500 ± 0.0300* |"
+    # noisy random at DINO 0.24 (between its points at 0.2 and 0.6): 0.78 on a, 0.84 on b, against
+    # DreamBooth's 0.76: subject means 0.02 and 0.08 -> +0.05 ± 0.03, within 2 SE
+    assert noisy_line == "| noisy | 5 | 0.240 | random | 3 | +0.0500 ± 0.0300 |"
+    assert bench_curves.row_key("noisy", 5, "prior", "a", 0, 2) == bench_curves.row_key("clean", 5, "prior", "a", 0, 2)
+    assert bench_curves.row_key("noisy", 5, "albat", "a", 0, 2) != bench_curves.row_key("clean", 5, "albat", "a", 0, 2)

@@ -107,3 +107,21 @@ def test_oracle_near_ranks_by_shared_attributes_among_clean_pairs(tmp_path):
     assert shared_attributes(bottom, subject) == 0 or not is_clean(bottom)
     with pytest.raises(KeyError, match="oracle_magic"):
         oracle_scores([top], subject, "oracle_magic")
+
+
+def test_oracle_clean_keeps_a_random_draw_of_clean_pairs(tmp_path):
+    shards = _pool(tmp_path)
+    subject = WORLD_SUBJECTS[0]
+    candidates = list(ShardReader(shards))
+    metadata = {c.key: c.metadata for c in candidates}
+    kept = {}
+    for seed in (1, 2):
+        records = read_manifest(oracle_manifest(candidates, subject, "oracle_clean", tmp_path / f"c{seed}" / "s.jsonl",
+                                                seed=seed))
+        kept[seed] = apply_selection(records, get_rule("albat", num_samples=40, force=True).select(records))
+        shares = composition(kept[seed], metadata, subject)
+        assert shares["kept_bad_caption"] == 0.0 and shares["kept_degraded"] == 0.0
+        assert shares["pool_bad_caption"] > 0.1
+        # not a class selection: the class share stays near the pool's
+        assert shares["kept_class"] < 0.5
+    assert {r.key for r in kept[1] if r.selected} != {r.key for r in kept[2] if r.selected}
