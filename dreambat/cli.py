@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .errors import DreambatError
 from .logs import setup_logging
 from .parsing import parse_config
+from .preemption import run_command
 
 
 TRAIN_DESCRIPTION = """\
@@ -56,14 +57,13 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     setup_logging()
     from .bat.pipeline import run_bat
 
-    try:
+    def run() -> int:
         result = run_bat(settings)
-    except DreambatError as exc:
-        print(f"{prog or 'dreambat train'}: error: {exc}", file=sys.stderr)
-        return 2
-    if result.report_path is not None:
-        print(_outputs_summary(result))
-    return 0
+        if result.report_path is not None:
+            print(_outputs_summary(result))
+        return 0
+
+    return run_command(prog or "dreambat train", run)
 
 
 def _outputs_summary(result) -> str:
@@ -78,19 +78,18 @@ def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     setup_logging()
     from .scoring.run import run_scoring
 
-    try:
+    def run() -> int:
         result = run_scoring(settings)
-    except DreambatError as exc:
-        print(f"{prog or 'dreambat score'}: error: {exc}", file=sys.stderr)
-        return 2
-    if result.report:
-        counts = result.report["counts"]
-        print(
-            f"Scored {counts.get('yielded', 0)} candidates ({counts.get('skipped', 0)} skipped while reading, "
-            f"{counts['skipped_nonfinite_loss']} non-finite), selected {counts['selected']}.\n"
-            f"  manifest  {result.manifest_path}\n  report    {result.report_path}"
-        )
-    return 0
+        if result.report:
+            counts = result.report["counts"]
+            print(
+                f"Scored {counts.get('yielded', 0)} candidates ({counts.get('skipped', 0)} skipped while reading, "
+                f"{counts['skipped_nonfinite_loss']} non-finite), selected {counts['selected']}.\n"
+                f"  manifest  {result.manifest_path}\n  report    {result.report_path}"
+            )
+        return 0
+
+    return run_command(prog or "dreambat score", run)
 
 
 def _make_backbone(args: argparse.Namespace) -> int:

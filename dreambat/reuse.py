@@ -49,6 +49,7 @@ from .constants import (
 )
 from .data.shards import DEFAULT_MIN_IMAGE_SIZE
 from .errors import ConfigError
+from .files import atomic_write_text
 from .inputs import ResolvedInputs, file_digest
 from .scoring.retrieval import IMAGE_QUERY, TEXT_QUERY
 
@@ -319,4 +320,4 @@ def apply_run_folder_plan(plan: RunFolderPlan) -> None:
             ", ".join(p.name for p in plan.archive), target, plan.reason,
         )
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    (plan.output_dir / RUN_RECORD_NAME).write_text(json.dumps(plan.record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(plan.output_dir / RUN_RECORD_NAME, json.dumps(plan.record, indent=2, sort_keys=True) + "\n")

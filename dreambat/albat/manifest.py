@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import DataError
+from ..files import atomic_write_text
 
 STATUSES = ("scored", "skipped")
 META_SUFFIX = ".meta.json"
@@ -174,35 +175,6 @@ def check_fingerprint(path: str | Path, fingerprint: dict) -> None:
         )
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on every platform; the data itself is already synced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _parse(data: bytes, path: Path) -> tuple[list[ManifestRecord], int]:
     """Records of a manifest's bytes and the byte length of its complete, parsable part.
 
@@ -268,7 +240,7 @@ class ManifestWriter:
                     handle.truncate(good)
                     handle.flush()
                     os.fsync(handle.fileno())
-        _atomic_write_text(meta_path(self.path), json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(meta_path(self.path), json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
         self.done_indices: set[int] = {r.index for r in self.records}
         self.done_keys: set[str] = {r.key for r in self.records}
         self._handle = open(self.path, "ab")
@@ -306,8 +278,8 @@ def write_manifest(records: Iterable[ManifestRecord], path: str | Path, *, finge
     """
     path = Path(path)
     ordered = sorted(records, key=lambda r: r.index)
-    _atomic_write_text(path, "".join(r.to_json() + "\n" for r in ordered))
-    _atomic_write_text(meta_path(path), json.dumps(_normalise(fingerprint), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, "".join(r.to_json() + "\n" for r in ordered))
+    atomic_write_text(meta_path(path), json.dumps(_normalise(fingerprint), indent=2, sort_keys=True) + "\n")
 
 
 def _same_score(a: ManifestRecord, b: ManifestRecord) -> bool:

@@ -19,6 +19,7 @@ from ..albat import INFLUENCE
 from ..constants import SURROGATE_DIR
 from ..errors import ConfigError
 from ..fields import build_groups, flag
+from ..files import atomic_write_text
 from ..scoring.config import PoolConfig, ScoreSettings, ScoringConfig, SelectionConfig
 from ..training.config import TrainConfig
 
@@ -165,5 +166,5 @@ class BatSettings:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path

@@ -16,14 +16,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import preemption
 from ..albat import read_manifest, score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
 from ..data.shard_probe import ShardProbe, shared_shard_probe
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_text
 from ..inputs import ResolvedInputs
 from ..launch import process_state
 from ..lora import lora_weights_file
 from ..reuse import apply_run_folder_plan, plan_run_folder
+from ..runlock import run_lock
 from ..timing import Timer
 from ..training.dreambooth import run_dreambooth
 from ..training.setup import check_training_inputs
@@ -89,7 +92,19 @@ def check_selection_manifest(path: str, settings: BatSettings) -> None:
 
 
 def run_bat(settings: BatSettings) -> BatResult:
-    """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``."""
+    """Run the BAT stages and write every output of a run (see the README) to ``train.output_dir``.
+
+    The folder is locked for the run (:mod:`dreambat.runlock`): a second run into it is refused
+    before it writes anything. A stop signal (:mod:`dreambat.preemption`) ends it at the next safe
+    point (a training step, saved as a checkpoint; a scoring batch; a stage boundary) with
+    :class:`~dreambat.preemption.Preempted`; the same command with ``--resume_from_checkpoint
+    latest`` continues.
+    """
+    with run_lock(settings.train.output_dir, what="training run"):
+        return _run_bat(settings)
+
+
+def _run_bat(settings: BatSettings) -> BatResult:
     checked = check_bat_inputs(settings)
     resolved = checked.resolved
     # The surrogate's saved config then compares equal on a rerun without --resolution.
@@ -112,6 +127,7 @@ def run_bat(settings: BatSettings) -> BatResult:
                                         reusable="surrogate" in plan.reusable)
         stages["surrogate"], surrogate_path = surrogate.status, surrogate.path
         state.wait_for_everyone()
+        preemption.check("after stage 1/5 (the surrogate LoRA is saved)", state)
     if settings.needs_scoring:
         with timer("score"):
             scored = scoring_stage(settings, surrogate_path, resolved, checked.shards)
@@ -130,6 +146,7 @@ def run_bat(settings: BatSettings) -> BatResult:
         )
     else:
         stages["select"] = "skipped"
+    preemption.check("before stage 4/5 (the scores and the selection are saved)", state)
 
     with timer("load_backbone_samples"):
         backbone_data = SelectedBackboneDataset(records, resolved.resolution) if selection and selection.kept else None
@@ -160,7 +177,7 @@ def run_bat(settings: BatSettings) -> BatResult:
             timings=timer.seconds | {f"train/{k}": v for k, v in run.timings.items()},
         )
         result.report_path = output_dir / BAT_REPORT_NAME
-        result.report_path.write_text(json.dumps(result.report, indent=2, default=str) + "\n")
+        atomic_write_text(result.report_path, json.dumps(result.report, indent=2, default=str) + "\n")
         logger.info("Stage 5/5: saved the LoRA, samples, model card and report in %s.", output_dir)
     state.wait_for_everyone()
     return result

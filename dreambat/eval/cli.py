@@ -9,14 +9,13 @@ settings refuse (a bad --subject, an unknown metric, a missing LoRA file) prints
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..parsing import config_parser, parse_config, parse_groups
-from ..errors import DreambatError
+from ..preemption import run_command
 from .constants import GRID_INFERENCE_STEPS
 from .flags import DreamBenchSettings, GridSettings
 
@@ -57,13 +56,10 @@ class Command:
                             epilog=self.epilog, defaults=self.defaults)
 
     def main(self, run: Callable[[Any], int], argv: Sequence[str] | None, prog: str | None) -> int:
-        """Parse and ``run``; a :class:`DreambatError` while checking or running is ``PROG: error: ...``, code 2."""
+        """Parse and ``run``; a :class:`DreambatError` while checking or running is ``PROG: error: ...``, code 2;
+        a stop signal ends it at the next saved image (:func:`dreambat.preemption.run_command`)."""
         parser = self.parser(prog)
-        try:
-            return run(self.settings(*parse_groups(parser, argv)))
-        except DreambatError as exc:
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-            return 2
+        return run_command(parser.prog, lambda: run(self.settings(*parse_groups(parser, argv))))
 
 
 DREAMBENCH = Command(DreamBenchSettings, DREAMBENCH_DESCRIPTION, DREAMBENCH_EXAMPLE)

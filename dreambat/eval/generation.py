@@ -8,7 +8,6 @@ image depends on its seed only, not on the batch it was drawn in or on the devic
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..files import save_image_atomically
 from ..lora import load_lora, unload_lora
 from ..pivotal import NewTokens, expand_prompts, load_new_tokens
 from .config import GenerationSettings
@@ -133,14 +133,6 @@ def prior_image_path(root: Path, method: str, subject: str, kind: str, seed: int
     return root / method / subject / "prior" / f"{kind}_{seed}.png"
 
 
-def save_atomically(image: Image.Image, path: Path) -> None:
-    """Write a PNG under a temporary name and rename it, so no half-written file is ever skipped."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def run_jobs(pipeline, jobs: Iterable[ImageJob], settings: GenerationSettings,
              on_image: Callable[[], None] | None = None) -> int:
     """Generate the jobs whose file is missing, batched per LoRA; returns how many were generated.
@@ -161,7 +153,7 @@ def run_jobs(pipeline, jobs: Iterable[ImageJob], settings: GenerationSettings,
                 prompts = switch.prompts([job.prompt for job in batch])
                 images = generate_images(pipeline, prompts, [job.seed for job in batch], settings)
                 for job, image in zip(batch, images):
-                    save_atomically(image, job.path)
+                    save_image_atomically(image, job.path)
                     done += 1
                     if on_image is not None:
                         on_image()

@@ -26,9 +26,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .. import preemption
 from ..data.transforms import load_rgb
 from ..errors import ConfigError, SubjectDataError
+from ..files import atomic_write_text
 from ..progress import progress as show_progress
+from ..runlock import run_lock
 from ..timing import Timer
 from .config import DreamBenchConfig, DreamBenchSubject
 from .constants import PRIOR_METRIC_NAMES, REAL_IMAGES
@@ -229,7 +232,14 @@ def _generate(config: DreamBenchConfig, backbone: Path, todo: list, progress: bo
     pipeline = load_pipeline(backbone, device=device, dtype=torch_dtype(config.dtype),
                              scheduler=config.generation.scheduler)
     with show_progress(total=len(todo), desc="generating", unit="img", disable=not progress) as bar:
-        generated = run_jobs(pipeline, todo, config.generation, on_image=lambda: bar.update(1))
+        done = iter(range(1, len(todo) + 1))
+
+        def on_image() -> None:
+            bar.update(1)
+            preemption.check(f"after {next(done)} of {len(todo)} images (each is saved in {config.output_dir}; "
+                             "a rerun generates the rest)")
+
+        generated = run_jobs(pipeline, todo, config.generation, on_image=on_image)
     del pipeline
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -237,7 +247,13 @@ def _generate(config: DreamBenchConfig, backbone: Path, todo: list, progress: bo
 
 
 def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamBenchResult:
-    """Run the DreamBench protocol for ``config`` (see the module docstring for the layout)."""
+    """Run the DreamBench protocol for ``config`` (see the module docstring for the layout), holding
+    the lock of ``config.output_dir`` (:mod:`dreambat.runlock`): one evaluation per folder at a time."""
+    with run_lock(config.output_dir, what="evaluation"):
+        return _run_dreambench(config, progress)
+
+
+def _run_dreambench(config: DreamBenchConfig, progress: bool) -> DreamBenchResult:
     timer = Timer()
     with timer("checks_and_loading"):
         prompts = DreamBenchPrompts.load(config.prompts_file)
@@ -248,7 +264,7 @@ def run_dreambench(config: DreamBenchConfig, *, progress: bool = True) -> DreamB
         recorded = check_settings(config, prompts, checked.backbone)
         scorer = _Scorer(config)  # before generation: a missing evaluator must not cost a generation run
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        (config.output_dir / SETTINGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
+        atomic_write_text(config.output_dir / SETTINGS_FILE, json.dumps(recorded, indent=2) + "\n")
 
     # each (method, subject)'s prior images right after its DreamBench ones: one LoRA load for both
     jobs = [job for key, items in planned.items() for job in [*(item.job for item in items), *prior[key].jobs]]

@@ -33,6 +33,7 @@ from ..data.shards import DEFAULT_MIN_IMAGE_SIZE, ShardReader
 from ..errors import ConfigError
 from ..eval.constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from ..fields import build_groups, flag
+from ..files import atomic_write_text
 from ..inputs import RunInputs
 from .diffusion_task import OUTPUT_FUNCTIONS
 from .draws import TIMESTEP_RULES, DrawDesign
@@ -391,7 +392,7 @@ class ScoreSettings:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
+from .. import preemption
 from ..albat import (
     INFLUENCE,
     SIMILARITY,
@@ -53,12 +54,14 @@ from ..data.shards import BackboneSample, ShardReader
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
+from ..files import atomic_write_text
 from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import process_state
 from ..lora import load_lora, lora_weights_file
 from ..pivotal import expand_prompts, load_new_tokens
 from ..progress import progress
 from ..reuse import PART_GLOB, ManifestStatus, manifest_status, scores_fingerprint
+from ..runlock import run_lock
 from ..timing import Timer
 from .config import ScoreSettings, word_message
 from .consistency import load_caption_filter
@@ -133,18 +136,21 @@ def run_scoring(
     :meth:`~dreambat.data.shard_probe.ShardProbe.report`, score statistics, curvature, timings) and
     ``score_config.json`` to ``settings.inputs.output_dir``. An interrupted run resumes without
     rescoring finished candidates; a finished run with the same fingerprint is reused (only the
-    selection rule is applied again).
+    selection rule is applied again). The folder is locked for the run (:mod:`dreambat.runlock`):
+    a second run into it is refused before it writes anything. A stop signal
+    (:mod:`dreambat.preemption`) ends the scoring after the batch at hand, every scored batch kept.
 
     Args:
         settings: the run's setting groups; ``settings.scoring.surrogate_lora`` names the surrogate.
         resolved: :func:`~dreambat.inputs.resolve_inputs` of ``settings.inputs``, if the caller has it.
     """
-    resolved, surrogate, shards = check_score_inputs(settings, resolved)
-    pool = score_pool(settings, resolved, surrogate, shards, show_progress=show_progress)
-    report: dict = {}
-    if process_state().is_main_process:
-        _, _, report = finish_scoring(pool, settings.selection.rule(settings.seed))
-    process_state().wait_for_everyone()
+    with run_lock(settings.inputs.output_dir, what="scoring run"):
+        resolved, surrogate, shards = check_score_inputs(settings, resolved)
+        pool = score_pool(settings, resolved, surrogate, shards, show_progress=show_progress)
+        report: dict = {}
+        if process_state().is_main_process:
+            _, _, report = finish_scoring(pool, settings.selection.rule(settings.seed))
+        process_state().wait_for_everyone()
     output_dir = Path(settings.inputs.output_dir)
     return ScoringResult(output_dir / SELECTION_MANIFEST_NAME, output_dir / SCORE_REPORT_NAME, report,
                          pool.run_status)
@@ -255,7 +261,7 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
         "timings": (earlier["timings"] if gathered is None else {}) | timings,
     }
     text = json.dumps(report, indent=2, default=str)
-    (output_dir / SCORE_REPORT_NAME).write_text(text + "\n")
+    atomic_write_text(output_dir / SCORE_REPORT_NAME, text + "\n")
     report = json.loads(text)  # as a later reader of the file sees it
     logger.info(
         "Scored %d candidates (%d resumed), kept %d; %s; manifest: %s",
@@ -310,13 +316,16 @@ def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: b
     with ManifestWriter(part, fingerprint=fp) as writer:
         if manifest_path.exists():
             writer.done_indices.update(r.index for r in read_manifest(manifest_path))
-        candidates = reader if caption_filter is None else caption_filter.stream(reader, writer)
+        stoppable = preemption.until_stopped(reader)
+        candidates = stoppable if caption_filter is None else caption_filter.stream(stoppable, writer)
         summary = score_candidates(
             scorer, candidates, collate, writer, batch_size=settings.scoring.score_batch_size,
             path=settings.scoring.scoring_path,
             progress=progress if show_progress and state.is_local_main_process else None,
             source=sample_source if caption_filter is None else caption_filter.source,
         )
+    preemption.check(f"after {len(writer.done_indices)} scored candidates (they are in {part}; a rerun scores "
+                     "the rest)")
     rejected = 0 if caption_filter is None else caption_filter.rejected
     return summary, reader, rejected
 

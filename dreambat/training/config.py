@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..fields import flag
+from ..files import atomic_write_text
 from ..inputs import RunInputs
 from ..lora import check_lora_settings
 from ..pivotal import NewTokens, check_new_token_settings
@@ -205,5 +206,5 @@ class TrainConfig(RunInputs):
         """Write the resolved configuration as JSON (kept next to the run's outputs)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path

@@ -26,6 +26,7 @@ from ..constants import RESOLVED_CONFIG_NAME, VALIDATION_GRID_NAME
 from ..data.class_images import ClassImageDataset
 from ..data.stream import TrainingStream
 from ..data.subject import SubjectDataset
+from ..files import atomic_write_text
 from ..inputs import ResolvedInputs
 from ..timing import Timer
 from ..lora import add_text_encoder_lora, add_unet_lora, save_lora
@@ -190,9 +191,8 @@ def run_dreambooth(
             if resolved_config is None:
                 config.save(result.output_dir / RESOLVED_CONFIG_NAME)
             else:
-                (result.output_dir / RESOLVED_CONFIG_NAME).write_text(
-                    json.dumps(resolved_config, indent=2, sort_keys=True) + "\n"
-                )
+                atomic_write_text(result.output_dir / RESOLVED_CONFIG_NAME,
+                                  json.dumps(resolved_config, indent=2, sort_keys=True) + "\n")
             accelerator.init_trackers("dreambat", config=_tracker_config(config))
     logger.info(
         "Training a rank-%d LoRA on %d subject image(s)%s%s for %d steps at %d px%s.",
@@ -218,14 +218,23 @@ def run_dreambooth(
             logger.info("%s: validation at step %d, %d image(s) of %r (TensorBoard: %s/validation).",
                         description, step, len(images), config.validation_prompt, description)
         if step % config.checkpointing_steps == 0:
-            save_checkpoint(accelerator, result.output_dir, step, total_limit=config.checkpoints_total_limit,
-                            stream_state={**stream_state, "global_step": step}, pivotal=pivotal)
+            checkpoint(step)
+
+    saved: dict[int, Path] = {}
+
+    def checkpoint(step: int) -> Path:
+        """``checkpoint-{step}``, saved once (a stop right after a periodic save reuses it)."""
+        if step not in saved:
+            saved[step] = save_checkpoint(accelerator, result.output_dir, step,
+                                          total_limit=config.checkpoints_total_limit,
+                                          stream_state={**stream_state, "global_step": step}, pivotal=pivotal)
+        return saved[step]
 
     with timer("train"):
         result.state = train_lora(
             config, backbone, lambda start: stream.iterate(start, num_workers=config.dataloader_num_workers),
-            accelerator, num_steps=num_steps, description=description, on_step=on_step, resume_from=resume,
-            pivotal=pivotal,
+            accelerator, num_steps=num_steps, description=description, on_step=on_step, on_stop=checkpoint,
+            resume_from=resume, pivotal=pivotal,
         )
     accelerator.wait_for_everyone()
     counts = stream.count_sources(num_steps * config.gradient_accumulation_steps, all_processes=True)

@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import logging
 import math
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..diffusion import (
 from ..errors import ConfigError
 from ..lora import lora_parameters
 from ..pivotal import PivotalEmbedding
+from ..preemption import Preempted, stop_requested
 from ..progress import progress
 from .checkpoints import checkpoint_step, register_lora_state_hooks
 from .config import TrainConfig
@@ -153,6 +155,7 @@ def train_lora(
     num_steps: int,
     description: str = "train",
     on_step: Callable[[int], None] | None = None,
+    on_stop: Callable[[int], Path | None] | None = None,
     resume_from: str | Path | None = None,
     pivotal: PivotalEmbedding | None = None,
 ) -> TrainState:
@@ -172,6 +175,10 @@ def train_lora(
         description: progress-bar label and prefix of the logged metrics.
         on_step: called with the global step after each optimiser step, on every process
             (validation, checkpoints).
+        on_stop: called with the global step, on every process, when a stop signal arrived
+            (:mod:`dreambat.preemption`): saves a checkpoint and returns its folder. The loop then
+            raises :class:`~dreambat.preemption.Preempted`. The signal is looked at after every
+            optimiser step (combined over processes, so all stop at the same step).
         resume_from: a ``checkpoint-N`` folder: restore the LoRA weights, optimiser, schedule and
             RNG states saved there, then continue from step N.
         pivotal: new-token embeddings to train beside the LoRA (``--train_text_encoder_ti``), for
@@ -180,6 +187,9 @@ def train_lora(
 
     Returns:
         The final :class:`TrainState` with the per-step loss (averaged over processes).
+
+    Raises:
+        Preempted: a stop signal arrived; the state of the last finished step is saved by ``on_stop``.
     """
     text_encoder = backbone.text_encoder if config.train_text_encoder else None
     unet_params = lora_parameters(backbone.unet)
@@ -220,38 +230,47 @@ def train_lora(
         total=num_steps, initial=state.global_step, desc=description,
         disable=not accelerator.is_local_main_process, unit="step",
     )
-    while state.global_step < num_steps:
-        if pivotal is not None:
-            # the pivot: past it the embeddings get no gradient, so AdamW leaves them as they are
-            pivotal.vectors.requires_grad_(state.global_step < pivot_step)
-        with accelerator.accumulate(*models):
-            batch = next(stream)
-            loss = training_loss(backbone, config, batch, models[1] if text_encoder is not None
-                                 else backbone.text_encoder, unet)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                if pivotal is not None and pivotal.vectors.grad is not None and accelerator.num_processes > 1:
-                    pivotal.vectors.grad = accelerator.reduce(pivotal.vectors.grad, reduction="mean")
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
-            continue
-        state.global_step += 1
-        step_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
-        state.losses.append(step_loss)
-        lr = lr_scheduler.get_last_lr()[0]
-        accelerator.log({f"{description}/loss": step_loss, f"{description}/lr": lr}, step=state.global_step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if on_step is not None:
-            on_step(state.global_step)
-    bar.close()
-    for hook in hooks:
-        hook.remove()
-    for module in modules:
-        module.eval()
+    try:
+        while state.global_step < num_steps:
+            if pivotal is not None:
+                # the pivot: past it the embeddings get no gradient, so AdamW leaves them as they are
+                pivotal.vectors.requires_grad_(state.global_step < pivot_step)
+            with accelerator.accumulate(*models):
+                batch = next(stream)
+                loss = training_loss(backbone, config, batch, models[1] if text_encoder is not None
+                                     else backbone.text_encoder, unet)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if pivotal is not None and pivotal.vectors.grad is not None and accelerator.num_processes > 1:
+                        pivotal.vectors.grad = accelerator.reduce(pivotal.vectors.grad, reduction="mean")
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            step_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+            state.losses.append(step_loss)
+            lr = lr_scheduler.get_last_lr()[0]
+            accelerator.log({f"{description}/loss": step_loss, f"{description}/lr": lr}, step=state.global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if on_step is not None:
+                on_step(state.global_step)
+            signum = stop_requested(accelerator)
+            if signum:
+                saved = on_stop(state.global_step) if on_stop is not None else None
+                where = f"at step {state.global_step} of {num_steps} of {description}"
+                raise Preempted(signum, f"Stopped by {signal.Signals(signum).name} {where}"
+                                + (f"; its state is saved in {saved}" if saved is not None else "")
+                                + ". Rerun the same command with --resume_from_checkpoint latest to continue.")
+    finally:
+        bar.close()
+        for hook in hooks:
+            hook.remove()
+        for module in modules:
+            module.eval()
     return state
 
 

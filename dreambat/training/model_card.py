@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..constants import LORA_WEIGHTS_NAME, MODEL_CARD_NAME
+from ..files import atomic_write_text
 from ..pivotal import TEXT_ENCODER_KEY, embeddings_file
 from .config import TrainConfig
 
@@ -93,7 +94,7 @@ The full resolved configuration is in `dreambat_config.json`.
     for heading, body in (extra_sections or {}).items():
         card += f"\n## {heading}\n\n{body.strip()}\n"
     path = output_dir / MODEL_CARD_NAME
-    path.write_text(card)
+    atomic_write_text(path, card)
     return path
 
 

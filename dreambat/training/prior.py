@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
+from .. import preemption
+from ..files import save_image_atomically
 from ..progress import progress
 
 from ..data.class_images import list_class_images
@@ -96,8 +98,9 @@ def _generate(
             ).images
             for k, image in zip(batch, images):
                 digest = hashlib.sha1(image.tobytes()).hexdigest()[:12]
-                image.save(folder / f"{k:05d}-{digest}.jpg", quality=95)
+                save_image_atomically(image, folder / f"{k:05d}-{digest}.jpg", quality=95)
             bar.update(len(batch))
+            preemption.check(f"after {batch.stop} class images (they are in {folder}; a rerun generates the rest)")
     del pipeline
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
