@@ -74,6 +74,21 @@ def _assert_same(got: dict, want: dict) -> None:
     assert (got["samples"], got["selected"]) == (want["samples"], want["selected"])
 
 
+# What the rerun's report says of each stage, by where the first run stopped.
+RERUN_STAGES = {
+    "surrogate": {"surrogate": "resumed", "score": "ran", "train": "ran"},
+    "reference": {"surrogate": "reused"},  # scoring itself had not begun, or had written nothing
+    "score": {"surrogate": "reused", "score": "resumed", "train": "ran"},
+    "train": {"surrogate": "reused", "score": "reused", "train": "resumed"},
+    "save": {"surrogate": "reused", "score": "reused", "train": "resumed"},  # checkpoint-4, nothing left
+}
+
+
+def _assert_stages(out, point) -> None:
+    stages = json.loads((out / "bat_report.json").read_text())["stages"]
+    assert {k: stages[k] for k in RERUN_STAGES[point]} == RERUN_STAGES[point]
+
+
 def _assert_clean(out) -> None:
     """Nothing half-done is left: no lock, no temporary file or checkpoint, no part manifest."""
     leftovers = [p for p in out.rglob("*") if p.name == LOCK_NAME or ".tmp" in p.name or "rank" in p.name]
@@ -114,6 +129,7 @@ def test_sigterm_stops_at_a_safe_point_and_the_rerun_finishes_the_same_run(
         assert len(parts) == 1 and len(read_manifest(parts[0])) == 4
     run_bat(settings)
     _assert_clean(out)
+    _assert_stages(out, point)
     _assert_same(_outputs(out), uninterrupted)
 
 
@@ -131,4 +147,5 @@ def test_sigkill_anywhere_then_the_same_command_gives_the_uninterrupted_outputs(
         run_bat(parse_run_config(flags))
     assert "no longer running" in caplog.text  # the dead run's lock was taken over
     _assert_clean(out)
+    _assert_stages(out, point)
     _assert_same(_outputs(out), uninterrupted)
