@@ -50,3 +50,31 @@ def test_reference_rows_in_chunks_of_terms_equal_the_whole_batch(unet_task):
     assert [len(c["terms"]) for c in task.chunks(batch, 5)] == [5, 5, 2]
     for name in blocks.names:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_a_loss_term_equals_one_computed_by_hand(tiny_backbone):
+    """Term (i, j) of the loss matrix is ‖ε_θ(√ᾱ_t·z + √(1-ᾱ_t)·ε, t, c) − ε‖² / n, with z the VAE
+    posterior mean times its scaling factor, built here from the components alone."""
+    from dreambat.backbone.load import load_backbone
+    from dreambat.scoring.diffusion_task import DiffusionLossTask
+
+    backbone = load_backbone(str(tiny_backbone))
+    scale = backbone.vae.config.scaling_factor
+    assert scale != 1.0  # else dropping it would go unseen
+    task = DiffusionLossTask(backbone, 3)
+    batch = image_batch(2, seed=7)
+    with torch.no_grad():
+        losses = task.loss_matrix(batch)
+        z = backbone.vae.encode(batch["pixel_values"]).latent_dist.mean * scale
+        noise = DrawDesign(3).noise(batch["keys"], z.shape[1:])
+        alphas = backbone.noise_scheduler.alphas_cumprod
+        for i in range(2):
+            ids = backbone.tokenizer([batch["prompts"][i]], padding="max_length", truncation=True,
+                                     max_length=backbone.tokenizer.model_max_length, return_tensors="pt").input_ids
+            context = backbone.text_encoder(ids)[0]
+            for j, t in enumerate(fixed_timesteps(3, len(alphas)).tolist()):
+                eps = noise[i, j]
+                noisy = alphas[t].sqrt() * z[i] + (1 - alphas[t]).sqrt() * eps
+                prediction = backbone.unet(noisy[None], torch.tensor([t]), context).sample[0]
+                expected = (prediction - eps).pow(2).mean()
+                torch.testing.assert_close(losses[i, j], expected, rtol=1e-4, atol=1e-6)
