@@ -104,6 +104,29 @@ def test_variance_components_recover_a_known_model():
     assert math.isclose(estimate.reference_noise + estimate.candidate_noise + estimate.interaction_noise, 1.0)
 
 
+@pytest.mark.parametrize("a, b, side", [(0.8, 0.3, "reference"), (0.3, 0.8, "candidates")])
+def test_the_noisier_side_is_named_and_the_advice_raises_its_flag(a, b, side):
+    """Reference noise a and candidate noise b swapped: the report names the other side, and the
+    warning advises the flag of that side."""
+    from dreambat.scoring.config import ScoringConfig
+    from dreambat.scoring.reliability import reliability_advice
+
+    rng = np.random.default_rng(2)
+    n = 5000
+    t = rng.normal(0, 0.5, n)
+    ref = {h: rng.normal(0, a, n) for h in "AB"}
+    cand = {h: rng.normal(0, b, n) for h in "ab"}
+    split = np.stack([t + ref[r] + cand[c] for r, c in ("Aa", "Ab", "Ba", "Bb")], axis=1)
+    estimate = split_half_reliability(split)
+    assert estimate.limited_by == side
+    larger = estimate.reference_noise if side == "reference" else estimate.candidate_noise
+    assert larger > 0.7  # 0.64 / (0.64 + 0.09) of the noise, approximately
+    advice = reliability_advice(estimate.to_dict(), ScoringConfig())
+    assert f"mostly from the {side}" in advice
+    assert ("--reference_draws" in advice) == (side == "reference")
+    assert ("--num_score_timesteps" in advice) == (side == "candidates")
+
+
 def test_too_few_candidates_give_no_estimate():
     assert split_half_reliability(np.ones((2, 4))) is None
     assert split_half_reliability(np.full((5, 4), np.nan)) is None
