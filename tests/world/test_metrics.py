@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from dreambat.backbone.load import load_backbone
@@ -176,3 +177,55 @@ def test_shows_subject_reads_half_and_half_colours_order_free():
     d = subject.design
     swapped = {"shape": d.shape, "color": d.pattern_color, "pattern": d.pattern, "pattern_color": d.color}
     assert shows_subject([swapped, dict(swapped, pattern="plain")], subject) == 0.5
+
+
+def test_attribute_scores_follow_each_images_own_labels(tmp_path):
+    """Each image's labels depend on the image (its prompt index is written into its pixels): a third
+    obey their prompt, a third show the subject unchanged, a third another object. Subject and prompt
+    fidelity are then fractions counted here, image by image."""
+    subject = WORLD_SUBJECTS[0]  # dotted: its colours are read in a fixed order
+    d = subject.design
+    assert d.pattern == "dotted"
+    config = DreamBenchConfig(
+        pretrained_model_name_or_path=str(BACKBONE), methods=[Method("base")],
+        subjects=[DreamBenchSubject(subject.name, subject_heldout_dir(subject), subject.class_word)],
+        output_dir=tmp_path, generation=GenerationSettings(num_images=1, num_prompts=None),
+        encoders=EncoderSettings(), prompts_file=WORLD_PROMPTS_PATH)
+    prompts = DreamBenchPrompts.load(WORLD_PROMPTS_PATH)
+    templates = prompts.templates(False, None)
+    changes = {t.template: t.changes for t in load_templates(WORLD_PROMPTS_PATH)}
+    for item in plan(config, prompts)[("base", subject.name)]:
+        index = int(item.job.path.name.split("_")[0])
+        item.job.path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (index, 0, 0)).save(item.job.path)
+
+    def labels(index):
+        asked = {k: v for k, v in changes[templates[index]].items() if k in ("color", "pattern", "background")}
+        if index % 3 == 0:  # obeys its prompt
+            return {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "white"} | asked
+        if index % 3 == 1:  # the subject, prompt ignored
+            return {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "white"}
+        return {"shape": "circle", "color": "green", "pattern": "plain", "background": "white"}
+
+    class ByImage(AttributeClassifier):
+        def __init__(self):
+            super().__init__(AttributeNet(ClassifierConfig()))
+
+        def predict(self, images):
+            return [labels(image.getpixel((0, 0))[0]) for image in images]
+
+    [score] = attribute_scores(config, ByImage())
+    keep, met, scored = [], [], 0
+    for index, template in enumerate(templates):
+        got = labels(index)
+        keep.append(all(got[k] == getattr(d, k) for k in ("shape", "color", "pattern") if k not in changes[template]))
+        asked = {k: v for k, v in changes[template].items() if k in ("color", "pattern", "background")}
+        if asked:
+            scored += 1
+            met.append(all(got[k] == v for k, v in asked.items()))
+    assert len(templates) == 26 and sum(keep) == 18  # the 8 images of another object fail
+    assert score.subject_fidelity == pytest.approx(18 / 26)
+    assert score.subject_shape == pytest.approx(18 / 26)
+    assert score.num_prompt_scored == scored == 20
+    assert score.prompt_fidelity == pytest.approx(sum(met) / scored)
+    assert 0 < sum(met) < scored
