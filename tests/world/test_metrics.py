@@ -180,9 +180,10 @@ def test_shows_subject_reads_half_and_half_colours_order_free():
 
 
 def test_attribute_scores_follow_each_images_own_labels(tmp_path):
-    """Each image's labels depend on the image (its prompt index is written into its pixels): a third
-    obey their prompt, a third show the subject unchanged, a third another object. Subject and prompt
-    fidelity are then fractions counted here, image by image."""
+    """Each image's labels depend on the image (its prompt index is written into its pixels): the
+    first five show the subject and ignore their prompt, the size and position prompts' images show
+    another object, the rest obey their prompt. Subject and prompt fidelity are then fractions
+    counted here, image by image; labels read against the wrong images would count otherwise."""
     subject = WORLD_SUBJECTS[0]  # dotted: its colours are read in a fixed order
     d = subject.design
     assert d.pattern == "dotted"
@@ -201,11 +202,12 @@ def test_attribute_scores_follow_each_images_own_labels(tmp_path):
 
     def labels(index):
         asked = {k: v for k, v in changes[templates[index]].items() if k in ("color", "pattern", "background")}
-        if index % 3 == 0:  # obeys its prompt
-            return {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "white"} | asked
-        if index % 3 == 1:  # the subject, prompt ignored
-            return {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "white"}
-        return {"shape": "circle", "color": "green", "pattern": "plain", "background": "white"}
+        subject_labels = {"shape": d.shape, "color": d.color, "pattern": d.pattern, "background": "white"}
+        if index < 5:  # the subject, prompt ignored
+            return subject_labels
+        if index >= 20:  # another object
+            return {"shape": "circle", "color": "green", "pattern": "plain", "background": "white"}
+        return subject_labels | asked  # obeys its prompt
 
     class ByImage(AttributeClassifier):
         def __init__(self):
@@ -223,9 +225,9 @@ def test_attribute_scores_follow_each_images_own_labels(tmp_path):
         if asked:
             scored += 1
             met.append(all(got[k] == v for k, v in asked.items()))
-    assert len(templates) == 26 and sum(keep) == 18  # the 8 images of another object fail
-    assert score.subject_fidelity == pytest.approx(18 / 26)
-    assert score.subject_shape == pytest.approx(18 / 26)
+    assert len(templates) == 26 and sum(keep) == 20  # the 6 images of another object fail
+    assert score.subject_fidelity == pytest.approx(20 / 26)
+    assert score.subject_shape == pytest.approx(20 / 26)
     assert score.num_prompt_scored == scored == 20
-    assert score.prompt_fidelity == pytest.approx(sum(met) / scored)
-    assert 0 < sum(met) < scored
+    assert sum(met) == 16  # 15 obeyed, and "on a white background" among the ignored
+    assert score.prompt_fidelity == pytest.approx(16 / 20)
