@@ -125,3 +125,44 @@ def test_oracle_clean_keeps_a_random_draw_of_clean_pairs(tmp_path):
         # not a class selection: the class share stays near the pool's
         assert shares["kept_class"] < 0.5
     assert {r.key for r in kept[1] if r.selected} != {r.key for r in kept[2] if r.selected}
+
+
+def test_a_near_duplicate_is_its_sources_image_shifted_and_recompressed():
+    found = 0
+    for i in range(1, 600):
+        record = noisy_record(i, 0, NoiseConfig())
+        fate = record["metadata"]["noise"]
+        if fate["duplicate_of"] is None or fate["image"] != "clean":
+            continue
+        found += 1
+        source = int(fate["duplicate_of"])
+        copy = np.asarray(record["image"], dtype=np.float64)
+
+        def distance(index):  # mean absolute level difference at the best one-pixel shift
+            image = np.asarray(world_data.world_record(index, 0)["image"], dtype=np.float64)
+            return min(np.abs(np.roll(image, (dy, dx), axis=(0, 1)) - copy).mean()
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+        # a JPEG round trip of a 32 px pattern at quality >= 70 moves it ~2-10 levels; any other
+        # record of the pool is further off than its source by more than half
+        near = distance(source)
+        assert near < 12, (i, source)
+        others = [distance(j) for j in range(max(0, source - 4), source + 5) if j != source]
+        assert min(others) > 1.5 * near, (i, source)
+        assert record["key"] == f"{i:09d}" and record["metadata"]["attributes"] == \
+            world_data.world_record(source, 0)["metadata"]["attributes"]
+    assert found >= 5
+
+
+def test_a_partly_wrong_caption_changes_exactly_one_attribute_of_one_object():
+    found = 0
+    for i in range(600):
+        metadata = noisy_record(i, 0, NoiseConfig())["metadata"]
+        if metadata["noise"]["caption"] != "partly_wrong" or metadata["noise"]["image"] == "offdomain":
+            continue  # an off-domain image shows no object at all
+        found += 1
+        shown, described = metadata["attributes"]["objects"], metadata["caption_attributes"]["objects"]
+        assert len(shown) == len(described)
+        changed = [(k, a[k], b[k]) for a, b in zip(shown, described) for k in a if a[k] != b[k]]
+        assert len(changed) == 1 and changed[0][0] in ("color", "shape"), changed
+    assert found >= 30
