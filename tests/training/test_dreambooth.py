@@ -86,3 +86,71 @@ def test_entry_point_trains_from_the_command_line(tiny_backbone, subject_dir, tm
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def _merged(module, state, prefix):
+    """``module`` with every LoRA pair of ``state`` under ``prefix`` folded into its weights by hand:
+    W + up @ down (alpha = rank, scale 1). Returns the number of layers changed."""
+    import re
+
+    pattern = re.compile(rf"^{prefix}\.(.+)\.(?:lora|lora_linear_layer)\.down\.weight$")
+    changed = 0
+    with torch.no_grad():
+        for key, down in state.items():
+            match = pattern.match(key)
+            if match:
+                layer = module.get_submodule(match.group(1))
+                layer.weight += state[key.replace(".down.", ".up.")] @ down
+                changed += 1
+    return changed
+
+
+def test_a_loaded_lora_equals_the_trained_model_and_its_weights_folded_in_by_hand(
+        tiny_backbone, subject_dir, tmp_path, monkeypatch):
+    """After ``pipe.load_lora_weights``, the UNet and text encoder compute what the trained models
+    computed in memory at the end of training, and what the base model with each saved LoRA pair
+    added to its weight computes: every layer, at scale 1."""
+    from dreambat.backbone.load import load_backbone
+    from dreambat.constants import TEXT_ENCODER_LORA_TARGET_MODULES, UNET_LORA_TARGET_MODULES
+
+    trained = {}
+    save_outputs = dreambooth._save_outputs
+
+    def keep_models(config, accelerator, backbone, *args, **kwargs):
+        trained["unet"] = accelerator.unwrap_model(backbone.unet)
+        trained["text_encoder"] = accelerator.unwrap_model(backbone.text_encoder)
+        return save_outputs(config, accelerator, backbone, *args, **kwargs)
+
+    monkeypatch.setattr(dreambooth, "_save_outputs", keep_models)
+    result = run_dreambooth(_config(tiny_backbone, subject_dir, tmp_path, train_text_encoder=True, learning_rate=1e-2,
+                                    validation_prompt=None))
+    state = load_file(result.lora_path)
+    base = load_backbone(str(tiny_backbone))
+
+    def targets(module, names):  # peft's rule: a module whose name ends with a target
+        return sum(any(n.endswith(f".{t}") for t in names) for n, _ in module.named_modules())
+
+    # every targeted layer has its pair in the file, and each is folded in
+    assert _merged(base.unet, state, "unet") == targets(base.unet, UNET_LORA_TARGET_MODULES) > 0
+    assert _merged(base.text_encoder, state, "text_encoder") == targets(base.text_encoder,
+                                                                         TEXT_ENCODER_LORA_TARGET_MODULES) > 0
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_backbone, local_files_only=True)
+    ids = pipe.tokenizer(["a photo of sks star"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 700])
+    with torch.no_grad():
+        before = pipe.unet(latents, timesteps, pipe.text_encoder(ids)[0].repeat(2, 1, 1)).sample
+        pipe.load_lora_weights(result.output_dir)
+        context = pipe.text_encoder(ids)[0]
+        want_context = base.text_encoder(ids)[0]
+        torch.testing.assert_close(context, want_context, rtol=1e-4, atol=1e-5)
+        got = pipe.unet(latents, timesteps, context.repeat(2, 1, 1)).sample
+        want = base.unet(latents, timesteps, want_context.repeat(2, 1, 1)).sample
+        torch.testing.assert_close(trained["text_encoder"](ids)[0], context, rtol=1e-4, atol=1e-5)
+        in_memory = trained["unet"](latents, timesteps, context.repeat(2, 1, 1)).sample
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(in_memory, got, rtol=1e-4, atol=1e-5)
+    assert (want - before).abs().max() > 100 * (got - want).abs().max() + 1e-4  # the LoRA matters here
