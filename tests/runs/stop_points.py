@@ -8,8 +8,9 @@
 * ``train``: the 3rd step of the final training (after ``checkpoint-2`` with the tests' flags);
 * ``save``: the final LoRA's model card (its weights are on disk, the card and report are not).
 
-Run as ``python -m tests.runs.stop_points POINT SIGNAL TRAIN_FLAGS...`` it installs the point and
-runs ``train_dreambooth_bat.py``'s main: SIGKILL there is a real kill at that point.
+Run as ``python -m tests.runs.stop_points POINT SIGNAL COMMAND FLAGS...`` (COMMAND: ``train`` or
+``score``, also under ``torchrun -m``) it installs the point and runs that ``dreambat`` command:
+SIGKILL there is a real kill at that point.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def install(point: str, signum: int, set_attr=setattr) -> None:
 
 
 if __name__ == "__main__":
-    point, name, *flags = sys.argv[1:]
+    point, name, command, *flags = sys.argv[1:]
     install(point, getattr(signal, name))
-    from dreambat.cli import train_main
+    from dreambat.cli import main
 
-    sys.exit(train_main(flags, prog="train_dreambooth_bat.py"))
+    sys.exit(main([command, *flags]))

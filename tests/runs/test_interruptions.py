@@ -139,7 +139,7 @@ def test_sigkill_anywhere_then_the_same_command_gives_the_uninterrupted_outputs(
     out = tmp_path / "out"
     flags = _flags(tiny_backbone, out, shard)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-m", "tests.runs.stop_points", point, "SIGKILL", *flags], cwd=REPO,
+    killed = subprocess.run([sys.executable, "-m", "tests.runs.stop_points", point, "SIGKILL", "train", *flags], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (out / LOCK_NAME).exists()  # a kill leaves its lock file behind

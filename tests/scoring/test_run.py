@@ -184,6 +184,42 @@ def test_two_processes_equal_one_bit_for_bit(world, subject_dir, tmp_path):
     assert report["counts"]["shards_read"] == 1  # each process read the one shard; not summed
 
 
+def test_two_processes_killed_after_a_batch_resume_from_their_part_files(world, subject_dir, tmp_path):
+    """Each process of a two-process run is killed (SIGKILL) right after its first scored batch; the
+    same command then resumes from the part manifests and gives the single-process scores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = read_manifest(run_scoring(_config(world, subject_dir, tmp_path / "one"), show_progress=False)
+                               .manifest_path)
+    finally:
+        torch.set_num_threads(threads)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    out = tmp_path / "two"
+    args = ["--pretrained_model_name_or_path", str(world["backbone"]), "--surrogate_lora", str(world["surrogate"]),
+            "--reference_draws", "2", "--instance_data_dir", str(subject_dir), "--instance_prompt", "a photo of sks star",
+            "--backbone_shards", world["shard"], "--output_dir", str(out), "--num_score_timesteps", "2",
+            "--score_batch_size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m"]
+    killed = subprocess.run([*launch, "tests.runs.stop_points", "score", "SIGKILL", "score", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert killed.returncode != 0 and not (out / "selection.jsonl").exists()
+    parts = sorted(out.glob("selection.rank*.jsonl"))
+    partial = sum(len(read_manifest(p)) for p in parts)
+    assert 4 <= partial < len(single)  # at least one process's first batch is on disk, not everything
+    done = subprocess.run([*launch, "dreambat", "score", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no longer running" in done.stderr  # the killed run's lock was taken over
+    resumed = read_manifest(out / "selection.jsonl")
+    assert [(r.index, r.key, r.score, r.split_scores, r.selected) for r in resumed] == \
+        [(r.index, r.key, r.score, r.split_scores, r.selected) for r in single]
+    report = json.loads((out / "score_report.json").read_text())
+    assert report["counts"]["resumed"] == partial and report["status"] == "resumed"
+    assert not list(out.glob("selection.rank*.jsonl"))
+
+
 ESTIMATOR = {"num_score_timesteps": 2, "reference_draws": 4, "common_noise": True, "antithetic": True,
              "normalize_timesteps": True}
 
