@@ -25,9 +25,11 @@ Methods: ``dreambooth`` (no backbone data), ``prior`` (DreamBooth with prior pre
 run of that class word in ``OUTPUT/TAG/class_images/<word>/``), ``random``, ``clip``
 (``--selection clip``, the world's CLIP-role encoder, nearest to the subject photos),
 ``clip_text`` (``--selection clip --clip_query text``: nearest to the text "a photo of a <class
-word>", Custom Diffusion's real prior), ``oracle_class`` / ``oracle_near`` (ground-truth
-selections, benchmark only: :mod:`dreambat_world.selection_truth`) and ``albat`` (the library's
-reliable defaults). Every selection is mixed in at γ; ``dreambooth`` and ``prior`` have γ = 0.
+word>", Custom Diffusion's real prior), ``oracle_clean`` / ``oracle_class`` / ``oracle_near``
+(ground-truth selections, benchmark only: :mod:`dreambat_world.selection_truth`; ``oracle_clean``
+is a random draw among the clean pairs, what avoiding junk alone is worth) and ``albat`` (the
+library's reliable defaults). ``dreambooth``, ``prior`` and the base backbone read no pool: their
+rows serve every pool of the tag (:data:`POOL_FREE`). Every selection is mixed in at γ; ``dreambooth`` and ``prior`` have γ = 0.
 
     python scripts/make_world.py --skip_assets                 # the clean pool, once
     python scripts/make_world.py --skip_assets --noisy         # the LAION-like pool, once
