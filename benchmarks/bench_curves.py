@@ -72,11 +72,11 @@ METHODS = ("dreambooth", "prior", "random", "clip", "clip_text", *ORACLES, "alba
 ORDER = ("base", *METHODS)
 """Methods in table order; ``base`` (the backbone without a LoRA) is the step-0 point of every curve."""
 UNMIXED = ("dreambooth", "prior")
+"""Methods without a γ-mixture: every instance slot of their batches is a subject photo (``prior``'s
+class rows come on top of the instance batch)."""
 POOL_FREE = (*UNMIXED, "base")
 """Methods that read no pool: a row of one pool is also theirs in every other (same subject, seed,
 photos and step give the same LoRA and images), so they are trained and scored once."""
-"""Methods without a γ-mixture: every instance slot of their batches is a subject photo (``prior``'s
-class rows come on top of the instance batch)."""
 POOLS = {"clean": DEFAULT_POOL_DIR, "noisy": DEFAULT_NOISY_POOL_DIR}
 LIKENESS = ("dino", "subject_fidelity")
 PROMPT_FOLLOWING = ("clip_t", "prompt_fidelity")
