@@ -40,7 +40,8 @@ rows serve every pool of the tag (:data:`POOL_FREE`). Every selection is mixed i
     python -m benchmarks.bench_curves --tag headroom --table    # tables and plot from the rows only
 
 Every run is resumable (finished LoRAs, images and rows are reused). Rows:
-``OUTPUT/TAG/results.jsonl``; tables: ``OUTPUT/TAG/summary.md``; plot: ``OUTPUT/TAG/tradeoff.png``.
+``OUTPUT/TAG/results.jsonl``; tables: ``OUTPUT/TAG/summary.md``; plot: ``OUTPUT/TAG/tradeoff.png``
+(the clean pool's where there is one), and ``tradeoff-<pool>.png`` for each pool when the rows hold several.
 """
 
 from __future__ import annotations
@@ -481,16 +482,17 @@ def has_metric(rows: list[dict], metric: str) -> bool:
     return any(r.get(metric) is not None for r in rows)
 
 
-def tradeoff_plot(rows: list[dict], path: Path) -> Path | None:
+def tradeoff_plot(rows: list[dict], path: Path, pool: str | None = None) -> Path | None:
     """Subject likeness (x) against prompt following (y), one curve per method over the steps;
     one panel per (likeness, prompt) metric pair, and DINO against PRES when the rows carry it;
-    photos = the largest count, clean pool first."""
+    photos = the largest count; ``pool`` (default: the clean pool where the rows have it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pool = "clean" if any(r["pool"] == "clean" for r in rows) else rows[0]["pool"]
+    if pool is None:
+        pool = "clean" if any(r["pool"] == "clean" for r in rows) else rows[0]["pool"]
     photos = max(r["photos"] for r in rows if r["pool"] == pool)
     here = [r for r in rows if r["pool"] == pool and r["photos"] == photos]
     panels = list(zip(LIKENESS, PROMPT_FOLLOWING)) + ([("dino", PRIOR_DRIFT)] if has_metric(here, PRIOR_DRIFT) else [])
@@ -555,6 +557,10 @@ def write_tables(root: Path, gamma: float) -> str:
     text = "\n".join(parts)
     (root / "summary.md").write_text(text)
     tradeoff_plot(rows, root / "tradeoff.png")
+    pools = sorted({r["pool"] for r in rows})
+    if len(pools) > 1:  # one plot per pool besides the default one
+        for pool in pools:
+            tradeoff_plot(rows, root / f"tradeoff-{pool}.png", pool)
     print(text)
     return text
 

@@ -126,3 +126,16 @@ def test_dreambooth_prior_and_base_rows_serve_every_pool(tmp_path):
     assert noisy_line == "| noisy | 5 | 0.240 | random | 3 | +0.0500 ± 0.0300 |"
     assert bench_curves.row_key("noisy", 5, "prior", "a", 0, 2) == bench_curves.row_key("clean", 5, "prior", "a", 0, 2)
     assert bench_curves.row_key("noisy", 5, "albat", "a", 0, 2) != bench_curves.row_key("clean", 5, "albat", "a", 0, 2)
+
+
+def test_rows_of_several_pools_get_one_plot_each(tmp_path, monkeypatch):
+    rows = _front_rows()
+    noisy = [r | {"pool": "noisy", "clip_t": r["clip_t"] - 0.1} for r in rows if r["method"] == "random"]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + noisy))
+    plotted = []
+    monkeypatch.setattr(bench_curves, "tradeoff_plot", lambda rows, path, pool=None: plotted.append(
+        (path.name, pool, sorted({r["method"] for r in rows if r["pool"] == (pool or "clean")}))))
+    bench_curves.write_tables(tmp_path, 0.5)
+    assert plotted == [("tradeoff.png", None, ["base", "dreambooth", "random"]),
+                       ("tradeoff-clean.png", "clean", ["base", "dreambooth", "random"]),
+                       ("tradeoff-noisy.png", "noisy", ["base", "dreambooth", "random"])]
