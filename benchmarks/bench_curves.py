@@ -317,31 +317,31 @@ def curve_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def difference_table(rows: list[dict], reference: str, metrics=("heldout_loss", "dino", "subject_fidelity",
-                                                                 "clip_t", "prompt_fidelity")) -> str:
-    """Each method minus ``reference`` at the same (pool, photos, step), paired over (subject, seed)."""
-    lines = ["| pool | photos | step | method | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
-             "|---|---|---|---|---|" + "---|" * len(metrics)]
-    cells_found = False
+EQUAL_STEP_METRICS = ("heldout_loss", "dino", "subject_fidelity", "clip_t", "prompt_fidelity")
+"""The metrics of the equal-step and equal-exposure comparisons."""
+
+
+def _difference(cells: dict, metric: str, diff: tuple[float, float, int] | None) -> dict | None:
+    """One comparison as a record: ``cells`` (where and what), the metric, mean, SE, pairs and whether
+    it lies beyond 2 SE; None without a difference (fewer than two subjects)."""
+    if diff is None:
+        return None
+    mean, se, pairs = diff
+    return {**cells, "metric": metric, "mean": mean, "se": se, "pairs": pairs, "beyond_2se": abs(mean) > 2 * se}
+
+
+def equal_step_differences(rows: list[dict], reference: str, metrics=EQUAL_STEP_METRICS) -> list[dict]:
+    """Each method minus ``reference`` at the same (pool, photos, step), paired over (subject, seed)
+    and clustered by subject: one record per (pool, photos, step, method, metric)."""
+    found = []
     for pool, photos, step in sorted({(r["pool"], r["photos"], r["step"]) for r in rows}):
         here = [r for r in rows if (r["pool"], r["photos"], r["step"]) == (pool, photos, step)]
         base = {(r["subject"], r["seed"]): r for r in here if r["method"] == reference}
         for method in [m for m in ORDER if m != reference and any(r["method"] == m for r in here)]:
-            line = _diff_line([pool, photos, step, method], [r for r in here if r["method"] == method], base, metrics)
-            if line:
-                lines.append(line)
-                cells_found = True
-    return "\n".join(lines) + "\n" if cells_found else ""
-
-
-def _diff_line(cells: list, own: list[dict], base: dict, metrics) -> str | None:
-    """A table row: ``cells``, the pair count, then each metric's paired difference (None: no pairs)."""
-    diffs = [paired(own, base, m) for m in metrics]
-    if all(d is None for d in diffs):
-        return None
-    n = max(d[2] for d in diffs if d)
-    return (f"| {' | '.join(map(str, cells))} | {n} | "
-            + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, metrics)) + " |")
+            own = [r for r in here if r["method"] == method]
+            cells = dict(pool=pool, photos=photos, step=step, method=method, reference=reference)
+            found += [d for m in metrics if (d := _difference(cells, m, paired(own, base, m)))]
+    return found
 
 
 def exposure_step(method: str, step: int, gamma: float) -> int:
@@ -351,13 +351,10 @@ def exposure_step(method: str, step: int, gamma: float) -> int:
     return step if method in UNMIXED else round(step / (1 - gamma))
 
 
-def exposure_table(rows: list[dict], gamma: float) -> str:
-    """Each method at :func:`exposure_step` against DreamBooth at step S: the same number of
-    subject-photo views."""
-    metrics = ("heldout_loss", "dino", "subject_fidelity", "clip_t", "prompt_fidelity")
-    lines = ["| pool | photos | DreamBooth step | method step | method | pairs | "
-             + " | ".join(f"Δ {m}" for m in metrics) + " |", "|---|---|---|---|---|---|" + "---|" * len(metrics)]
-    found = False
+def exposure_differences(rows: list[dict], gamma: float, metrics=EQUAL_STEP_METRICS) -> list[dict]:
+    """Each method at :func:`exposure_step` minus DreamBooth at step S (the same number of
+    subject-photo views): one record per (pool, photos, S, method, metric), with ``method_step``."""
+    found = []
     for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
         here = [r for r in rows if (r["pool"], r["photos"]) == (pool, photos)]
         for step in sorted({r["step"] for r in here if r["method"] == "dreambooth"}):
@@ -365,11 +362,10 @@ def exposure_table(rows: list[dict], gamma: float) -> str:
             for method in [m for m in METHODS if m != "dreambooth"]:
                 method_step = exposure_step(method, step, gamma)
                 own = [r for r in here if r["method"] == method and r["step"] == method_step]
-                line = _diff_line([pool, photos, step, method_step, method], own, base, metrics)
-                if line:
-                    lines.append(line)
-                    found = True
-    return "\n".join(lines) + "\n" if found else ""
+                cells = dict(pool=pool, photos=photos, step=step, method_step=method_step, method=method,
+                             reference="dreambooth")
+                found += [d for m in metrics if (d := _difference(cells, m, paired(own, base, m)))]
+    return found
 
 
 def value_at(curve: list[tuple[float, float]], level: float) -> float | None:
@@ -423,21 +419,21 @@ def likeness_levels(paths: dict[tuple, list[tuple[float, float]]], pool: str, ph
     return [round(low + (high - low) * (k + 1) / (n + 1), 3) for k in range(n)]
 
 
-def matched_table(rows: list[dict], reference: str, x_metric: str, y_metrics: tuple[str, ...]) -> str:
-    """Each method's ``y_metrics`` at fixed levels of ``x_metric`` (:func:`likeness_levels`, read off
-    each (subject, seed) curve by :func:`value_at`) minus ``reference``'s at the same level, paired over
-    the (subject, seed) whose two curves both reach it, ± SE clustered by subject
-    (:func:`~benchmarks.bench_quality.clustered`)."""
+def matched_differences(rows: list[dict], reference: str, x_metric: str, y_metrics: tuple[str, ...]) -> list[dict]:
+    """Each method's ``y_metrics`` at fixed levels of ``x_metric`` (:func:`likeness_levels` of the
+    first y metric's curves, read off each (subject, seed) curve by :func:`value_at`) minus
+    ``reference``'s at the same level, paired over the (subject, seed) whose two curves both reach it,
+    ± SE clustered by subject (:func:`~benchmarks.bench_quality.clustered`): one record per (pool,
+    photos, level, method, y metric), with ``x_metric`` and ``level``."""
     paths = {y: curves(rows, x_metric, y) for y in y_metrics}
-    lines = [f"| pool | photos | {x_metric} | method | pairs | " + " | ".join(f"Δ {m}" for m in y_metrics) + " |",
-             "|---|---|---|---|---|" + "---|" * len(y_metrics)]
-    found = False
+    found = []
     for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
         methods = [m for m in METHODS if m != reference and any(
             r["method"] == m and (r["pool"], r["photos"]) == (pool, photos) for r in rows)]
         for level in likeness_levels(paths[y_metrics[0]], pool, photos):
             for method in methods:
-                diffs = []
+                cells = dict(pool=pool, photos=photos, x_metric=x_metric, level=level, method=method,
+                             reference=reference)
                 for y in y_metrics:
                     pairs = []
                     for (p, ph, m, subject, seed), curve in paths[y].items():
@@ -447,14 +443,48 @@ def matched_table(rows: list[dict], reference: str, x_metric: str, y_metrics: tu
                         ref = value_at(paths[y].get((pool, photos, reference, subject, seed), []), level)
                         if own is not None and ref is not None:
                             pairs.append((subject, own - ref))
-                    diffs.append(clustered(pairs))
-                if all(d is None for d in diffs):
-                    continue
-                found = True
-                n = max(d[2] for d in diffs if d)
-                lines.append(f"| {pool} | {photos} | {level:.3f} | {method} | {n} | "
-                             + " | ".join(diff_text(d, m) if d else "–" for d, m in zip(diffs, y_metrics)) + " |")
-    return "\n".join(lines) + "\n" if found else ""
+                    if d := _difference(cells, y, clustered(pairs)):
+                        found.append(d)
+    return found
+
+
+def _render(differences: list[dict], columns: tuple[str, ...], metrics: tuple[str, ...],
+            header: tuple[str, ...]) -> str:
+    """A markdown table of ``differences``: one line per distinct ``columns`` value (in first-seen
+    order), the pair count (the most over its metrics), then each metric's difference ± SE (* beyond
+    2 SE; – where it has none). Empty when there are no differences."""
+    lines: dict[tuple, dict[str, dict]] = {}
+    for d in differences:
+        lines.setdefault(tuple(d[c] for c in columns), {})[d["metric"]] = d
+    if not lines:
+        return ""
+    text = ["| " + " | ".join(header) + " | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+            "|" + "---|" * (len(header) + 1 + len(metrics))]
+    for cells, by_metric in lines.items():
+        shown = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells]
+        n = max(d["pairs"] for d in by_metric.values())
+        text.append(f"| {' | '.join(shown)} | {n} | " + " | ".join(
+            diff_text((by_metric[m]["mean"], by_metric[m]["se"], by_metric[m]["pairs"]), m) if m in by_metric
+            else "–" for m in metrics) + " |")
+    return "\n".join(text) + "\n"
+
+
+def difference_table(rows: list[dict], reference: str, metrics=EQUAL_STEP_METRICS) -> str:
+    """:func:`equal_step_differences` as a table."""
+    return _render(equal_step_differences(rows, reference, metrics), ("pool", "photos", "step", "method"),
+                   tuple(metrics), ("pool", "photos", "step", "method"))
+
+
+def exposure_table(rows: list[dict], gamma: float) -> str:
+    """:func:`exposure_differences` as a table."""
+    return _render(exposure_differences(rows, gamma), ("pool", "photos", "step", "method_step", "method"),
+                   EQUAL_STEP_METRICS, ("pool", "photos", "DreamBooth step", "method step", "method"))
+
+
+def matched_table(rows: list[dict], reference: str, x_metric: str, y_metrics: tuple[str, ...]) -> str:
+    """:func:`matched_differences` as a table."""
+    return _render(matched_differences(rows, reference, x_metric, y_metrics),
+                   ("pool", "photos", "level", "method"), tuple(y_metrics), ("pool", "photos", x_metric, "method"))
 
 
 def composition_table(rows: list[dict]) -> str:
