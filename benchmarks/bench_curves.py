@@ -289,7 +289,15 @@ def row_key(pool: str, photos: int, method: str, subject: str, seed: int, step: 
 
 def load_rows(root: Path) -> list[dict]:
     """The tag's rows, with each :data:`POOL_FREE` row repeated for every other pool the rows have."""
-    rows = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines() if line.strip()]
+    return with_pool_free_rows(read_rows(root / "results.jsonl"))
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def with_pool_free_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` plus each :data:`POOL_FREE` row repeated for every other pool the rows have."""
     pools = sorted({r["pool"] for r in rows})
     shared = {}
     for r in rows:
@@ -344,26 +352,29 @@ def equal_step_differences(rows: list[dict], reference: str, metrics=EQUAL_STEP_
     return found
 
 
-def exposure_step(method: str, step: int, gamma: float) -> int:
-    """The step at which ``method`` has shown the subject photos as often as DreamBooth at ``step``:
-    the same step for the unmixed methods (``prior``'s class rows come on top of a full instance
-    batch), ``step / (1 - γ)`` for a γ-mixture (only ``1 - γ`` of its slots are subject photos)."""
-    return step if method in UNMIXED else round(step / (1 - gamma))
+def exposure_step(method: str, step: int, gamma: float, reference: str = "dreambooth") -> int:
+    """The step at which ``method`` has shown the subject photos as often as ``reference`` at
+    ``step``. An unmixed method shows a full instance batch per step (``prior``'s class rows come on
+    top of it), a γ-mixture ``1 - γ`` of one, so against DreamBooth a mixture needs ``step / (1 - γ)``,
+    against another mixture the same step, and an unmixed method against a mixture ``step × (1 - γ)``."""
+    share = {True: 1.0, False: 1.0 - gamma}
+    return round(step * share[reference in UNMIXED] / share[method in UNMIXED])
 
 
-def exposure_differences(rows: list[dict], gamma: float, metrics=EQUAL_STEP_METRICS) -> list[dict]:
-    """Each method at :func:`exposure_step` minus DreamBooth at step S (the same number of
+def exposure_differences(rows: list[dict], gamma: float, metrics=EQUAL_STEP_METRICS,
+                         reference: str = "dreambooth") -> list[dict]:
+    """Each method at :func:`exposure_step` minus ``reference`` at step S (the same number of
     subject-photo views): one record per (pool, photos, S, method, metric), with ``method_step``."""
     found = []
     for pool, photos in sorted({(r["pool"], r["photos"]) for r in rows}):
         here = [r for r in rows if (r["pool"], r["photos"]) == (pool, photos)]
-        for step in sorted({r["step"] for r in here if r["method"] == "dreambooth"}):
-            base = {(r["subject"], r["seed"]): r for r in here if r["method"] == "dreambooth" and r["step"] == step}
-            for method in [m for m in METHODS if m != "dreambooth"]:
-                method_step = exposure_step(method, step, gamma)
+        for step in sorted({r["step"] for r in here if r["method"] == reference}):
+            base = {(r["subject"], r["seed"]): r for r in here if r["method"] == reference and r["step"] == step}
+            for method in [m for m in METHODS if m != reference]:
+                method_step = exposure_step(method, step, gamma, reference)
                 own = [r for r in here if r["method"] == method and r["step"] == method_step]
                 cells = dict(pool=pool, photos=photos, step=step, method_step=method_step, method=method,
-                             reference="dreambooth")
+                             reference=reference)
                 found += [d for m in metrics if (d := _difference(cells, m, paired(own, base, m)))]
     return found
 
@@ -512,10 +523,10 @@ def has_metric(rows: list[dict], metric: str) -> bool:
     return any(r.get(metric) is not None for r in rows)
 
 
-def tradeoff_plot(rows: list[dict], path: Path, pool: str | None = None) -> Path | None:
+def tradeoff_plot(rows: list[dict], path: Path, pool: str | None = None, photos: int | None = None) -> Path | None:
     """Subject likeness (x) against prompt following (y), one curve per method over the steps;
     one panel per (likeness, prompt) metric pair, and DINO against PRES when the rows carry it;
-    photos = the largest count; ``pool`` (default: the clean pool where the rows have it)."""
+    ``pool`` (default: the clean pool where the rows have it), ``photos`` (default: the largest count)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -523,7 +534,8 @@ def tradeoff_plot(rows: list[dict], path: Path, pool: str | None = None) -> Path
 
     if pool is None:
         pool = "clean" if any(r["pool"] == "clean" for r in rows) else rows[0]["pool"]
-    photos = max(r["photos"] for r in rows if r["pool"] == pool)
+    if photos is None:
+        photos = max(r["photos"] for r in rows if r["pool"] == pool)
     here = [r for r in rows if r["pool"] == pool and r["photos"] == photos]
     panels = list(zip(LIKENESS, PROMPT_FOLLOWING)) + ([("dino", PRIOR_DRIFT)] if has_metric(here, PRIOR_DRIFT) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
