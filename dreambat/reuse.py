@@ -86,6 +86,7 @@ def _json(value: Any) -> Any:
 # dreambat did before them: a record leaves them out at that value, so those folders still match.
 SETTINGS_ADDED_LATER = {
     "min_image_size": DEFAULT_MIN_IMAGE_SIZE, "min_clip_score": None,  # pool
+    "shortlist": None, "shortlist_query": IMAGE_QUERY, "shortlist_prompt": None,  # pool
     "clip_query": IMAGE_QUERY, "clip_query_prompt": None,  # selection
     "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",  # training
     "num_new_tokens_per_abstraction": 2, "initializer_concept": None, "text_encoder_lr": None,
@@ -108,8 +109,9 @@ def _pool_settings(pool: PoolConfig, selection: SelectionConfig) -> dict:
 
 
 def _filter_model(pool: PoolConfig, selection: SelectionConfig) -> dict:
-    """The encoder of the caption–image filter, when it is on (its scores depend on it)."""
-    if pool.min_clip_score is None:
+    """The encoder of the caption–image filter and of the shortlist, when either is on (what they
+    keep depends on it)."""
+    if pool.min_clip_score is None and pool.shortlist is None:
         return {}
     return {"clip_model": selection.clip_model, "clip_pretrained": selection.clip_pretrained}
 
@@ -117,7 +119,8 @@ def _filter_model(pool: PoolConfig, selection: SelectionConfig) -> dict:
 def _pool_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
     fingerprint = {"shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
                    "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio}
-    fingerprint |= recorded({name: getattr(pool, name) for name in ("min_image_size", "min_clip_score")})
+    fingerprint |= recorded({name: getattr(pool, name) for name in ("min_image_size", "min_clip_score", "shortlist",
+                                                                     "shortlist_query", "shortlist_prompt")})
     return fingerprint | {f"filter_{k}": v for k, v in _filter_model(pool, selection).items()}
 
 
@@ -135,7 +138,9 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
     pool = _pool_fingerprint(settings.pool, settings.selection)
     if settings.scores == SIMILARITY:
         selection = settings.selection
-        subject = {} if selection.clip_query == TEXT_QUERY else {"subject_sha256": resolved.subject_digests}
+        by_subject = selection.clip_query != TEXT_QUERY or (
+            settings.pool.shortlist is not None and settings.pool.shortlist_query != TEXT_QUERY)
+        subject = {"subject_sha256": resolved.subject_digests} if by_subject else {}
         return {"scores": "clip", **_similarity_scorer(selection), **subject, **pool}
     return {
         "backbone": str(settings.inputs.pretrained_model_name_or_path),

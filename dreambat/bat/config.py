@@ -20,7 +20,7 @@ from ..constants import SURROGATE_DIR
 from ..errors import ConfigError
 from ..fields import build_groups, flag
 from ..files import atomic_write_text
-from ..scoring.config import PoolConfig, ScoreSettings, ScoringConfig, SelectionConfig
+from ..scoring.config import PoolConfig, ScoreSettings, ScoringConfig, SelectionConfig, check_shortlist_rule
 from ..training.config import TrainConfig
 
 DEFAULT_GAMMA = 0.5
@@ -95,6 +95,9 @@ class BatSettings:
             )
         if bat.selection_manifest is not None and self.scoring.surrogate_lora is not None:
             raise ConfigError("--selection_manifest already holds the scores; --surrogate_lora would not be used. Drop one.")
+        if bat.selection_manifest is not None and self.pool.shortlist is not None:
+            raise ConfigError("--selection_manifest already holds the scores; --shortlist would not be used. Drop one.")
+        check_shortlist_rule(self.pool, self.selection)
         if needs.scores != INFLUENCE and self.scoring.surrogate_lora is not None:
             raise ConfigError(
                 f"--surrogate_lora is only used by rules that rank by influence scores (such as --selection "

@@ -39,6 +39,7 @@ def build_report(
             "skipped_while_reading": score_report.get("counts", {}).get("skipped"),
             "skipped_corrupt_image": score_report.get("counts", {}).get("skipped_corrupt_image"),
             "skipped_caption_mismatch": score_report.get("counts", {}).get("skipped_caption_mismatch"),
+            "skipped_not_shortlisted": score_report.get("counts", {}).get("skipped_not_shortlisted"),
             "skipped_nonfinite_loss": score_report.get("counts", {}).get("skipped_nonfinite_loss"),
             "scored_this_run": score_report.get("counts", {}).get("scored_this_run"),
         })
@@ -62,6 +63,7 @@ def build_report(
         "score_statistics": statistics,
         "reliability": (score_report or {}).get("reliability"),
         "curvature": (score_report or {}).get("curvature"),
+        "shortlist": (score_report or {}).get("shortlist"),
         "stages": stages,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -77,8 +77,28 @@ class PoolConfig:
         "record keeps its cosine. Works with every --selection.",
         default=None,
     )
+    shortlist: int | None = flag(
+        "A cheap first stage for large pools: rank every candidate by CLIP similarity (to the subject "
+        "photos, or to --shortlist_prompt with --shortlist_query text; encoder --clip_model) in one "
+        "streamed, resumable pass, keep the top N, and compute the selection rule's scores (ALBAT's) for "
+        "those N only. The first stage's manifest and report go to OUTPUT_DIR/shortlist/; the final "
+        "manifest lists every candidate, each with its first-stage score, the others skipped as "
+        "not_shortlisted.",
+        default=None,
+    )
+    shortlist_query: str = flag(
+        "--shortlist: what the first stage ranks by closeness to. image: the subject photos (the "
+        "normalised mean of their CLIP image embeddings); text: the CLIP text embedding of --shortlist_prompt.",
+        default=IMAGE_QUERY, choices=CLIP_QUERIES,
+    )
+    shortlist_prompt: str | None = flag(
+        "--shortlist_query text: the prompt the first stage ranks by, naming the class without the subject "
+        "token, e.g. 'a photo of a dog'.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
+        self._check_shortlist()
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ConfigError(f"--max_candidates must be >= 1 when given, got {self.max_candidates}.")
         if not 0.0 < self.candidate_ratio <= 1.0:
@@ -87,6 +107,21 @@ class PoolConfig:
             raise ConfigError(f"--min_image_size must be >= 0, got {self.min_image_size}.")
         if self.min_clip_score is not None and not -1.0 <= self.min_clip_score <= 1.0:
             raise ConfigError(f"--min_clip_score is a cosine, in [-1, 1]; got {self.min_clip_score}.")
+
+    def _check_shortlist(self) -> None:
+        if self.shortlist is not None and self.shortlist < 1:
+            raise ConfigError(f"--shortlist keeps the N most similar candidates: N must be >= 1, got {self.shortlist}.")
+        if self.shortlist_query not in CLIP_QUERIES:
+            raise ConfigError(f"--shortlist_query must be one of {', '.join(CLIP_QUERIES)}, got {self.shortlist_query!r}.")
+        if self.shortlist is None and (self.shortlist_query != IMAGE_QUERY or self.shortlist_prompt is not None):
+            raise ConfigError("--shortlist_query and --shortlist_prompt set the first stage of --shortlist N: add "
+                              "--shortlist N, or drop them.")
+        if self.shortlist_query == TEXT_QUERY and not (self.shortlist_prompt or "").strip():
+            raise ConfigError("--shortlist_query text ranks candidates by closeness to a prompt: pass "
+                              "--shortlist_prompt naming the class, e.g. --shortlist_prompt 'a photo of a dog'.")
+        if self.shortlist_query != TEXT_QUERY and self.shortlist_prompt is not None:
+            raise ConfigError("--shortlist_prompt is only read with --shortlist_query text: add it, or drop "
+                              "--shortlist_prompt.")
 
     def reader(self, shards: Sequence[str], *, rank: int = 0, world_size: int = 1) -> ShardReader:
         """The candidates of ``shards`` (the usable ones of this pool) under this pool's settings."""
@@ -367,6 +402,7 @@ class ScoreSettings:
                 f"--selection {self.selection.selection} needs candidates: pass --backbone_shards "
                 "(e.g. 'laion/{00000..00009}.tar')."
             )
+        check_shortlist_rule(self.pool, self.selection)
 
     @property
     def scores(self) -> str:
@@ -394,6 +430,15 @@ class ScoreSettings:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
+
+
+def check_shortlist_rule(pool: PoolConfig, selection: SelectionConfig) -> None:
+    """``--shortlist`` narrows what a rule's scores are computed for: a rule that reads no score has none to narrow."""
+    if pool.shortlist is not None and selection.needs.scores is None:
+        raise ConfigError(
+            f"--shortlist N narrows the candidates that scores are computed for; --selection {selection.selection} "
+            "reads no score. Drop --shortlist, or pick a rule that ranks by scores (albat, clip)."
+        )
 
 
 def check_score_command(settings: ScoreSettings) -> None:
