@@ -87,6 +87,7 @@ def _json(value: Any) -> Any:
 SETTINGS_ADDED_LATER = {
     "min_image_size": DEFAULT_MIN_IMAGE_SIZE, "min_clip_score": None,  # pool
     "shortlist": None, "shortlist_query": IMAGE_QUERY, "shortlist_prompt": None,  # pool
+    "shortlist_embeddings": None, "shortlist_key_column": "key",
     "clip_query": IMAGE_QUERY, "clip_query_prompt": None,  # selection
     "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",  # training
     "num_new_tokens_per_abstraction": 2, "initializer_concept": None, "text_encoder_lr": None,
@@ -120,7 +121,8 @@ def _pool_fingerprint(pool: PoolConfig, selection: SelectionConfig) -> dict:
     fingerprint = {"shards": list(pool.backbone_shards), "filters": list(pool.backbone_filter),
                    "max_candidates": pool.max_candidates, "candidate_ratio": pool.candidate_ratio}
     fingerprint |= recorded({name: getattr(pool, name) for name in ("min_image_size", "min_clip_score", "shortlist",
-                                                                     "shortlist_query", "shortlist_prompt")})
+                                                                     "shortlist_query", "shortlist_prompt",
+                                                                     "shortlist_embeddings", "shortlist_key_column")})
     return fingerprint | {f"filter_{k}": v for k, v in _filter_model(pool, selection).items()}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import preemption
 from ..albat import read_manifest, score_statistics
 from ..constants import BAT_REPORT_NAME, RESOLVED_CONFIG_NAME, SELECTION_MANIFEST_NAME
+from ..data.embeddings import check_embeddings
 from ..data.shard_probe import ShardProbe, shared_shard_probe
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_text
@@ -67,6 +68,8 @@ def check_bat_inputs(settings: BatSettings) -> CheckedInputs:
     if settings.selection.needs.candidates and settings.bat.selection_manifest is None:
         pool = settings.pool  # every process gets the main process's probe
         shards = shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
+        if pool.shortlist_embeddings is not None:
+            check_embeddings(pool.shortlist_embeddings, pool.shortlist_key_column)
     if settings.bat.selection_manifest is not None:
         check_selection_manifest(settings.bat.selection_manifest, settings)
     surrogate = settings.scoring.surrogate_lora

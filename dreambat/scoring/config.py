@@ -96,6 +96,16 @@ class PoolConfig:
         "token, e.g. 'a photo of a dog'.",
         default=None,
     )
+    shortlist_embeddings: str | None = flag(
+        "--shortlist: read the candidates' CLIP image embeddings from this folder instead of computing "
+        "them (clip-retrieval's layout, as LAION ships them: img_emb/img_emb_<n>.npy beside "
+        "metadata/metadata_<n>.parquet, rows matched to shard samples by key). --clip_model and "
+        "--clip_pretrained must name the model that computed them (the query is embedded with it).",
+        default=None,
+    )
+    shortlist_key_column: str = flag(
+        "--shortlist_embeddings: the metadata column holding each row's webdataset key.", default="key"
+    )
 
     def __post_init__(self) -> None:
         self._check_shortlist()
@@ -113,9 +123,10 @@ class PoolConfig:
             raise ConfigError(f"--shortlist keeps the N most similar candidates: N must be >= 1, got {self.shortlist}.")
         if self.shortlist_query not in CLIP_QUERIES:
             raise ConfigError(f"--shortlist_query must be one of {', '.join(CLIP_QUERIES)}, got {self.shortlist_query!r}.")
-        if self.shortlist is None and (self.shortlist_query != IMAGE_QUERY or self.shortlist_prompt is not None):
-            raise ConfigError("--shortlist_query and --shortlist_prompt set the first stage of --shortlist N: add "
-                              "--shortlist N, or drop them.")
+        if self.shortlist is None and (self.shortlist_query != IMAGE_QUERY or self.shortlist_prompt is not None
+                                       or self.shortlist_embeddings is not None):
+            raise ConfigError("--shortlist_query, --shortlist_prompt and --shortlist_embeddings set the first stage "
+                              "of --shortlist N: add --shortlist N, or drop them.")
         if self.shortlist_query == TEXT_QUERY and not (self.shortlist_prompt or "").strip():
             raise ConfigError("--shortlist_query text ranks candidates by closeness to a prompt: pass "
                               "--shortlist_prompt naming the class, e.g. --shortlist_prompt 'a photo of a dog'.")

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 
-from .. import preemption
 from ..albat import (
     INFLUENCE,
     SIMILARITY,
@@ -34,7 +32,6 @@ from ..albat import (
     LoraBlocks,
     ManifestMismatchError,
     ManifestRecord,
-    ManifestWriter,
     SelectionResult,
     SelectionRule,
     apply_selection,
@@ -42,15 +39,14 @@ from ..albat import (
     merge_records,
     meta_path,
     read_manifest,
-    score_candidates,
     score_statistics,
     write_manifest,
 )
 from ..backbone.load import load_backbone
 from ..constants import SCORE_CONFIG_NAME, SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
-from ..data.records import sample_source
+from ..data.embeddings import check_embeddings
 from ..data.shard_probe import ShardProbe, shared_shard_probe
-from ..data.shards import BackboneSample, ShardReader
+from ..data.shards import BackboneSample
 from ..data.subject import SubjectDataset, collate_subject
 from ..data.transforms import ImageTransform
 from ..errors import DataError
@@ -59,16 +55,15 @@ from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import process_state
 from ..lora import load_lora, lora_weights_file
 from ..pivotal import expand_prompts, load_new_tokens
-from ..progress import progress
 from ..reuse import PART_GLOB, ManifestStatus, manifest_status, scores_fingerprint
 from ..runlock import run_lock
 from ..timing import Timer
-from .config import ScoreSettings, SelectionConfig, word_message
-from .consistency import load_caption_filter
+from .config import ScoreSettings, word_message
 from .diffusion_task import DiffusionLossTask
 from .reliability import describe_reliability, reliability_advice, reliability_report
-from .retrieval import IMAGE_QUERY, collate_images, load_clip, similarity_scorer
-from .shortlist import SHORTLIST_DIR, Shortlist
+from .retrieval import collate_images, load_clip, similarity_scorer
+from .shortlist import Shortlist
+from .stream import gather_counts, stream_scores, sum_counts
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +120,8 @@ def check_score_inputs(
                  if settings.scores == INFLUENCE else None)
     pool = settings.pool
     shards = shared_shard_probe(pool.backbone_shards, pool.backbone_filter, strict=pool.strict_shards)
+    if pool.shortlist_embeddings is not None:
+        check_embeddings(pool.shortlist_embeddings, pool.shortlist_key_column)
     return resolved, surrogate, shards
 
 
@@ -200,6 +197,8 @@ def score_pool(
         settings.save(output_dir / SCORE_CONFIG_NAME)
     shortlist = None
     if settings.pool.shortlist is not None:
+        from .first_stage import shortlist_stage  # it runs a scoring run of its own: score_pool, finish_scoring
+
         with timer("shortlist"):
             shortlist = shortlist_stage(settings, resolved, shards, show_progress=show_progress)
     usable = dataclasses.replace(settings, pool=dataclasses.replace(settings.pool, backbone_shards=list(shards.usable)))
@@ -212,49 +211,10 @@ def score_pool(
         if not records:
             raise DataError(
                 f"No backbone candidate could be scored from {settings.pool.backbone_shards}: "
-                f"{_sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
+                f"{sum_counts(g['reader'] for g in gathered)}. Check the shards and --backbone_filter."
             )
     return ScoredPool(settings, shards, resolved.resolution, fp, status, records, gathered, curvature, None, timer,
                       shortlist)
-
-
-def first_stage_settings(settings: ScoreSettings) -> ScoreSettings:
-    """The ``--shortlist N`` first stage as a scoring run of its own: CLIP similarity to the
-    shortlist's query, the top N kept, in ``OUTPUT_DIR/shortlist/``, over the same pool (and the same
-    ``--min_clip_score`` filter)."""
-    pool, selection = settings.pool, settings.selection
-    inputs = dataclasses.replace(settings.inputs, output_dir=str(Path(settings.inputs.output_dir) / SHORTLIST_DIR))
-    first_pool = dataclasses.replace(pool, shortlist=None, shortlist_query=IMAGE_QUERY, shortlist_prompt=None)
-    rule = SelectionConfig(selection="clip", num_backbone_samples=pool.shortlist, clip_model=selection.clip_model,
-                           clip_pretrained=selection.clip_pretrained, clip_query=pool.shortlist_query,
-                           clip_query_prompt=pool.shortlist_prompt)
-    return ScoreSettings(inputs=inputs, pool=first_pool, scoring=settings.scoring, selection=rule)
-
-
-def shortlist_stage(settings: ScoreSettings, resolved: ResolvedInputs, shards: ShardProbe, *,
-                    show_progress: bool = True) -> Shortlist:
-    """Run (resume, or reuse) the first stage of ``--shortlist N`` on every process; every process
-    gets what it kept. Its manifest and report are written once, by the main process."""
-    state = process_state()
-    first = first_stage_settings(settings)
-    logger.info("Shortlist: ranking every candidate by CLIP similarity to %s (%s) to keep %d for %s scoring.",
-                first.selection.clip_query_phrase, first.selection.clip_model, settings.pool.shortlist,
-                "ALBAT" if settings.scores == INFLUENCE else "CLIP")
-    scored = score_pool(first, resolved, None, shards, show_progress=show_progress)
-    outcome = None
-    if state.is_main_process:
-        records, _, report = finish_scoring(scored, first.selection.rule(first.seed))
-        folder = Path(first.inputs.output_dir)
-        outcome = Shortlist.from_records(settings.pool.shortlist, records, {
-            "query": first.selection.clip_query_phrase, "encoder": first.selection.clip_model,
-            "status": scored.run_status, "manifest": str(folder / SELECTION_MANIFEST_NAME),
-            "report": str(folder / SCORE_REPORT_NAME), "seconds": report["timings"],
-        })
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        outcome = broadcast_object_list([outcome], from_process=0)[0]
-    return outcome
 
 
 def select_and_write(
@@ -285,7 +245,7 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
             meta_path(stale).unlink(missing_ok=True)
     earlier, gathered = pool.earlier, pool.gathered
     counts = earlier["counts"] if gathered is None else {
-        **_sum_counts(g["reader"] for g in gathered),
+        **sum_counts(g["reader"] for g in gathered),
         "scored_this_run": sum(g["summary"]["scored"] for g in gathered),
         "resumed": sum(g["summary"]["resumed"] for g in gathered),
         "skipped_nonfinite_loss": sum(g["summary"]["skipped_nonfinite"] for g in gathered),
@@ -307,7 +267,7 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
         "timings": (earlier["timings"] if gathered is None else {}) | timings,
     }
     if settings.pool.shortlist is not None:
-        report["shortlist"] = earlier.get("shortlist") if gathered is None else pool.shortlist.describe()
+        report["shortlist"] = earlier.get("shortlist") if gathered is None else pool.shortlist.report_section(records)
     text = json.dumps(report, indent=2, default=str)
     atomic_write_text(output_dir / SCORE_REPORT_NAME, text + "\n")
     report = json.loads(text)  # as a later reader of the file sees it
@@ -346,55 +306,9 @@ def _retrieve(
         scorer = similarity_scorer(encoder, selection.clip_query, subject_images=resolved.subject_images,
                                    prompt=selection.clip_query_prompt)
     with timer("score"):
-        summary, reader, left_out = _stream(settings, scorer, collate_images, fp, show_progress, encoder=encoder,
+        summary, reader, left_out = stream_scores(settings, scorer, collate_images, fp, show_progress, encoder=encoder,
                                             shortlist=shortlist)
-    return _gather(reader, summary, *left_out), scorer.describe()
-
-
-def _stream(settings: ScoreSettings, scorer, collate, fp: dict, show_progress: bool, *, encoder=None,
-            shortlist: Shortlist | None = None):
-    """Score this process's share of the pool into its part manifest (resuming the final one's);
-    with ``--min_clip_score``, candidates whose caption does not fit their image are recorded as
-    skipped before they reach the scorer; with a ``shortlist``, only its candidates reach the
-    scorer, the others are recorded as the first stage left them (it applied the caption filter).
-    Returns the summary, the reader, and the candidates left out (by caption, by the shortlist)."""
-    state = process_state()
-    pool, output_dir = settings.pool, Path(settings.inputs.output_dir)
-    reader = pool.reader(pool.backbone_shards, rank=state.process_index, world_size=state.num_processes)
-    selection = settings.selection
-    caption_filter = None if shortlist is not None else load_caption_filter(
-        selection.clip_model, selection.clip_pretrained, pool.min_clip_score, state.device, encoder=encoder)
-    part = output_dir / f"selection.rank{state.process_index:03d}.jsonl"
-    manifest_path = output_dir / SELECTION_MANIFEST_NAME
-    with ManifestWriter(part, fingerprint=fp) as writer:
-        if manifest_path.exists():
-            writer.done_indices.update(r.index for r in read_manifest(manifest_path))
-        stoppable = preemption.until_stopped(reader)
-        if shortlist is not None:
-            candidates, source = shortlist.stream(stoppable, writer), shortlist.source
-        elif caption_filter is not None:
-            candidates, source = caption_filter.stream(stoppable, writer), caption_filter.source
-        else:
-            candidates, source = stoppable, sample_source
-        summary = score_candidates(
-            scorer, candidates, collate, writer, batch_size=settings.scoring.score_batch_size,
-            path=settings.scoring.scoring_path,
-            progress=progress if show_progress and state.is_local_main_process else None, source=source,
-        )
-    preemption.check(f"after {len(writer.done_indices)} scored candidates (they are in {part}; a rerun scores "
-                     "the rest)")
-    if shortlist is not None:
-        return summary, reader, (shortlist.rejected, shortlist.dropped)
-    return summary, reader, (0 if caption_filter is None else caption_filter.rejected, 0)
-
-
-def _gather(reader: ShardReader, summary, rejected: int = 0, not_shortlisted: int = 0) -> list[dict]:
-    counts = reader.stats.as_dict()
-    counts["skipped_caption_mismatch"] = rejected
-    counts["skipped_not_shortlisted"] = not_shortlisted
-    counts["skipped"] += rejected + not_shortlisted
-    mine = {"reader": counts, "summary": dataclasses.asdict(summary) | {"scores": None}}
-    return gather_object([mine]) if process_state().num_processes > 1 else [mine]
+    return gather_counts(reader, summary, left_out), scorer.describe()
 
 
 def _score(
@@ -431,24 +345,11 @@ def _score(
 
     with timer("score"):
         transform = ImageTransform(resolved.resolution, center_crop=True)
-        summary, reader, left_out = _stream(settings, scorer, lambda batch: collate_candidates(batch, transform), fp,
+        summary, reader, left_out = stream_scores(settings, scorer, lambda batch: collate_candidates(batch, transform), fp,
                                             show_progress, shortlist=shortlist)
-    return _gather(reader, summary, *left_out), curvature
+    return gather_counts(reader, summary, left_out), curvature
 
 
 # How each kind of score is computed: (settings, resolved, surrogate, fp, timer, show_progress, shortlist)
 # -> (each process's counts and summary, the scorer's description for the report).
 SCORERS = {INFLUENCE: _score, SIMILARITY: _retrieve}
-
-# With split_by="sample" every process reads every shard: shard counts are per process, not summed.
-_PER_PROCESS_SHARD_COUNTS = frozenset({"shards_read", "truncated_shards", "unreadable_shards"})
-
-
-def _sum_counts(stats) -> dict[str, int]:
-    """Candidate counts summed over processes; shard counts as one process saw them (the maximum)."""
-    total: dict[str, int] = {}
-    for entry in stats:
-        for key, value in entry.items():
-            combine = max if key in _PER_PROCESS_SHARD_COUNTS else int.__add__
-            total[key] = combine(total.get(key, 0), int(value))
-    return total

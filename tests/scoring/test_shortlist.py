@@ -159,3 +159,113 @@ def test_shortlist_settings_are_checked_before_anything_loads(world, subject_dir
         with pytest.raises(ConfigError, match=message):
             settings.from_flags(**flags)
     assert not list(tmp_path.glob("*/selection*"))
+
+
+# ------------------------------------------------------------------ precomputed embeddings
+
+
+def _write_embeddings(folder, rows, parts=2):
+    """``rows`` = [(key, vector)] as clip-retrieval writes them: img_emb/img_emb_<n>.npy beside
+    metadata/metadata_<n>.parquet (key, url, caption), split into ``parts`` numbered parts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    size = -(-len(rows) // parts)
+    for n in range(parts):
+        chunk = rows[n * size:(n + 1) * size]
+        np.save(folder / "img_emb" / f"img_emb_{n}.npy", np.stack([v for _, v in chunk]).astype("float16"))
+        pq.write_table(pa.table({"key": [k for k, _ in chunk], "url": [f"http://x/{k}" for k, _ in chunk],
+                                 "caption": ["-"] * len(chunk)}), folder / "metadata" / f"metadata_{n}.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pool_embeddings(world, clip):
+    """Every pool candidate's (key, CLIP image embedding) under the tests' encoder, in pool order."""
+    from dreambat.data.shards import ShardReader
+    from dreambat.eval.encoders import ClipEncoder
+
+    encoder = ClipEncoder.load(clip["clip_model"], clip["clip_pretrained"], device="cpu")
+    samples = list(ShardReader(world["shard"]))
+    vectors = encoder.embed_images([s.image for s in samples]).float().numpy()
+    return [(s.key, v) for s, v in zip(samples, vectors)]
+
+
+def test_precomputed_embeddings_shortlist_the_same_candidates_as_computed_ones(
+        world, subject_dir, tmp_path, clip, pool_embeddings):
+    computed = read_manifest(_score(world, subject_dir, tmp_path / "computed", clip, shortlist=N).manifest_path)
+    folder = _write_embeddings(tmp_path / "emb", pool_embeddings)
+    result = _score(world, subject_dir, tmp_path / "read", clip, shortlist=N, shortlist_embeddings=str(folder))
+    records = read_manifest(result.manifest_path)
+    assert [(r.index, r.status, r.reason) for r in records] == [(r.index, r.status, r.reason) for r in computed]
+    for got, want in zip(records, computed):
+        if got.status == "scored":  # the same ALBAT score; the cosine up to the float16 storage
+            assert got.score == pytest.approx(want.score, rel=1e-5, abs=1e-9)
+            assert got.source[SCORE_FIELD] == pytest.approx(want.source[SCORE_FIELD], abs=2e-3)
+        else:  # the cosines of candidates not kept are not held
+            assert got.source[SCORE_FIELD] is None
+    section = result.report["shortlist"]
+    assert (section["ranked"], section["kept"], section["not_in_pool"]) == (N_GOOD, N, 0)
+    assert not (tmp_path / "read" / SHORTLIST_DIR).exists()  # nothing embedded, nothing written for stage 1
+
+
+def test_a_sample_without_an_embedding_and_an_embedding_without_a_sample_are_counted(
+        world, subject_dir, tmp_path, clip, pool_embeddings, caplog):
+    computed = read_manifest(_score(world, subject_dir, tmp_path / "computed", clip, shortlist=N).manifest_path)
+    kept = [r.key for r in computed if r.status == "scored"]
+    left = next(r for r in computed if r.reason == NOT_SHORTLISTED)
+    rows = [(k, v) for k, v in pool_embeddings if k != left.key]  # one pool sample has no embedding
+    best = dict(pool_embeddings)[kept[0]]
+    rows.append(("elsewhere-000", best * 2))  # an embedding of no pool sample, as near as the best one
+    folder = _write_embeddings(tmp_path / "emb", rows)
+    with caplog.at_level("WARNING", logger="dreambat"):
+        result = _score(world, subject_dir, tmp_path / "read", clip, shortlist=N, shortlist_embeddings=str(folder))
+    records = {r.key: r for r in read_manifest(result.manifest_path)}
+    assert len(records) == N_GOOD and records[left.key].reason == "no_embedding"
+    assert result.report["counts"]["skipped_no_embedding"] == 1
+    assert result.report["shortlist"]["not_in_pool"] == 1
+    scored = [k for k, r in records.items() if r.status == "scored"]
+    assert len(scored) == N - 1 and set(scored) < set(kept)  # the extra row took a slot
+    assert "1 of the 4 shortlisted embeddings have no candidate in --backbone_shards" in caplog.text
+
+
+@pytest.mark.parametrize("spoil, message", [
+    ("no_folder", "is not a folder"),
+    ("lonely_npy", "has no partner file"),
+    ("key_column", "has no column 'key' (it has id, url, caption)"),
+    ("rows", "must describe the same rows"),
+])
+def test_bad_embedding_folders_are_refused_before_any_model_loads(world, subject_dir, tmp_path, clip,
+                                                                   pool_embeddings, spoil, message, monkeypatch):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dreambat.errors import DataError
+    from dreambat.scoring import first_stage, run
+
+    folder = _write_embeddings(tmp_path / "emb", pool_embeddings)
+    if spoil == "no_folder":
+        folder = tmp_path / "nowhere"
+    elif spoil == "lonely_npy":
+        np.save(folder / "img_emb" / "img_emb_7.npy", np.zeros((1, 4), "float16"))
+    elif spoil == "key_column":
+        table = pq.read_table(folder / "metadata" / "metadata_1.parquet").rename_columns(["id", "url", "caption"])
+        pq.write_table(table, folder / "metadata" / "metadata_1.parquet")
+    else:
+        pq.write_table(pa.table({"key": ["a"], "url": ["u"], "caption": ["c"]}), folder / "metadata" / "metadata_0.parquet")
+    monkeypatch.setattr(run, "load_backbone", lambda *a, **k: pytest.fail("model loaded before the check"))
+    monkeypatch.setattr(first_stage, "load_clip", lambda *a, **k: pytest.fail("CLIP loaded before the check"))
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _score(world, subject_dir, tmp_path / "out", clip, shortlist=N, shortlist_embeddings=str(folder))
+    assert not (tmp_path / "out").exists()
+
+
+def test_embeddings_of_another_model_name_the_flag_to_fix(world, subject_dir, tmp_path, clip, pool_embeddings):
+    from dreambat.errors import DataError
+
+    folder = _write_embeddings(tmp_path / "emb", [(k, v[:-1]) for k, v in pool_embeddings])
+    with pytest.raises(DataError, match="pass the --clip_model and --clip_pretrained that computed them"):
+        _score(world, subject_dir, tmp_path / "out", clip, shortlist=N, shortlist_embeddings=str(folder))
