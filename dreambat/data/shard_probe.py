@@ -218,23 +218,9 @@ def shared_shard_probe(
     Call it on every process (it is a collective call when there are several): all then read the
     same usable shards, and all stop together on a refusal.
     """
-    from accelerate.utils import broadcast_object_list
+    from ..launch import on_main_for_all
 
-    from ..launch import process_state
-
-    state = process_state()
-    if state.num_processes == 1:
-        return probe_shards(urls, filters, strict=strict)
-    outcome: ShardProbe | BaseException | None = None
-    if state.is_main_process:
-        try:
-            outcome = probe_shards(urls, filters, strict=strict)
-        except Exception as error:  # handed to the other processes, then raised everywhere
-            outcome = error
-    outcome = broadcast_object_list([outcome], from_process=0)[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    return on_main_for_all(lambda: probe_shards(urls, filters, strict=strict))
 
 
 _CACHE: dict[tuple, ShardProbe] = {}

@@ -13,7 +13,7 @@ from ..constants import SCORE_REPORT_NAME, SELECTION_MANIFEST_NAME
 from ..data.embeddings import EmbeddingTopK, embedding_parts
 from ..data.shard_probe import ShardProbe
 from ..inputs import ResolvedInputs
-from ..launch import process_state
+from ..launch import on_main_for_all, process_state
 from ..timing import Timer
 from .config import PoolConfig, ScoreSettings, SelectionConfig
 from .retrieval import IMAGE_QUERY, load_clip, similarity_scorer
@@ -41,48 +41,25 @@ def shortlist_stage(settings: ScoreSettings, resolved: ResolvedInputs, shards: S
                     show_progress: bool = True) -> Shortlist:
     """Run (resume, or reuse) the first stage of ``--shortlist N`` on every process; every process
     gets what it kept. Its manifest and report are written once, by the main process."""
-    state = process_state()
     first = first_stage_settings(settings)
     logger.info("Shortlist: ranking every candidate by CLIP similarity to %s (%s%s) to keep %d for %s scoring.",
                 first.selection.clip_query_phrase, first.selection.clip_model,
                 f", embeddings read from {settings.pool.shortlist_embeddings}" if settings.pool.shortlist_embeddings
                 else "", settings.pool.shortlist, "ALBAT" if settings.scores == INFLUENCE else "CLIP")
     if settings.pool.shortlist_embeddings is not None:
-        return _on_main_for_all(lambda: precomputed_shortlist(first, resolved, settings.pool))
+        return on_main_for_all(lambda: precomputed_shortlist(first, resolved, settings.pool))
     scored = score_pool(first, resolved, None, shards, show_progress=show_progress)
-    outcome = None
-    if state.is_main_process:
+
+    def kept() -> Shortlist:
         records, _, report = finish_scoring(scored, first.selection.rule(first.seed))
         folder = Path(first.inputs.output_dir)
-        outcome = Shortlist.from_records(settings.pool.shortlist, records, {
+        return Shortlist.from_records(settings.pool.shortlist, records, {
             "query": first.selection.clip_query_phrase, "encoder": first.selection.clip_model,
             "status": scored.run_status, "manifest": str(folder / SELECTION_MANIFEST_NAME),
             "report": str(folder / SCORE_REPORT_NAME), "seconds": report["timings"],
         })
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
 
-        outcome = broadcast_object_list([outcome], from_process=0)[0]
-    return outcome
-
-
-def _on_main_for_all(compute):
-    """``compute()`` on the main process; every process gets its result, or raises its error."""
-    state = process_state()
-    if state.num_processes == 1:
-        return compute()
-    from accelerate.utils import broadcast_object_list
-
-    outcome = None
-    if state.is_main_process:
-        try:
-            outcome = compute()
-        except Exception as error:  # handed to the other processes, then raised everywhere
-            outcome = error
-    outcome = broadcast_object_list([outcome], from_process=0)[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    return on_main_for_all(kept)
 
 
 def precomputed_shortlist(first: ScoreSettings, resolved: ResolvedInputs, pool: PoolConfig) -> EmbeddingShortlist:
