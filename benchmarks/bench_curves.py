@@ -27,8 +27,9 @@ run of that class word in ``OUTPUT/TAG/class_images/<word>/``), ``random``, ``cl
 ``clip_text`` (``--selection clip --clip_query text``: nearest to the text "a photo of a <class
 word>", Custom Diffusion's real prior), ``oracle_clean`` / ``oracle_class`` / ``oracle_near``
 (ground-truth selections, benchmark only: :mod:`dreambat_world.selection_truth`; ``oracle_clean``
-is a random draw among the clean pairs, what avoiding junk alone is worth) and ``albat`` (the
-library's reliable defaults). ``dreambooth``, ``prior`` and the base backbone read no pool: their
+is a random draw among the clean pairs, what avoiding junk alone is worth), ``albat`` (the
+library's reliable defaults) and ``albat_bottom`` (the N lowest of the same ALBAT scores, a
+validity check: if influence means anything it should do no better than random). ``dreambooth``, ``prior`` and the base backbone read no pool: their
 rows serve every pool of the tag (:data:`POOL_FREE`). Every selection is mixed in at γ; ``dreambooth`` and ``prior`` have γ = 0.
 
     python scripts/make_world.py --skip_assets                 # the clean pool, once
@@ -52,24 +53,25 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks._measure import REPO, git_head, machine_info
 from benchmarks.bench_quality import clustered, diff_text, fmt, paired, pick_subjects, subject_dir
-from dreambat.albat import read_manifest
+from dreambat.albat import read_manifest, write_manifest
 from dreambat.bat.config import BatSettings
 from dreambat.bat.pipeline import run_bat
-from dreambat.constants import LORA_WEIGHTS_NAME
+from dreambat.constants import LORA_WEIGHTS_NAME, SELECTION_MANIFEST_NAME
 from dreambat.data.shards import ShardReader
+from dreambat.inputs import file_digest
 from dreambat_world.data import ASSETS_DIR, BACKBONE_DIR, DEFAULT_NOISY_POOL_DIR, DEFAULT_POOL_DIR
 from dreambat_world.metrics import WORLD_METRICS, evaluate_world
 from dreambat_world.selection_truth import ORACLES, composition, oracle_manifest
 from dreambat_world.subjects import subject_by_name
 
-METHODS = ("dreambooth", "prior", "random", "clip", "clip_text", *ORACLES, "albat")
+METHODS = ("dreambooth", "prior", "random", "clip", "clip_text", *ORACLES, "albat", "albat_bottom")
 ORDER = ("base", *METHODS)
 """Methods in table order; ``base`` (the backbone without a LoRA) is the step-0 point of every curve."""
 UNMIXED = ("dreambooth", "prior")
@@ -179,10 +181,24 @@ def train(method: str, args, subject: str, seed: int, photos: int, work: Path, s
                 flags |= dict(clip_query="text", clip_query_prompt=class_prompt(word))
         elif method == "albat":
             flags |= dict(selection="albat", surrogate_steps=max(steps[0] // 2, 1), score_batch_size=16)
+        elif method == "albat_bottom":
+            manifest = bottom_manifest(train("albat", args, subject, seed, photos, work, shards, candidates)
+                                       / SELECTION_MANIFEST_NAME, work / "albat_bottom_scores" / SELECTION_MANIFEST_NAME)
+            flags |= dict(selection="albat", selection_manifest=str(manifest), keep_nonpositive=True)
         else:
             flags["selection"] = "random"
     run_bat(BatSettings.from_flags(**flags))
     return out
+
+
+def bottom_manifest(albat: Path, path: Path) -> Path:
+    """A manifest of ``albat``'s scored candidates with each score negated, at ``path``: the top-N rule
+    on it keeps the N candidates ALBAT ranks lowest (skipped candidates stay skipped)."""
+    records = [replace(r, score=None if r.score is None else -r.score, selected=None,
+                                   split_scores=None) for r in read_manifest(albat)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, path, fingerprint={"negated": str(albat), "sha256": file_digest(albat)})
+    return path
 
 
 FIXED_SETTINGS = ("backbone", "checkpoints", "gamma", "keep", "max_candidates", "learning_rate", "rank",

@@ -139,3 +139,23 @@ def test_rows_of_several_pools_get_one_plot_each(tmp_path, monkeypatch):
     assert plotted == [("tradeoff.png", None, ["base", "dreambooth", "random"]),
                        ("tradeoff-clean.png", "clean", ["base", "dreambooth", "random"]),
                        ("tradeoff-noisy.png", "noisy", ["base", "dreambooth", "random"])]
+
+
+def test_albat_bottom_keeps_the_lowest_albat_scores_and_leaves_skipped_candidates_skipped(tmp_path):
+    from dreambat.albat import ManifestRecord, read_manifest, write_manifest
+    from dreambat.albat.selection.base import scored_best_first
+
+    from benchmarks.bench_curves import bottom_manifest
+
+    scores = [0.3, -0.2, None, 0.9, -0.7, 0.1]
+    albat = tmp_path / "albat" / "selection.jsonl"
+    albat.parent.mkdir()
+    write_manifest([ManifestRecord(i, f"k{i}", score=z, status="scored" if z is not None else "skipped",
+                                   reason=None if z is not None else "corrupt_image", selected=i in (0, 3))
+                    for i, z in enumerate(scores)], albat, fingerprint={"run": "albat"})
+    records = read_manifest(bottom_manifest(albat, tmp_path / "bottom" / "selection.jsonl"))
+    assert [r.key for r in records] == [f"k{i}" for i in range(6)]
+    assert [r.score for r in records] == [-0.3, 0.2, None, -0.9, 0.7, -0.1]
+    assert records[2].status == "skipped" and records[2].reason == "corrupt_image"
+    assert all(r.selected is None for r in records)
+    assert [r.key for r in scored_best_first(records)[:2]] == ["k4", "k1"]  # the two lowest ALBAT scores
