@@ -41,6 +41,9 @@ from dreambat_world.metrics import WORLD_METRICS
 
 REFERENCES = ("prior", "random")
 """What every arm is set against: the baseline a user would pick instead, and the selection-free control."""
+VALIDITY = ("albat", "albat_bottom")
+"""The validity check: ALBAT's top N against the N it ranks lowest, from the same scores (and the same
+skipped candidates). If the ranking carries information, the top beats the bottom."""
 LOWER_IS_BETTER = frozenset({"heldout_loss", PRIOR_DRIFT, "class_subject_fidelity"})
 DEFAULT_ROWS = (REPO / "benchmarks/results/curves/ti-headroom.jsonl",)
 
@@ -126,19 +129,28 @@ def selections(rows: list[dict]) -> list[dict]:
 def headline(rows: list[dict], gamma: float) -> dict:
     """Everything ``headline.json`` holds, from ``rows`` (pool-free rows already shared out)."""
     equal_steps, exposure, matched = [], [], []
+    metrics = EQUAL_STEP_METRICS + ("pres",) if has_metric(rows, PRIOR_DRIFT) else EQUAL_STEP_METRICS
     for reference in REFERENCES:
         if not any(r["method"] == reference for r in rows):
             continue
-        equal_steps += equal_step_differences(rows, reference, EQUAL_STEP_METRICS + ("pres",)
-                                              if has_metric(rows, PRIOR_DRIFT) else EQUAL_STEP_METRICS)
+        equal_steps += equal_step_differences(rows, reference, metrics)
         exposure += exposure_differences(rows, gamma, reference=reference)
         matched += matched_comparisons(rows, reference)
+    validity = None
+    arm, bottom = VALIDITY
+    if any(r["method"] == bottom for r in rows):
+        own = [r for r in rows if r["method"] in (arm, bottom, "base")]
+        matched_own = matched_comparisons(own, bottom)
+        validity = dict(arm=arm, reference=bottom, equal_steps=equal_step_differences(own, bottom, metrics),
+                        matched_likeness=matched_own,
+                        verdicts=[v for v in verdicts(matched_own) if v["method"] == arm])
     return dict(
         cases=[dict(pool=p, photos=ph, subjects=len({r["subject"] for r in rows if (r["pool"], r["photos"]) == (p, ph)}),
                     seeds=sorted({r["seed"] for r in rows if (r["pool"], r["photos"]) == (p, ph)}))
                for p, ph in sorted({(r["pool"], r["photos"]) for r in rows})],
         references=list(REFERENCES), gamma=gamma, arms=arm_summaries(rows), equal_steps=equal_steps,
         equal_exposure=exposure, matched_likeness=matched, verdicts=verdicts(matched), selections=selections(rows),
+        validity=validity,
     )
 
 
@@ -155,6 +167,22 @@ def verdict_table(found: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _steps_table(found: list[dict]) -> str:
+    """Equal-step differences as a table: one row per (pool, photos, step, method)."""
+    metrics = list(dict.fromkeys(d["metric"] for d in found))
+    groups: dict[tuple, dict] = {}
+    for d in found:
+        groups.setdefault((d["pool"], d["photos"], d["step"], d["method"]), {})[d["metric"]] = d
+    lines = ["| pool | photos | step | arm | pairs | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+             "|---|---|---|---|---|" + "---|" * len(metrics)]
+    for (pool, photos, step, method), cells in sorted(groups.items()):
+        pairs = max(c["pairs"] for c in cells.values())
+        values = [f"{c['mean']:+.4f} ± {c['se']:.4f}{'*' if c['beyond_2se'] else ''}" if (c := cells.get(m)) else "–"
+                  for m in metrics]
+        lines.append(f"| {pool} | {photos} | {step} | {method} | {pairs} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_headline(row_files: list[Path], output_dir: Path, gamma: float) -> dict:
     rows = with_pool_free_rows([r for path in row_files for r in read_rows(path)])
     result = headline(rows, gamma)
@@ -165,6 +193,10 @@ def write_headline(row_files: list[Path], output_dir: Path, gamma: float) -> dic
     (output_dir / "headline.json").write_text(json.dumps(result, indent=1) + "\n")
     parts = ["## Verdicts at matched likeness (better* / worse*: comparisons beyond 2 SE, ± SE over subjects)",
              "", verdict_table(result["verdicts"])]
+    if result["validity"]:
+        arm, bottom = VALIDITY
+        parts += [f"## Validity: {arm} (its top N) against {bottom} (the N it ranks lowest), same scores", "",
+                  verdict_table(result["validity"]["verdicts"]), _steps_table(result["validity"]["equal_steps"])]
     for reference in REFERENCES:
         for x_metric in LIKENESS:
             for y_metrics in (PROMPT_FOLLOWING, (PRIOR_DRIFT,)):

@@ -69,3 +69,21 @@ def test_write_headline_writes_the_json_tables_and_one_front_per_case(tmp_path):
     assert "| noisy | 1 | albat | random | **wins** |" in (tmp_path / "out" / "headline.md").read_text()
     for case in ("clean-1photos", "noisy-1photos"):
         assert (tmp_path / "out" / f"headline-{case}.png").stat().st_size > 10_000
+
+
+def test_validity_sets_albat_against_its_own_bottom_only():
+    """albat_bottom follows random's curves, so albat's top beats its bottom exactly as it beats random."""
+    rows = _rows()
+    rows += [{**r, "method": "albat_bottom"} for r in rows if r["method"] == "random"]
+    result = bench_headline.headline(rows, gamma=0.5)
+    validity = result["validity"]
+    assert (validity["arm"], validity["reference"]) == ("albat", "albat_bottom")
+    assert {d["method"] for d in validity["equal_steps"] + validity["matched_likeness"]} == {"albat"}
+    [verdict] = [v for v in validity["verdicts"] if v["pool"] == "noisy"]
+    assert verdict["by_metric"]["clip_t"] == {"better": 4, "worse": 0, "comparisons": 4}
+    assert verdict["verdict"] == "wins"
+    # step 2 (DINO 0.4): albat - bottom CLIP-T = 0.2 + 0.4 × offset, averaged over offsets 0, 0.01, 0.02
+    [step2] = [d for d in validity["equal_steps"] if d["pool"] == "noisy" and d["step"] == 2 and d["metric"] == "clip_t"]
+    assert abs(step2["mean"] - (0.2 + 0.4 * 0.01)) < 1e-9 and step2["pairs"] == 3
+    # without a bottom arm there is no validity block
+    assert bench_headline.headline(_rows(), gamma=0.5)["validity"] is None
