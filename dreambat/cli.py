@@ -92,6 +92,11 @@ def score_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     return run_command(prog or "dreambat score", run)
 
 
+MAKE_BACKBONE_SIZES = ("test", "demo", "sd15", "test-sdxl", "sdxl")
+"""``make-backbone --size`` choices: :data:`dreambat.backbone.tiny.BACKBONE_SIZES`, spelt out so the
+parser builds without importing torch."""
+
+
 def _make_backbone(args: argparse.Namespace) -> int:
     from .backbone.tiny import write_tiny_backbone
 
@@ -99,8 +104,10 @@ def _make_backbone(args: argparse.Namespace) -> int:
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     folder = write_tiny_backbone(args.folder, args.size, seed=args.seed, overwrite=args.overwrite, dtype=dtype)
-    kind = "an SD-1.5-shaped (random weights)" if args.size == "sd15" else f"a tiny '{args.size}'"
-    print(f"Wrote {kind} Stable Diffusion backbone to {folder}")
+    kind = {"sd15": "an SD-1.5-shaped (random weights) Stable Diffusion",
+            "sdxl": "an SDXL-base-1.0-shaped (random weights) Stable Diffusion XL",
+            "test-sdxl": "a tiny Stable Diffusion XL"}.get(args.size, f"a tiny '{args.size}' Stable Diffusion")
+    print(f"Wrote {kind} backbone to {folder}")
     return 0
 
 
@@ -145,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = commands.add_parser("make-backbone", help="write an offline Stable Diffusion folder (random weights)")
     make.add_argument("folder", help="where to write the diffusers folder")
-    make.add_argument("--size", default="demo", choices=["test", "demo", "sd15"],
-                      help="test / demo: tiny; sd15: SD-1.5's exact shapes and CLIP tokenizer (4.3 GB at fp32)")
-    make.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight dtype (sd15)")
+    make.add_argument("--size", default="demo", choices=MAKE_BACKBONE_SIZES,
+                      help="test / demo: tiny; sd15: SD-1.5's exact shapes and CLIP tokenizer (4.3 GB at fp32); "
+                           "test-sdxl: a tiny SDXL; sdxl: SDXL-base-1.0's exact shapes (14 GB at fp32)")
+    make.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight dtype (sd15, sdxl)")
     make.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     make.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     make.set_defaults(func=_make_backbone)

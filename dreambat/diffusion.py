@@ -31,6 +31,41 @@ def encode_prompts(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
 
 
+def unet_conditioning(
+    backbone,
+    prompts: Sequence[str],
+    *,
+    text_encoder=None,
+    size: tuple[int, int] | None = None,
+    crop_top_left: tuple[int, int] = (0, 0),
+) -> dict[str, object]:
+    """The UNet's prompt conditioning for ``prompts``, as keyword arguments of its forward.
+
+    Stable Diffusion 1.x/2.x: ``encoder_hidden_states``, the text encoder's last hidden states.
+    SDXL (a backbone with ``text_encoder_2``): the penultimate hidden states of both encoders
+    concatenated, plus ``added_cond_kwargs`` with the second encoder's projected pooled output
+    (``text_embeds``) and the micro-conditioning ``time_ids`` ``(original h, w, crop top, left,
+    target h, w)``: ``size`` (the images' height and width; default the native resolution) for
+    both sizes and ``crop_top_left`` (the SDXL script's ``--crops_coords_top_left_h/w``). ``text_encoder`` replaces ``backbone.text_encoder``
+    (the accelerate-wrapped module that is being trained).
+    """
+    text_encoder = text_encoder if text_encoder is not None else backbone.text_encoder
+    ids = tokenize_prompts(backbone.tokenizer, prompts)
+    second = getattr(backbone, "text_encoder_2", None)
+    if second is None:
+        return {"encoder_hidden_states": encode_prompts(text_encoder, ids)}
+    first = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
+    ids_2 = tokenize_prompts(backbone.tokenizer_2, prompts)
+    out_2 = second(ids_2.to(second.device), output_hidden_states=True)
+    context = torch.cat([first.hidden_states[-2], out_2.hidden_states[-2].to(first.hidden_states[-2].device)], dim=-1)
+    height, width = size or (backbone.native_resolution,) * 2
+    time_ids = torch.tensor([[height, width, *crop_top_left, height, width]], dtype=context.dtype,
+                            device=context.device)
+    return {"encoder_hidden_states": context,
+            "added_cond_kwargs": {"text_embeds": out_2.text_embeds.to(context.device),
+                                  "time_ids": time_ids.repeat(len(prompts), 1)}}
+
+
 @torch.no_grad()
 def encode_images(vae, pixel_values: torch.Tensor) -> torch.Tensor:
     """Scaled VAE latents ``[B, 4, H/f, W/f]`` of images ``[B, 3, H, W]`` in ``[-1, 1]``.

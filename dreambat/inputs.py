@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
-from .backbone.load import native_resolution, resolve_backbone
+from .backbone.load import native_resolution, resolve_backbone, resolve_vae
 from .data.subject import readable_subject_images
 from .errors import ConfigError
 from .fields import flag
@@ -32,6 +32,11 @@ class RunInputs:
     )
     instance_data_dir: str = flag("Folder with the 3-10 subject photos (jpg/jpeg/png/webp/bmp).")
     instance_prompt: str = flag("Prompt naming the subject, e.g. 'a photo of sks dog'.")
+    pretrained_vae_model_name_or_path: str | None = flag(
+        "A VAE to use instead of the backbone's (a local AutoencoderKL folder or a cached hub id), e.g. "
+        "madebyollin/sdxl-vae-fp16-fix, SDXL's VAE that does not overflow in fp16.",
+        default=None,
+    )
     revision: str | None = flag("Revision (branch, tag or commit) of the backbone.", default=None)
     variant: str | None = flag("Weight variant of the backbone files, e.g. 'fp16'.", default=None)
     output_dir: str | None = flag(
@@ -45,6 +50,17 @@ class RunInputs:
         "resolution (UNet sample_size x VAE scale factor).",
         default=None,
     )
+    crops_coords_top_left_h: int = flag(
+        "SDXL: the crop top coordinate its micro-conditioning is given (as in diffusers' SDXL script).", default=0
+    )
+    crops_coords_top_left_w: int = flag(
+        "SDXL: the crop left coordinate its micro-conditioning is given (as in diffusers' SDXL script).", default=0
+    )
+
+    @property
+    def crop_top_left(self) -> tuple[int, int]:
+        """SDXL's ``(crop top, crop left)`` micro-conditioning."""
+        return self.crops_coords_top_left_h, self.crops_coords_top_left_w
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -52,6 +68,9 @@ class RunInputs:
         if not self.instance_prompt or not self.instance_prompt.strip():
             raise ConfigError("--instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'.")
         check_resolution(self.resolution)
+        for name in ("crops_coords_top_left_h", "crops_coords_top_left_w"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
 
 
 def check_resolution(resolution: int | None) -> None:
@@ -98,5 +117,7 @@ def resolve_inputs(inputs: RunInputs) -> ResolvedInputs:
         SubjectDataError: the subject folder is missing or holds no readable image.
     """
     backbone_path = resolve_backbone(inputs.pretrained_model_name_or_path, inputs.revision)
+    if inputs.pretrained_vae_model_name_or_path is not None:
+        resolve_vae(inputs.pretrained_vae_model_name_or_path)
     images = tuple(readable_subject_images(inputs.instance_data_dir))  # warns once about unreadable photos
     return ResolvedInputs(backbone_path, images, inputs.resolution or native_resolution(backbone_path))

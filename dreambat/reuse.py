@@ -91,6 +91,8 @@ SETTINGS_ADDED_LATER = {
     "clip_query": IMAGE_QUERY, "clip_query_prompt": None,  # selection
     "train_text_encoder_ti": False, "train_text_encoder_ti_frac": 0.5, "token_abstraction": "TOK",  # training
     "num_new_tokens_per_abstraction": 2, "initializer_concept": None, "text_encoder_lr": None,
+    "crops_coords_top_left_h": 0, "crops_coords_top_left_w": 0,  # inputs (SDXL's micro-conditioning)
+    "pretrained_vae_model_name_or_path": None,
 }
 
 
@@ -146,11 +148,14 @@ def scores_fingerprint(settings: ScoreSettings, resolved: ResolvedInputs, surrog
         return {"scores": "clip", **_similarity_scorer(selection), **subject, **pool}
     return {
         "backbone": str(settings.inputs.pretrained_model_name_or_path),
+        **recorded({"pretrained_vae_model_name_or_path": settings.inputs.pretrained_vae_model_name_or_path}),
         "surrogate_sha256": file_digest(surrogate),
         "subject_sha256": resolved.subject_digests,
         "instance_prompt": settings.inputs.instance_prompt,
         **pool,
         "resolution": resolved.resolution,
+        **recorded({name: getattr(settings.inputs, name)
+                    for name in ("crops_coords_top_left_h", "crops_coords_top_left_w")}),
         **settings.scoring.estimator(),
     }
 

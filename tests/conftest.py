@@ -22,6 +22,12 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return write_tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny-sd", "test", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_backbone(tmp_path_factory) -> Path:
+    """A diffusers folder holding the tiny SDXL ('test-sdxl', 32 px), written once."""
+    return write_tiny_backbone(tmp_path_factory.mktemp("backbone-sdxl") / "tiny-sdxl", "test-sdxl", seed=0)
+
+
 @pytest.fixture
 def subject_dir(tmp_path) -> Path:
     """A private copy of the bundled subject photos (tests may add bad files to it)."""

@@ -166,15 +166,21 @@ def build_tiny_components(
     }
 
 
-BACKBONE_SIZES = (*TINY_SIZES, "sd15")
-"""Every size ``dreambat make-backbone`` writes: the tiny ones and ``sd15`` (SD-1.5's exact shapes)."""
+BACKBONE_SIZES = (*TINY_SIZES, "sd15", "test-sdxl", "sdxl")
+"""Every size ``dreambat make-backbone`` writes: the tiny ones, ``sd15`` (SD-1.5's exact shapes),
+a tiny SDXL for tests and ``sdxl`` (SDXL-base-1.0's exact shapes)."""
 
 
 def build_tiny_pipeline(
     size: str | TinySize = "test", *, seed: int = 0, words: Iterable[str] = (), dtype: torch.dtype = torch.float32,
 ) -> StableDiffusionPipeline:
     """A :class:`StableDiffusionPipeline` over :func:`build_tiny_components`, or over
-    :func:`~dreambat.backbone.sd15.build_sd15_components` for ``"sd15"`` (no safety checker)."""
+    :func:`~dreambat.backbone.sd15.build_sd15_components` for ``"sd15"`` (no safety checker); for
+    ``"test-sdxl"`` / ``"sdxl"`` a ``StableDiffusionXLPipeline`` (:mod:`dreambat.backbone.sdxl`)."""
+    from .sdxl import SDXL_SIZES, build_sdxl_pipeline
+
+    if size in SDXL_SIZES:
+        return build_sdxl_pipeline(size, seed=seed, words=words, dtype=dtype)
     if size == "sd15":
         from .sd15 import build_sd15_components
 

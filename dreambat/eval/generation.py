@@ -45,15 +45,14 @@ def scheduler_class(name: str):
 
 def load_pipeline(folder: str | Path, *, device: torch.device, dtype: torch.dtype = torch.float32,
                   scheduler: str | None = None):
-    """A ``StableDiffusionPipeline`` from a local diffusers folder (no safety checker, no progress bar).
+    """A Stable Diffusion or SDXL pipeline from a local diffusers folder (no safety checker or
+    watermark, no progress bar).
 
     ``scheduler`` replaces the folder's sampler (built from the folder's scheduler config).
     """
-    from diffusers import StableDiffusionPipeline
+    from ..backbone.load import load_text_to_image_pipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        folder, safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True,
-    )
+    pipeline = load_text_to_image_pipeline(folder, dtype=dtype)
     if scheduler is not None:
         pipeline.scheduler = scheduler_class(scheduler).from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)

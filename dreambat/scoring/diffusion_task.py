@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from ..backbone.load import Backbone
-from ..diffusion import diffusion_target, encode_images, encode_prompts, tokenize_prompts
+from ..diffusion import diffusion_target, encode_images, unet_conditioning
 from ..errors import ConfigError
 from .draws import DrawDesign
 
@@ -40,14 +40,17 @@ class DiffusionLossTask:
         backbone: the components; the UNet (and text encoder) may carry LoRA adapters.
         design: the draws, or an int K for K stratum centres with one key-seeded draw each.
         output: ``"mse"`` (the training loss) or ``"square"`` (D-TRAK's ‖ε_θ‖²).
+        crop_top_left: SDXL's crop micro-conditioning, as in training (ignored by SD-1.x/2.x).
     """
 
-    def __init__(self, backbone: Backbone, design: DrawDesign | int, *, output: OutputFunction = "mse"):
+    def __init__(self, backbone: Backbone, design: DrawDesign | int, *, output: OutputFunction = "mse",
+                 crop_top_left: tuple[int, int] = (0, 0)):
         if output not in OUTPUT_FUNCTIONS:
             raise ConfigError(f"Unknown score output function {output!r}; choose one of {', '.join(OUTPUT_FUNCTIONS)}.")
         self.backbone = backbone
         self.design = design if isinstance(design, DrawDesign) else DrawDesign(design)
         self.output = output
+        self.crop_top_left = tuple(crop_top_left)
         self.timesteps = self.design.timesteps_for(backbone.noise_scheduler.config.num_train_timesteps)
 
     @property
@@ -84,8 +87,9 @@ class DiffusionLossTask:
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
         # One text-encoder row per term too, so a text-encoder LoRA's gradients separate by term.
         prompts = [prompt for prompt in batch["prompts"] for _ in range(J)]
-        context = encode_prompts(backbone.text_encoder, tokenize_prompts(backbone.tokenizer, prompts))
-        prediction = backbone.unet(noisy, timesteps, context, return_dict=False)[0].float()
+        conditioning = unet_conditioning(backbone, prompts, size=tuple(batch["pixel_values"].shape[-2:]),
+                                         crop_top_left=self.crop_top_left)
+        prediction = backbone.unet(noisy, timesteps, **conditioning, return_dict=False)[0].float()
         if self.output == "square":
             per_row = prediction.pow(2).mean(dim=(1, 2, 3))
         else:

@@ -319,16 +319,18 @@ def _score(
     state = process_state()
     inputs, scoring = settings.inputs, settings.scoring
     with timer("load"):
-        backbone = load_backbone(str(resolved.backbone_path), revision=inputs.revision, variant=inputs.variant)
-        for model in (backbone.unet, backbone.vae, backbone.text_encoder):
-            model.to(state.device)
+        backbone = load_backbone(str(resolved.backbone_path), revision=inputs.revision, variant=inputs.variant,
+                                 vae=inputs.pretrained_vae_model_name_or_path)
+        backbone.to(state.device)
         load_lora(surrogate, backbone.unet, backbone.text_encoder, adapter_name=SURROGATE_ADAPTER)
         # a surrogate trained with new tokens (pivotal tuning) scores with them; they stay fixed:
         # what is differentiated is the LoRA alone
         new_tokens = load_new_tokens(surrogate, backbone.tokenizer, backbone.text_encoder)
         blocks = LoraBlocks.from_models(backbone.unet, backbone.text_encoder)
-        task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output)
-        reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output)
+        task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output,
+                                 crop_top_left=inputs.crop_top_left)
+        reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output,
+                                           crop_top_left=inputs.crop_top_left)
         (prompt,) = expand_prompts([inputs.instance_prompt], new_tokens)
         subject = SubjectDataset(resolved.subject_images, prompt, resolved.resolution, center_crop=True)
         n_ref = len(subject) * reference_task.num_terms

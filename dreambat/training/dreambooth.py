@@ -79,10 +79,9 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
     dtype = weight_dtype(accelerator)
     backbone = load_backbone(
         str(backbone_path or config.pretrained_model_name_or_path), revision=config.revision,
-        variant=config.variant, dtype=dtype,
+        variant=config.variant, dtype=dtype, vae=config.pretrained_vae_model_name_or_path,
     )
-    for model in (backbone.unet, backbone.vae, backbone.text_encoder):
-        model.to(accelerator.device)
+    backbone.to(accelerator.device)
     add_unet_lora(backbone.unet, config.rank, dropout=config.lora_dropout)
     if config.train_text_encoder:
         add_text_encoder_lora(backbone.text_encoder, config.rank, dropout=config.lora_dropout)
@@ -310,4 +309,5 @@ def _save_outputs(
         source_counts=result.source_counts,
         num_class_images=result.class_images.used if result.class_images else None,
         resumed_from=result.resumed_from, extra_sections=model_card_sections,
+        pipeline_class="StableDiffusionXLPipeline" if backbone.is_sdxl else "StableDiffusionPipeline",
     )

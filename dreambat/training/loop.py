@@ -28,9 +28,8 @@ from ..diffusion import (
     denoising_loss,
     diffusion_target,
     encode_images,
-    encode_prompts,
     offset_noise,
-    tokenize_prompts,
+    unet_conditioning,
 )
 from ..errors import ConfigError
 from ..lora import lora_parameters
@@ -133,8 +132,9 @@ def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_enc
         0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
     ).long()
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    context = encode_prompts(text_encoder, tokenize_prompts(backbone.tokenizer, batch["prompts"]))
-    prediction = unet(noisy, timesteps, context, return_dict=False)[0]
+    conditioning = unet_conditioning(backbone, batch["prompts"], text_encoder=text_encoder,
+                                     size=tuple(batch["pixel_values"].shape[-2:]), crop_top_left=config.crop_top_left)
+    prediction = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
     target = diffusion_target(scheduler, latents, noise, timesteps)
     per_sample = denoising_loss(
         prediction, target, scheduler=scheduler, timesteps=timesteps, snr_gamma=config.snr_gamma

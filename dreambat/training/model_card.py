@@ -23,6 +23,7 @@ def write_model_card(
     num_class_images: int | None = None,
     resumed_from: str | None = None,
     extra_sections: Mapping[str, str] | None = None,
+    pipeline_class: str = "StableDiffusionPipeline",
 ) -> Path:
     """Write a Hugging Face style model card with usage code and the settings that matter.
 
@@ -31,13 +32,15 @@ def write_model_card(
         num_class_images: class images used for prior preservation.
         resumed_from: the checkpoint the run resumed from.
         extra_sections: more sections, heading -> markdown body, appended in order.
+        pipeline_class: the diffusers pipeline the usage code loads the base with
+            (``StableDiffusionXLPipeline`` for SDXL).
     """
     output_dir = Path(output_dir)
     base = config.pretrained_model_name_or_path
     loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
     samples = f"\n![validation samples]({grid_name})\n" if grid_name else ""
     prompt = config.validation_prompt or config.instance_prompt
-    use = f"""pipe = StableDiffusionPipeline.from_pretrained("{base}")
+    use = f"""pipe = {pipeline_class}.from_pretrained("{base}")
 pipe.load_lora_weights("{output_dir}")"""
     new = config.new_tokens
     if new is not None:
@@ -47,9 +50,10 @@ pipe.load_lora_weights("{output_dir}")"""
 state = load_file("{embeddings_file(output_dir)}")
 pipe.load_textual_inversion(state["{TEXT_ENCODER_KEY}"], token={list(new.tokens)},
                             text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)"""
-    imports = "from diffusers import StableDiffusionPipeline"
+    imports = f"from diffusers import {pipeline_class}"
     if new is not None:
         imports += "\nfrom safetensors.torch import load_file"
+    xl_tag = "\n- stable-diffusion-xl" if "XL" in pipeline_class else ""
     card = f"""---
 base_model: {base}
 library_name: diffusers
@@ -60,7 +64,7 @@ tags:
 - diffusers
 - lora
 - dreambooth
-- dreambat
+- dreambat{xl_tag}
 ---
 
 # DreamBooth LoRA trained with dreambat

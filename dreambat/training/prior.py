@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import StableDiffusionPipeline
+
 from .. import preemption
+from ..backbone.load import load_text_to_image_pipeline
 from ..files import save_image_atomically
 from ..progress import progress
 
@@ -81,10 +82,8 @@ def _generate(
     dtype: torch.dtype,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        backbone_path, safety_checker=None, requires_safety_checker=False, dtype=dtype,
-        variant=config.variant, local_files_only=True,
-    ).to(device)
+    pipeline = load_text_to_image_pipeline(backbone_path, dtype=dtype, variant=config.variant,
+                                           vae=config.pretrained_vae_model_name_or_path).to(device)
     pipeline.set_progress_bar_config(disable=True)
     seed = config.seed or 0
     batch_size = config.sample_batch_size

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from ..data.class_images import list_class_images
 from ..data.stream import check_gamma
-from ..errors import DataError
+from ..backbone.load import is_sdxl_folder
+from ..errors import ConfigError, DataError
 from ..inputs import ResolvedInputs, resolve_inputs
 from ..launch import cpu_only
 from .checkpoints import resolve_resume
@@ -25,10 +26,17 @@ logger = logging.getLogger(__name__)
 def check_training_inputs(config: TrainConfig, resolved: ResolvedInputs | None = None) -> ResolvedInputs:
     """Fail fast, before any model loads; returns the resolved inputs (given or computed here).
 
-    Checks that the backbone resolves, the subject folder has images, ``--use_8bit_adam`` can be
+    Checks that the backbone resolves (and, on SDXL, that no text-encoder training is asked for),
+    the subject folder has images, ``--use_8bit_adam`` can be
     honoured, ``--class_data_dir`` is not a file and a named ``--resume_from_checkpoint`` exists.
     """
     resolved = resolved or resolve_inputs(config)
+    if is_sdxl_folder(resolved.backbone_path) and (config.train_text_encoder or config.train_text_encoder_ti):
+        flag = "--train_text_encoder_ti" if config.train_text_encoder_ti else "--train_text_encoder"
+        raise ConfigError(
+            f"{flag} is not supported on SDXL backbones yet ({resolved.backbone_path} has two text encoders): "
+            "dreambat trains SDXL's UNet LoRA only. Leave the flag out, or use an SD-1.x/2.x backbone."
+        )
     if config.mixed_precision == "fp16" and cpu_only():
         logger.warning(
             "--mixed_precision fp16 on a machine without a GPU: CPUs have no fast fp16 kernels and fp16 "

@@ -6,21 +6,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from ..backbone.load import Backbone
+from ..backbone.load import Backbone, load_text_to_image_pipeline
 from ..image_grid import image_grid
 from ..pivotal import expand_prompts, load_new_tokens
 
 
-def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None) -> StableDiffusionPipeline:
+def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None
+                           ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A sampling pipeline sharing ``backbone``'s modules (optionally swapped for trained ones).
 
     The scheduler is a copy: sampling sets its inference timesteps, which must not leak into
     the training noise scheduler.
     """
     scheduler = type(backbone.noise_scheduler).from_config(backbone.noise_scheduler.config)
+    if backbone.is_sdxl:
+        return StableDiffusionXLPipeline(
+            vae=backbone.vae, text_encoder=text_encoder if text_encoder is not None else backbone.text_encoder,
+            text_encoder_2=backbone.text_encoder_2, tokenizer=backbone.tokenizer, tokenizer_2=backbone.tokenizer_2,
+            unet=unet if unet is not None else backbone.unet, scheduler=scheduler, add_watermarker=False,
+        )
     return StableDiffusionPipeline(
         vae=backbone.vae,
         text_encoder=text_encoder if text_encoder is not None else backbone.text_encoder,
@@ -121,10 +128,7 @@ def render_comparison(
     Returns:
         ``(grid, rows)``: rows alternate base / LoRA per prompt, ``num_images`` images each.
     """
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        backbone_path, safety_checker=None, requires_safety_checker=False, dtype=dtype,
-        local_files_only=True,
-    ).to(device)
+    pipeline = load_text_to_image_pipeline(backbone_path, dtype=dtype).to(device)
     pipeline.set_progress_bar_config(disable=True)
     kwargs = {"seed": seed, "num_inference_steps": num_inference_steps, "resolution": resolution}
     base_rows = [generate(pipeline, prompt, num_images, **kwargs) for prompt in prompts]

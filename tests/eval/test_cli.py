@@ -3,6 +3,7 @@
 import runpy
 
 import pytest
+import torch
 
 from dreambat.cli import main
 from tests.conftest import REPO
@@ -75,3 +76,21 @@ def test_a_run_resolves_its_backbone_once(tiny_backbone, tiny_evaluators, subjec
                  "--num_images", "1", "--num_inference_steps", "1", "--device", "cpu",
                  "--output", str(tmp_path / "grid.png")]) == 0
     assert len(calls) == 1
+
+
+def test_dreambat_eval_and_grid_on_an_sdxl_lora(tiny_sdxl_backbone, tiny_evaluators, subject_dir, tmp_path, capsys):
+    from dreambat.backbone.sdxl import build_tiny_sdxl_components
+    from dreambat.lora import add_unet_lora, save_lora
+
+    torch.manual_seed(1)
+    unet = build_tiny_sdxl_components()["unet"]
+    add_unet_lora(unet, rank=2, init_lora_weights=False)
+    lora = save_lora(tmp_path / "lora", unet).parent
+    flags = _flags(tiny_sdxl_backbone, tiny_evaluators, subject_dir, tmp_path / "out")
+    assert main([*flags, "--lora_dir", str(lora), "--method_name", "bat", "--metrics", "dino", "clip_t"]) == 0
+    assert "| bat |" in capsys.readouterr().out
+    assert (tmp_path / "out/bat/subject/00_0.png").is_file()
+    assert main(["grid", "--pretrained_model_name_or_path", str(tiny_sdxl_backbone), "--prompt", "a sks star",
+                 "--lora_dir", str(lora), "--num_images", "1", "--num_inference_steps", "1",
+                 "--output", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -1,0 +1,144 @@
+"""BAT on a Stable Diffusion XL backbone (the tiny 'test-sdxl'): the same end-to-end, LoRA-loading,
+resume and two-process checks as on SD, plus SDXL's conditioning against diffusers' own."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import load_file
+
+from dreambat import preemption
+from dreambat.albat.manifest import read_manifest
+from dreambat.backbone.load import load_backbone
+from dreambat.bat.pipeline import run_bat
+from dreambat.cli import parse_run_config
+from dreambat.diffusion import unet_conditioning
+from dreambat.errors import ConfigError
+from tests.bat.test_pipeline import PROMPT, _check_outputs, _flags, _launch, shard  # noqa: F401 (fixture)
+from tests.conftest import REPO
+from tests.runs import stop_points
+from tests.runs import test_interruptions as stops
+
+SUBJECT = REPO / "assets" / "subject"
+
+
+def test_conditioning_equals_the_sdxl_pipelines_own(tiny_sdxl_backbone):
+    """Both encoders' penultimate states side by side, the second's pooled projection, and the time
+    ids: what ``StableDiffusionXLPipeline`` feeds its UNet for the same prompts and sizes."""
+    backbone = load_backbone(str(tiny_sdxl_backbone))
+    pipe = StableDiffusionXLPipeline(vae=backbone.vae, text_encoder=backbone.text_encoder,
+                                     text_encoder_2=backbone.text_encoder_2, tokenizer=backbone.tokenizer,
+                                     tokenizer_2=backbone.tokenizer_2, unet=backbone.unet,
+                                     scheduler=backbone.noise_scheduler, add_watermarker=False)
+    prompts = ["a photo of sks star", "a red circle"]
+    with torch.no_grad():
+        ours = unet_conditioning(backbone, prompts, size=(32, 24), crop_top_left=(3, 5))
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+    time_ids = pipe._get_add_time_ids((32, 24), (3, 5), (32, 24), dtype=embeds.dtype,
+                                      text_encoder_projection_dim=backbone.text_encoder_2.config.projection_dim)
+    assert ours["encoder_hidden_states"].shape == (2, 77, 32 + 48)
+    torch.testing.assert_close(ours["encoder_hidden_states"], embeds, rtol=0, atol=0)
+    torch.testing.assert_close(ours["added_cond_kwargs"]["text_embeds"], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(ours["added_cond_kwargs"]["time_ids"], time_ids.repeat(2, 1), rtol=0, atol=0)
+    assert ours["added_cond_kwargs"]["time_ids"][0].tolist() == [32, 24, 3, 5, 32, 24]
+
+
+@pytest.fixture(scope="module")
+def sdxl_run(tmp_path_factory, tiny_sdxl_backbone, shard):  # noqa: F811
+    out = tmp_path_factory.mktemp("bat-sdxl") / "out"
+    done = _launch(_flags(tiny_sdxl_backbone, SUBJECT, out, shard, "--augmentation_ratio", "0.5"))
+    return {"out": out, "stdout": done.stdout, "backbone": tiny_sdxl_backbone}
+
+
+def test_sdxl_run_writes_every_output(sdxl_run):
+    report, records = _check_outputs(sdxl_run["out"], selection="albat")
+    assert report["stages"] == {"surrogate": "ran", "score": "ran", "select": "ran", "train": "ran"}
+    assert all(r.score is not None and np.isfinite(r.score) for r in records)
+    card = (sdxl_run["out"] / "README.md").read_text()
+    assert "StableDiffusionXLPipeline.from_pretrained" in card and "stable-diffusion-xl" in card
+
+
+def test_sdxl_lora_loads_into_the_sdxl_pipeline_with_the_trained_values(sdxl_run):
+    """``StableDiffusionXLPipeline.load_lora_weights(output_dir)`` puts every saved LoRA matrix into
+    the UNet unchanged (no layer dropped, no scale applied), and the output moves."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_run["backbone"]), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def render():
+        return pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                    height=32, width=32, output_type="np").images[0]
+
+    before = render()
+    pipe.load_lora_weights(str(sdxl_run["out"]))
+    saved = load_file(sdxl_run["out"] / "pytorch_lora_weights.safetensors")
+    assert saved and all(k.startswith("unet.") for k in saved)
+    loaded = {name: p for name, p in pipe.unet.named_parameters() if "lora_" in name}
+    assert len(loaded) == len(saved)
+    for key, value in saved.items():
+        # the file's unet.<module>.lora.down|up.weight is peft's <module>.lora_A|B.<adapter>.weight
+        module, direction = key.removeprefix("unet.").removesuffix(".weight").rsplit(".lora.", 1)
+        kind = {"down": "lora_A", "up": "lora_B"}[direction]
+        [match] = [p for name, p in loaded.items() if name.startswith(f"{module}.{kind}.")]
+        assert torch.equal(match.detach(), value), key
+    assert np.abs(render() - before).max() > 1e-4
+
+
+def test_sdxl_two_processes_give_the_single_process_manifest(sdxl_run, tmp_path, shard):  # noqa: F811
+    out = tmp_path / "out"
+    _launch(_flags(sdxl_run["backbone"], SUBJECT, out, shard, "--surrogate_lora", str(sdxl_run["out"] / "surrogate"),
+                   "--max_train_steps", "2", "--report_to", "none", validation=False), processes=2)
+    single = read_manifest(sdxl_run["out"] / "selection.jsonl")
+    double = read_manifest(out / "selection.jsonl")
+    assert [(r.index, r.key, r.score, r.selected) for r in double] == [(r.index, r.key, r.score, r.selected)
+                                                                       for r in single]
+
+
+@pytest.fixture(scope="module")
+def sdxl_uninterrupted(tmp_path_factory, tiny_sdxl_backbone, shard):  # noqa: F811
+    out = tmp_path_factory.mktemp("sdxl-stop-reference") / "out"
+    run_bat(parse_run_config(stops._flags(tiny_sdxl_backbone, out, shard)))
+    return stops._outputs(out)
+
+
+@pytest.mark.parametrize("point", ["surrogate", "score", "train"])
+def test_sdxl_run_stopped_then_rerun_gives_the_uninterrupted_outputs(
+        point, tmp_path, tiny_sdxl_backbone, shard, sdxl_uninterrupted, monkeypatch):  # noqa: F811
+    out = tmp_path / "out"
+    settings = parse_run_config(stops._flags(tiny_sdxl_backbone, out, shard))
+    with monkeypatch.context() as patch:
+        stop_points.install(point, signal.SIGTERM, patch.setattr)
+        with preemption.graceful_stop(), pytest.raises(preemption.Preempted):
+            run_bat(settings)
+    run_bat(settings)
+    stops._assert_clean(out)
+    stops._assert_stages(out, point)
+    stops._assert_same(stops._outputs(out), sdxl_uninterrupted)
+
+
+@pytest.mark.parametrize("flags", [["--train_text_encoder"], ["--train_text_encoder_ti", "--token_abstraction", "sks"]])
+def test_text_encoder_training_on_sdxl_is_refused_before_any_model_loads(
+        tmp_path, tiny_sdxl_backbone, shard, monkeypatch, flags):  # noqa: F811
+    monkeypatch.setattr("dreambat.backbone.load.load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr("dreambat.training.dreambooth.load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
+    flag = flags[0]
+    settings = parse_run_config(_flags(tiny_sdxl_backbone, SUBJECT, tmp_path / "out", shard, *flags))
+    with pytest.raises(ConfigError, match=f"{flag} is not supported on SDXL"):
+        run_bat(settings)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_second_text_encoder_is_named(tmp_path, tiny_sdxl_backbone):
+    import shutil
+
+    from dreambat.backbone.load import resolve_backbone
+    from dreambat.errors import ModelNotFoundError
+
+    broken = shutil.copytree(tiny_sdxl_backbone, tmp_path / "sdxl")
+    shutil.rmtree(broken / "text_encoder_2")
+    with pytest.raises(ModelNotFoundError, match="missing subfolder.*text_encoder_2"):
+        resolve_backbone(str(broken))
+    assert json.loads((broken / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
