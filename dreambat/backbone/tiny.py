@@ -217,7 +217,9 @@ def write_tiny_backbone(
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_pipeline(size, seed=seed, words=words, dtype=dtype).save_pretrained(tmp, safe_serialization=True)
+    # shards of at most 2 GB: serialising SDXL's 10 GB UNet in one piece would need a second copy in memory
+    build_tiny_pipeline(size, seed=seed, words=words, dtype=dtype).save_pretrained(
+        tmp, safe_serialization=True, max_shard_size="2GB")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
