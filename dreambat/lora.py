@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_peft,
@@ -116,34 +116,38 @@ def lora_weights_file(path: str | Path, *, what: str = "LoRA") -> Path:
     return file
 
 
-def save_lora(output_dir: str | Path, unet, text_encoder=None) -> Path:
+def save_lora(output_dir: str | Path, unet, text_encoder=None, text_encoder_2=None) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` in diffusers' LoRA format.
 
     Args:
         output_dir: created if missing.
         unet: a UNet with a LoRA adapter (possibly wrapped by accelerate: unwrap it first).
         text_encoder: a text encoder with a LoRA adapter, or ``None`` when it was not trained.
+        text_encoder_2: SDXL's second text encoder with a LoRA adapter (keys ``text_encoder_2.*``,
+            as ``StableDiffusionXLPipeline.load_lora_weights`` reads them), or ``None``.
 
     Returns:
         The path of the weights file.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(
-        output_dir,
-        unet_lora_layers=lora_state_dict(unet),
-        text_encoder_lora_layers=lora_state_dict(text_encoder) if text_encoder is not None else None,
-        weight_name=LORA_WEIGHTS_NAME,
-        safe_serialization=True,
-    )
+    layers = {"unet_lora_layers": lora_state_dict(unet),
+              "text_encoder_lora_layers": lora_state_dict(text_encoder) if text_encoder is not None else None}
+    saver = StableDiffusionPipeline
+    if text_encoder_2 is not None:
+        saver, layers["text_encoder_2_lora_layers"] = StableDiffusionXLPipeline, lora_state_dict(text_encoder_2)
+    saver.save_lora_weights(output_dir, **layers, weight_name=LORA_WEIGHTS_NAME, safe_serialization=True)
     return output_dir / LORA_WEIGHTS_NAME
 
 
-def load_lora(source: str | Path, unet, text_encoder=None, *, adapter_name: str = "default") -> Path:
-    """Load a diffusers-format LoRA (a folder or its ``.safetensors`` file) into ``unet`` / ``text_encoder``.
+def load_lora(source: str | Path, unet, text_encoder=None, text_encoder_2=None, *,
+              adapter_name: str = "default") -> Path:
+    """Load a diffusers-format LoRA (a folder or its ``.safetensors`` file) into ``unet`` /
+    ``text_encoder`` / SDXL's ``text_encoder_2``.
 
     If the models have no adapter called ``adapter_name`` one is created from the file, with the
-    rank and targets the file implies (as ``pipe.load_lora_weights`` does). If they already have
+    rank and targets the file implies (as ``pipe.load_lora_weights`` does), its factors trainable
+    in every model (as peft creates them). If they already have
     it (resuming a training checkpoint), its weights are overwritten in place, so an optimiser
     holding those parameters keeps working; the file must then fit exactly.
 
@@ -157,14 +161,19 @@ def load_lora(source: str | Path, unet, text_encoder=None, *, adapter_name: str 
     """
     file = lora_weights_file(source)
     if adapter_name in (getattr(unet, "peft_config", None) or {}):
-        _fill_adapters(file, unet, text_encoder, adapter_name)
+        _fill_adapters(file, unet, text_encoder, adapter_name, text_encoder_2)
         return file
     state, alphas = StableDiffusionPipeline.lora_state_dict(str(file.parent), weight_name=file.name)
     StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=unet, adapter_name=adapter_name)
-    if text_encoder is not None and any(key.startswith("text_encoder.") for key in state):
-        StableDiffusionPipeline.load_lora_into_text_encoder(
-            state, alphas, text_encoder=text_encoder, adapter_name=adapter_name
-        )
+    for prefix, model in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+        if model is not None and any(key.startswith(prefix + ".") for key in state):
+            StableDiffusionXLPipeline.load_lora_into_text_encoder(
+                state, alphas, text_encoder=model, prefix=prefix, adapter_name=adapter_name
+            )
+            # transformers loads these frozen where diffusers' UNet loader leaves them trainable; ALBAT
+            # differentiates every trainable LoRA factor, so a text-encoder LoRA must be one too
+            for _, module in lora_factors(model):
+                module.weight.requires_grad_(True)
     return file
 
 
@@ -182,12 +191,14 @@ def unload_lora(*models: torch.nn.Module | None) -> None:
             model._hf_peft_config_loaded = None
 
 
-def _fill_adapters(file: Path, unet, text_encoder, adapter_name: str) -> None:
+def _fill_adapters(file: Path, unet, text_encoder, adapter_name: str, text_encoder_2=None) -> None:
     state = load_file(file)
     parts = {
         "unet": (unet, convert_unet_state_dict_to_peft),
         "text_encoder": (text_encoder, convert_state_dict_to_peft),
     }
+    if text_encoder_2 is not None or any(k.startswith("text_encoder_2.") for k in state):
+        parts["text_encoder_2"] = (text_encoder_2, convert_state_dict_to_peft)
     for prefix, (model, convert) in parts.items():
         own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
         if (model is None) != (not own):

@@ -56,6 +56,28 @@ def test_text_encoder_lora_is_saved_under_its_prefix(tmp_path):
     assert any(k.startswith("unet.") for k in keys)
 
 
+def test_a_loaded_text_encoder_lora_is_trainable_and_scored_like_the_unets(tmp_path):
+    """Transformers loads a text-encoder LoRA frozen; ALBAT differentiates the trainable factors, so
+    load_lora makes them trainable: a surrogate's text-encoder LoRA is scored, not silently left out."""
+    from dreambat.albat.blocks import LoraBlocks
+    from dreambat.lora import load_lora
+
+    components = build_tiny_components("test")
+    add_unet_lora(components["unet"], rank=2, init_lora_weights=False)
+    add_text_encoder_lora(components["text_encoder"], rank=2, init_lora_weights=False)
+    path = save_lora(tmp_path, components["unet"], components["text_encoder"])
+    fresh = build_tiny_components("test")
+    for model in (fresh["unet"], fresh["text_encoder"]):
+        model.requires_grad_(False)
+    load_lora(path, fresh["unet"], fresh["text_encoder"], adapter_name="surrogate")
+    unet_params, text_params = lora_parameters(fresh["unet"]), lora_parameters(fresh["text_encoder"])
+    assert len(text_params) == len(lora_parameters(components["text_encoder"])) > 0
+    blocks = LoraBlocks.from_models(fresh["unet"], fresh["text_encoder"])
+    assert len(blocks.dims) == len(unet_params) + len(text_params)
+    saved = load_file(path)
+    assert sum(k.startswith("text_encoder.") for k in saved) == len(text_params)
+
+
 @pytest.mark.parametrize("kwargs", [{"rank": 0}, {"rank": 4, "dropout": 1.0}])
 def test_bad_lora_settings(kwargs):
     unet = build_tiny_components("test")["unet"]
