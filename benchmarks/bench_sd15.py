@@ -10,7 +10,7 @@ image is generated. Random weights say nothing about quality; this measures that
 at the real size, and what it costs.
 
     python -m benchmarks.bench_sd15 --resolution 128
-    python -m benchmarks.bench_sd15 --size sdxl --resolution 128 --mixed_precision no \
+    python -m benchmarks.bench_sd15 --size sdxl --resolution 128 --mixed_precision no --no_validation \
         --out benchmarks/results/sdxl-e2e-fp32.json
 """
 
@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="surrogate and final training steps")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--mixed_precision", default="bf16")
+    p.add_argument("--no_validation", action="store_true",
+                   help="no validation grid (it loads a second copy of the backbone: SDXL's does not fit twice in 24 GB)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sd15-e2e.json")
     args = p.parse_args()
     args.work_dir = args.work_dir or REPO / "outputs" / args.size
@@ -64,7 +66,8 @@ def main() -> None:
         "--backbone_shards", str(REPO / "assets" / "backbone" / "shard-00000.tar"),
         "--max_candidates", str(args.candidates), "--num_score_timesteps", "2", "--reference_draws", "1",
         "--score_batch_size", "2", "--num_backbone_samples", "4", "--keep_nonpositive",
-        "--validation_prompt", "a photo of sks dog on the beach", "--num_validation_images", "1",
+        *([] if args.no_validation else ["--validation_prompt", "a photo of sks dog on the beach",
+                                         "--num_validation_images", "1"]),
         "--num_inference_steps", "2", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1",
         "--report_to", "none",
     ]

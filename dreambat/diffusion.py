@@ -36,6 +36,7 @@ def unet_conditioning(
     prompts: Sequence[str],
     *,
     text_encoder=None,
+    text_encoder_2=None,
     size: tuple[int, int] | None = None,
     crop_top_left: tuple[int, int] = (0, 0),
 ) -> dict[str, object]:
@@ -46,12 +47,15 @@ def unet_conditioning(
     concatenated, plus ``added_cond_kwargs`` with the second encoder's projected pooled output
     (``text_embeds``) and the micro-conditioning ``time_ids`` ``(original h, w, crop top, left,
     target h, w)``: ``size`` (the images' height and width; default the native resolution) for
-    both sizes and ``crop_top_left`` (the SDXL script's ``--crops_coords_top_left_h/w``). ``text_encoder`` replaces ``backbone.text_encoder``
-    (the accelerate-wrapped module that is being trained).
+    both sizes and ``crop_top_left`` (the SDXL script's ``--crops_coords_top_left_h/w``).
+    ``text_encoder`` / ``text_encoder_2`` replace the backbone's (the accelerate-wrapped modules
+    that are being trained).
     """
     text_encoder = text_encoder if text_encoder is not None else backbone.text_encoder
     ids = tokenize_prompts(backbone.tokenizer, prompts)
     second = getattr(backbone, "text_encoder_2", None)
+    if second is not None and text_encoder_2 is not None:
+        second = text_encoder_2
     if second is None:
         return {"encoder_hidden_states": encode_prompts(text_encoder, ids)}
     first = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)

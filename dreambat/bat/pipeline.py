@@ -11,6 +11,7 @@ the scoring; ``--resume_from_checkpoint latest`` continues the final training it
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 from dataclasses import dataclass, field
@@ -107,6 +108,17 @@ def run_bat(settings: BatSettings) -> BatResult:
         return _run_bat(settings)
 
 
+def _release_models() -> None:
+    """Free a finished stage's models before the next stage loads its own copy: accelerate's hooks
+    keep them in reference cycles that only the cyclic collector frees, and at SDXL's size (14 GB in
+    fp32) two copies do not fit in 24 GB."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _run_bat(settings: BatSettings) -> BatResult:
     checked = check_bat_inputs(settings)
     resolved = checked.resolved
@@ -129,12 +141,14 @@ def _run_bat(settings: BatSettings) -> BatResult:
             surrogate = surrogate_stage(settings, output_dir, resolved, given=checked.surrogate,
                                         reusable="surrogate" in plan.reusable)
         stages["surrogate"], surrogate_path = surrogate.status, surrogate.path
+        _release_models()
         state.wait_for_everyone()
         preemption.check("after stage 1/5 (the surrogate LoRA is saved)", state)
     if settings.needs_scoring:
         with timer("score"):
             scored = scoring_stage(settings, surrogate_path, resolved, checked.shards)
         stages["score"] = scored.run_status
+        _release_models()
 
     records, selection, score_report = [], None, None
     if needs.candidates:

@@ -72,11 +72,12 @@ class LoraSwitch:
         embeddings when it was trained with pivotal tuning."""
         if lora == self.current:
             return
+        second = getattr(self.pipeline, "text_encoder_2", None)  # SDXL's
         if self.current is not None:
-            unload_lora(self.pipeline.unet, self.pipeline.text_encoder)
+            unload_lora(self.pipeline.unet, self.pipeline.text_encoder, second)
         self.new_tokens = None
         if lora is not None:
-            load_lora(lora, self.pipeline.unet, self.pipeline.text_encoder)
+            load_lora(lora, self.pipeline.unet, self.pipeline.text_encoder, second)
             self.new_tokens = load_new_tokens(lora, self.pipeline.tokenizer, self.pipeline.text_encoder)
         self.current = lora
 

@@ -322,11 +322,12 @@ def _score(
         backbone = load_backbone(str(resolved.backbone_path), revision=inputs.revision, variant=inputs.variant,
                                  vae=inputs.pretrained_vae_model_name_or_path)
         backbone.to(state.device)
-        load_lora(surrogate, backbone.unet, backbone.text_encoder, adapter_name=SURROGATE_ADAPTER)
+        load_lora(surrogate, backbone.unet, backbone.text_encoder, backbone.text_encoder_2,
+                  adapter_name=SURROGATE_ADAPTER)
         # a surrogate trained with new tokens (pivotal tuning) scores with them; they stay fixed:
         # what is differentiated is the LoRA alone
         new_tokens = load_new_tokens(surrogate, backbone.tokenizer, backbone.text_encoder)
-        blocks = LoraBlocks.from_models(backbone.unet, backbone.text_encoder)
+        blocks = LoraBlocks.from_models(*backbone.models[:1], *backbone.models[2:])  # UNet and text encoder(s)
         task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output,
                                  crop_top_left=inputs.crop_top_left)
         reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output,

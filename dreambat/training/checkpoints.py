@@ -142,25 +142,23 @@ def check_stream_state(checkpoint: Path, expected: dict) -> None:
 
 
 def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None, *,
-                              pivotal: PivotalEmbedding | None = None) -> list:
-    """Make ``save_state``/``load_state`` store only the LoRA adapters of ``unet``/``text_encoder``.
+                              pivotal: PivotalEmbedding | None = None, text_encoder_2=None) -> list:
+    """Make ``save_state``/``load_state`` store only the LoRA adapters of ``unet``/``text_encoder``
+    (and SDXL's ``text_encoder_2``).
 
-    ``unet`` and ``text_encoder`` are the unwrapped modules (the text encoder only when trained).
+    ``unet`` and the text encoders are the unwrapped modules (the text encoders only when trained).
     ``pivotal``'s new-token embeddings are restored on load (:func:`save_checkpoint` writes them).
     Returns the hook handles (``handle.remove()`` unregisters).
     """
 
-    def identify(models):
+    def identify(models, wanted):
         unwrapped = [accelerator.unwrap_model(model) for model in models]
-        return (
-            next((m for m in unwrapped if m is unet), None),
-            next((m for m in unwrapped if text_encoder is not None and m is text_encoder), None),
-        )
+        return next((m for m in unwrapped if wanted is not None and m is wanted), None)
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            found_unet, found_text_encoder = identify(models)
-            save_lora(output_dir, found_unet or unet, found_text_encoder)
+            save_lora(output_dir, identify(models, unet) or unet, identify(models, text_encoder),
+                      identify(models, text_encoder_2))
         weights.clear()  # nothing else: the frozen backbone is not part of a checkpoint
 
     def load_hook(models, input_dir):
@@ -168,7 +166,7 @@ def register_lora_state_hooks(accelerator: Accelerator, unet, text_encoder=None,
         folder = Path(input_dir)
         if not (folder / LORA_WEIGHTS_NAME).is_file():
             raise ConfigError(f"Checkpoint '{folder}' has no {LORA_WEIGHTS_NAME}; it is incomplete, resume from another.")
-        load_lora(folder, unet, text_encoder)
+        load_lora(folder, unet, text_encoder, text_encoder_2)
         if pivotal is not None:
             if find_embeddings(folder) is None:
                 raise ConfigError(f"Checkpoint '{folder}' has no new-token embeddings, and this run trains them "

@@ -83,8 +83,9 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
     )
     backbone.to(accelerator.device)
     add_unet_lora(backbone.unet, config.rank, dropout=config.lora_dropout)
-    if config.train_text_encoder:
-        add_text_encoder_lora(backbone.text_encoder, config.rank, dropout=config.lora_dropout)
+    if config.train_text_encoder:  # both of SDXL's, as diffusers' SDXL script does
+        for text_encoder in backbone.models[2:]:
+            add_text_encoder_lora(text_encoder, config.rank, dropout=config.lora_dropout)
     pivotal = None
     if config.new_tokens is not None:
         generator = torch.Generator().manual_seed(config.seed or 0)
@@ -93,7 +94,7 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
         pivotal.to(accelerator.device)
     if dtype != torch.float32:
         # Frozen weights run in half precision; the trained LoRA weights stay in fp32.
-        cast_training_params([backbone.unet, backbone.text_encoder], dtype=torch.float32)
+        cast_training_params([backbone.unet, *backbone.models[2:]], dtype=torch.float32)
     return backbone, pivotal
 
 
@@ -207,10 +208,11 @@ def run_dreambooth(
         if validation_every and step % validation_every == 0 and step < num_steps and accelerator.is_main_process:
             unet = accelerator.unwrap_model(backbone.unet)
             text_encoder = backbone.text_encoder if config.train_text_encoder else None
+            text_encoder_2 = backbone.text_encoder_2 if config.train_text_encoder else None
             images = sample_during_training(
                 backbone, expand_prompts([config.validation_prompt], config.new_tokens)[0],
                 config.num_validation_images, unet=unet,
-                text_encoder=text_encoder, seed=config.seed or 0,
+                text_encoder=text_encoder, text_encoder_2=text_encoder_2, seed=config.seed or 0,
                 num_inference_steps=config.num_inference_steps, resolution=config.resolution,
             )
             log_images(accelerator, f"{description}/validation", images, step)
@@ -284,8 +286,8 @@ def _save_outputs(
     """Main process: LoRA weights (and new-token embeddings), base-vs-LoRA grid read back from the
     saved files, model card."""
     unet = accelerator.unwrap_model(backbone.unet)
-    text_encoder = accelerator.unwrap_model(backbone.text_encoder) if config.train_text_encoder else None
-    result.lora_path = save_lora(result.output_dir, unet, text_encoder)
+    text_encoders = [accelerator.unwrap_model(m) for m in backbone.models[2:]] if config.train_text_encoder else []
+    result.lora_path = save_lora(result.output_dir, unet, *text_encoders)
     logger.info("%s: saved the LoRA weights to %s.", description, result.lora_path)
     if pivotal is not None:
         result.embeddings_path = pivotal.save(result.output_dir)

@@ -117,7 +117,8 @@ def build_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], num_p
     )
 
 
-def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_encoder, unet) -> torch.Tensor:
+def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_encoder, unet,
+                  text_encoder_2=None) -> torch.Tensor:
     """Denoising loss of ``batch`` at random timesteps (ε or v target, optional Min-SNR).
 
     Rows whose ``batch["sources"]`` entry is ``"class"`` are prior-preservation rows: the loss is
@@ -133,7 +134,8 @@ def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_enc
     ).long()
     noisy = scheduler.add_noise(latents, noise, timesteps)
     conditioning = unet_conditioning(backbone, batch["prompts"], text_encoder=text_encoder,
-                                     size=tuple(batch["pixel_values"].shape[-2:]), crop_top_left=config.crop_top_left)
+                                     text_encoder_2=text_encoder_2, size=tuple(batch["pixel_values"].shape[-2:]),
+                                     crop_top_left=config.crop_top_left)
     prediction = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
     target = diffusion_target(scheduler, latents, noise, timesteps)
     per_sample = denoising_loss(
@@ -192,8 +194,9 @@ def train_lora(
         Preempted: a stop signal arrived; the state of the last finished step is saved by ``on_stop``.
     """
     text_encoder = backbone.text_encoder if config.train_text_encoder else None
+    text_encoder_2 = backbone.text_encoder_2 if config.train_text_encoder else None  # SDXL's second one
     unet_params = lora_parameters(backbone.unet)
-    text_params = lora_parameters(text_encoder) + ([pivotal.vectors] if pivotal is not None else [])
+    text_params = lora_parameters(text_encoder, text_encoder_2) + ([pivotal.vectors] if pivotal is not None else [])
     params = unet_params + text_params
     optimizer = build_optimizer(config, unet_params, accelerator.num_processes, text_params)
     pivot_step = math.ceil(config.train_text_encoder_ti_frac * num_steps) if pivotal is not None else None
@@ -207,12 +210,15 @@ def train_lora(
     )
     if config.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
-    modules = [backbone.unet] + ([text_encoder] if text_encoder is not None else [])
+    modules = [backbone.unet] + [m for m in (text_encoder, text_encoder_2) if m is not None]
     prepared = accelerator.prepare(*modules, optimizer, lr_scheduler)
     models = list(prepared[: len(modules)])
     optimizer, lr_scheduler = prepared[-2:]
     unet = models[0]
-    hooks = register_lora_state_hooks(accelerator, backbone.unet, text_encoder, pivotal=pivotal)
+    # the wrapped text encoders, the ones forward passes must go through (DDP averages their gradients)
+    wrapped_text = dict(zip(("text_encoder", "text_encoder_2"), models[1:])) if text_encoder is not None else {}
+    hooks = register_lora_state_hooks(accelerator, backbone.unet, text_encoder, pivotal=pivotal,
+                                      text_encoder_2=text_encoder_2)
 
     state = TrainState()
     if resume_from is not None:
@@ -237,8 +243,8 @@ def train_lora(
                 pivotal.vectors.requires_grad_(state.global_step < pivot_step)
             with accelerator.accumulate(*models):
                 batch = next(stream)
-                loss = training_loss(backbone, config, batch, models[1] if text_encoder is not None
-                                     else backbone.text_encoder, unet)
+                loss = training_loss(backbone, config, batch, wrapped_text.get("text_encoder", backbone.text_encoder),
+                                     unet, text_encoder_2=wrapped_text.get("text_encoder_2"))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if pivotal is not None and pivotal.vectors.grad is not None and accelerator.num_processes > 1:

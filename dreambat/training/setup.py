@@ -26,16 +26,16 @@ logger = logging.getLogger(__name__)
 def check_training_inputs(config: TrainConfig, resolved: ResolvedInputs | None = None) -> ResolvedInputs:
     """Fail fast, before any model loads; returns the resolved inputs (given or computed here).
 
-    Checks that the backbone resolves (and, on SDXL, that no text-encoder training is asked for),
+    Checks that the backbone resolves (and, on SDXL, that no pivotal tuning is asked for),
     the subject folder has images, ``--use_8bit_adam`` can be
     honoured, ``--class_data_dir`` is not a file and a named ``--resume_from_checkpoint`` exists.
     """
     resolved = resolved or resolve_inputs(config)
-    if is_sdxl_folder(resolved.backbone_path) and (config.train_text_encoder or config.train_text_encoder_ti):
-        flag = "--train_text_encoder_ti" if config.train_text_encoder_ti else "--train_text_encoder"
+    if config.train_text_encoder_ti and is_sdxl_folder(resolved.backbone_path):
         raise ConfigError(
-            f"{flag} is not supported on SDXL backbones yet ({resolved.backbone_path} has two text encoders): "
-            "dreambat trains SDXL's UNet LoRA only. Leave the flag out, or use an SD-1.x/2.x backbone."
+            f"--train_text_encoder_ti is not supported on SDXL backbones yet ({resolved.backbone_path}): dreambat's "
+            "pivotal tuning trains one text encoder's embeddings and SDXL has two. Use a rare-word identifier "
+            "(with --train_text_encoder for LoRAs on both encoders), or an SD-1.x/2.x backbone."
         )
     if config.mixed_precision == "fp16" and cpu_only():
         logger.warning(

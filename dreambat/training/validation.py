@@ -14,7 +14,7 @@ from ..image_grid import image_grid
 from ..pivotal import expand_prompts, load_new_tokens
 
 
-def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None
+def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None, text_encoder_2=None
                            ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A sampling pipeline sharing ``backbone``'s modules (optionally swapped for trained ones).
 
@@ -25,7 +25,8 @@ def pipeline_from_backbone(backbone: Backbone, unet=None, text_encoder=None
     if backbone.is_sdxl:
         return StableDiffusionXLPipeline(
             vae=backbone.vae, text_encoder=text_encoder if text_encoder is not None else backbone.text_encoder,
-            text_encoder_2=backbone.text_encoder_2, tokenizer=backbone.tokenizer, tokenizer_2=backbone.tokenizer_2,
+            text_encoder_2=text_encoder_2 if text_encoder_2 is not None else backbone.text_encoder_2,
+            tokenizer=backbone.tokenizer, tokenizer_2=backbone.tokenizer_2,
             unet=unet if unet is not None else backbone.unet, scheduler=scheduler, add_watermarker=False,
         )
     return StableDiffusionPipeline(
@@ -74,6 +75,7 @@ def sample_during_training(
     *,
     unet,
     text_encoder=None,
+    text_encoder_2=None,
     seed: int = 0,
     num_inference_steps: int = 25,
     resolution: int | None = None,
@@ -84,14 +86,15 @@ def sample_during_training(
     :func:`torch.random.fork_rng`, so a run with validation draws exactly the same training
     noise as one without, and a resumed run matches an uninterrupted one.
     """
-    modules = [m for m in (unet, text_encoder) if m is not None]
+    modules = [m for m in (unet, text_encoder, text_encoder_2) if m is not None]
     modes = [m.training for m in modules]
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         for module in modules:
             module.eval()
         with torch.random.fork_rng(devices=cuda):
-            pipeline = pipeline_from_backbone(backbone, unet=unet, text_encoder=text_encoder)
+            pipeline = pipeline_from_backbone(backbone, unet=unet, text_encoder=text_encoder,
+                                              text_encoder_2=text_encoder_2)
             pipeline.set_progress_bar_config(disable=True)
             return generate(pipeline, prompt, num_images, seed=seed,
                             num_inference_steps=num_inference_steps, resolution=resolution)

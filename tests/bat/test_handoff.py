@@ -34,9 +34,9 @@ def test_the_final_training_reads_the_kept_rows_no_more_no_less(tiny_backbone, s
     read = []
     original = loop.training_loss
 
-    def recording(backbone, config, batch, text_encoder, unet):
+    def recording(backbone, config, batch, text_encoder, unet, **kwargs):
         read.extend(zip(batch["sources"], batch["keys"], batch["prompts"]))
-        return original(backbone, config, batch, text_encoder, unet)
+        return original(backbone, config, batch, text_encoder, unet, **kwargs)
 
     monkeypatch.setattr(loop, "training_loss", recording)
     out = tmp_path / "out"

@@ -25,6 +25,21 @@ from tests.runs import test_interruptions as stops
 SUBJECT = REPO / "assets" / "subject"
 
 
+def _assert_loaded_unchanged(saved: dict, prefix: str, model) -> None:
+    """Every ``prefix.*`` matrix of a saved diffusers-format LoRA is in ``model`` as peft holds it, unchanged:
+    the file's ``<module>.lora.down|up.weight`` (UNet) or ``<module>.lora_linear_layer.down|up.weight``
+    (text encoders) is peft's ``<module>.lora_A|B.<adapter>.weight``; none dropped, none extra."""
+    loaded = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    own = {k: v for k, v in saved.items() if k.startswith(prefix + ".")}
+    assert len(loaded) == len(own) > 0, prefix
+    for key, value in own.items():
+        module, layer, direction = key.removeprefix(prefix + ".").removesuffix(".weight").rsplit(".", 2)
+        assert layer in ("lora", "lora_linear_layer"), key
+        kind = {"down": "lora_A", "up": "lora_B"}[direction]
+        [match] = [p for name, p in loaded.items() if name.startswith(f"{module}.{kind}.")]
+        assert torch.equal(match.detach(), value), key
+
+
 def test_conditioning_equals_the_sdxl_pipelines_own(tiny_sdxl_backbone):
     """Both encoders' penultimate states side by side, the second's pooled projection, and the time
     ids: what ``StableDiffusionXLPipeline`` feeds its UNet for the same prompts and sizes."""
@@ -76,14 +91,7 @@ def test_sdxl_lora_loads_into_the_sdxl_pipeline_with_the_trained_values(sdxl_run
     pipe.load_lora_weights(str(sdxl_run["out"]))
     saved = load_file(sdxl_run["out"] / "pytorch_lora_weights.safetensors")
     assert saved and all(k.startswith("unet.") for k in saved)
-    loaded = {name: p for name, p in pipe.unet.named_parameters() if "lora_" in name}
-    assert len(loaded) == len(saved)
-    for key, value in saved.items():
-        # the file's unet.<module>.lora.down|up.weight is peft's <module>.lora_A|B.<adapter>.weight
-        module, direction = key.removeprefix("unet.").removesuffix(".weight").rsplit(".lora.", 1)
-        kind = {"down": "lora_A", "up": "lora_B"}[direction]
-        [match] = [p for name, p in loaded.items() if name.startswith(f"{module}.{kind}.")]
-        assert torch.equal(match.detach(), value), key
+    _assert_loaded_unchanged(saved, "unet", pipe.unet)
     assert np.abs(render() - before).max() > 1e-4
 
 
@@ -119,16 +127,43 @@ def test_sdxl_run_stopped_then_rerun_gives_the_uninterrupted_outputs(
     stops._assert_same(stops._outputs(out), sdxl_uninterrupted)
 
 
-@pytest.mark.parametrize("flags", [["--train_text_encoder"], ["--train_text_encoder_ti", "--token_abstraction", "sks"]])
-def test_text_encoder_training_on_sdxl_is_refused_before_any_model_loads(
-        tmp_path, tiny_sdxl_backbone, shard, monkeypatch, flags):  # noqa: F811
+def test_pivotal_tuning_on_sdxl_is_refused_before_any_model_loads(tmp_path, tiny_sdxl_backbone, shard, monkeypatch):  # noqa: F811
     monkeypatch.setattr("dreambat.backbone.load.load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
     monkeypatch.setattr("dreambat.training.dreambooth.load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
-    flag = flags[0]
-    settings = parse_run_config(_flags(tiny_sdxl_backbone, SUBJECT, tmp_path / "out", shard, *flags))
-    with pytest.raises(ConfigError, match=f"{flag} is not supported on SDXL"):
+    settings = parse_run_config(_flags(tiny_sdxl_backbone, SUBJECT, tmp_path / "out", shard,
+                                       "--train_text_encoder_ti", "--token_abstraction", "sks"))
+    with pytest.raises(ConfigError, match="--train_text_encoder_ti is not supported on SDXL"):
         run_bat(settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_text_encoder_loras_on_both_sdxl_encoders_train_score_and_load(tmp_path, tiny_sdxl_backbone, shard):  # noqa: F811
+    """--train_text_encoder on SDXL: LoRAs on both encoders, in the surrogate ALBAT scores with (its
+    blocks span the UNet and both encoders), in the final file under diffusers' SDXL prefixes, loaded
+    by StableDiffusionXLPipeline with every matrix unchanged; a resumed run ends where an
+    uninterrupted one does."""
+    out = tmp_path / "out"
+    flags = _flags(tiny_sdxl_backbone, SUBJECT, out, shard, "--train_text_encoder", "--augmentation_ratio", "0.5")
+    run_bat(parse_run_config(flags))
+    report, _ = _check_outputs(out, selection="albat")
+    # ALBAT differentiated the surrogate's LoRA on all three models (block names: model index first)
+    assert {name.split(".")[0] for name in report["curvature"]["blocks"]} == {"0", "1", "2"}
+    for folder in (out, out / "surrogate", out / "checkpoint-4"):
+        keys = load_file(folder / "pytorch_lora_weights.safetensors").keys()
+        assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}, folder
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_backbone), add_watermarker=False)
+    pipe.load_lora_weights(str(out))
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    for prefix in ("unet", "text_encoder", "text_encoder_2"):
+        _assert_loaded_unchanged(saved, prefix, getattr(pipe, prefix))
+    # stop after the final training's checkpoint-2 and rerun: the same final LoRA
+    again = tmp_path / "again"
+    flags_again = _flags(tiny_sdxl_backbone, SUBJECT, again, shard, "--train_text_encoder", "--report_to", "none",
+                         "--augmentation_ratio", "0.5", "--resume_from_checkpoint", "latest")
+    run_bat(parse_run_config(flags_again + ["--max_train_steps", "2"]))
+    run_bat(parse_run_config(flags_again))
+    first, second = load_file(out / "pytorch_lora_weights.safetensors"), load_file(again / "pytorch_lora_weights.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_a_missing_second_text_encoder_is_named(tmp_path, tiny_sdxl_backbone):
