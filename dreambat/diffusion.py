@@ -39,6 +39,7 @@ def unet_conditioning(
     text_encoder_2=None,
     size: tuple[int, int] | None = None,
     crop_top_left: tuple[int, int] = (0, 0),
+    original_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, object]:
     """The UNet's prompt conditioning for ``prompts``, as keyword arguments of its forward.
 
@@ -46,8 +47,9 @@ def unet_conditioning(
     SDXL (a backbone with ``text_encoder_2``): the penultimate hidden states of both encoders
     concatenated, plus ``added_cond_kwargs`` with the second encoder's projected pooled output
     (``text_embeds``) and the micro-conditioning ``time_ids`` ``(original h, w, crop top, left,
-    target h, w)``: ``size`` (the images' height and width; default the native resolution) for
-    both sizes and ``crop_top_left`` (the SDXL script's ``--crops_coords_top_left_h/w``).
+    target h, w)``: each row's ``original_sizes`` entry (its image before resizing; default
+    ``size``), ``crop_top_left`` (the SDXL script's ``--crops_coords_top_left_h/w``) and ``size``
+    (the images' height and width as trained; default the native resolution).
     ``text_encoder`` / ``text_encoder_2`` replace the backbone's (the accelerate-wrapped modules
     that are being trained).
     """
@@ -63,11 +65,13 @@ def unet_conditioning(
     out_2 = second(ids_2.to(second.device), output_hidden_states=True)
     context = torch.cat([first.hidden_states[-2], out_2.hidden_states[-2].to(first.hidden_states[-2].device)], dim=-1)
     height, width = size or (backbone.native_resolution,) * 2
-    time_ids = torch.tensor([[height, width, *crop_top_left, height, width]], dtype=context.dtype,
-                            device=context.device)
+    originals = list(original_sizes) if original_sizes is not None else [(height, width)] * len(prompts)
+    if len(originals) != len(prompts):
+        raise ValueError(f"{len(originals)} original sizes for {len(prompts)} prompts.")
+    time_ids = torch.tensor([[*original, *crop_top_left, height, width] for original in originals],
+                            dtype=context.dtype, device=context.device)
     return {"encoder_hidden_states": context,
-            "added_cond_kwargs": {"text_embeds": out_2.text_embeds.to(context.device),
-                                  "time_ids": time_ids.repeat(len(prompts), 1)}}
+            "added_cond_kwargs": {"text_embeds": out_2.text_embeds.to(context.device), "time_ids": time_ids}}
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..albat import ManifestRecord
 from ..data.records import record_caption, record_url
 from ..data.shards import ShardReader
-from ..data.transforms import ImageTransform
+from ..data.transforms import ImageTransform, original_size
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 class SelectedBackboneDataset(Dataset):
     """The manifest's selected candidates, read once from their shards and kept in memory.
 
-    Each item is ``{"pixel_values": Tensor[3, R, R] in [-1, 1], "prompt": str, "key": str}``:
-    the candidate's image centre-cropped to ``resolution`` and its own caption. Backbone images
+    Each item is ``{"pixel_values": Tensor[3, R, R] in [-1, 1], "prompt": str, "key": str,
+    "original_size": (h, w)}``: the candidate's image centre-cropped to ``resolution``, its own
+    caption, and its size before any resizing (:func:`~dreambat.data.transforms.original_size`). Backbone images
     are always centre-cropped and never flipped, so the final training sees the same view of a
     candidate that ALBAT scored (and a caption that says "on the left" stays true). Images are
     stored already resized (shorter side = ``resolution``), so memory is about
@@ -44,11 +45,13 @@ class SelectedBackboneDataset(Dataset):
         self.transform = ImageTransform(resolution, center_crop=True)
         self.resolution = resolution
         found: dict[tuple[str, str], PIL.Image.Image] = {}
+        sizes: dict[tuple[str, str], tuple[int, int]] = {}
         urls = list(dict.fromkeys(record_url(r) for r in wanted.values()))
         if urls:
             for sample in ShardReader(urls, min_image_size=0):  # the pool's checks ran when it was scored
                 if (sample.url, sample.key) in wanted and (sample.url, sample.key) not in found:
                     found[(sample.url, sample.key)] = _shrink(sample.image, resolution)
+                    sizes[(sample.url, sample.key)] = original_size(sample.image, sample.metadata)
         missing = [key for key in wanted if key not in found]
         if missing:
             shown = ", ".join(f"{key} in {url}" for url, key in missing[:5])
@@ -62,6 +65,7 @@ class SelectedBackboneDataset(Dataset):
         self.captions = [record_caption(r) for r in ordered]
         self.indices = [r.index for r in ordered]
         self.images = [found[(record_url(r), r.key)] for r in ordered]
+        self.original_sizes = [sizes[(record_url(r), r.key)] for r in ordered]
         logger.info("Loaded %d selected backbone image(s) from %d shard(s).", len(self.images), len(urls))
 
     def __len__(self) -> int:
@@ -72,6 +76,7 @@ class SelectedBackboneDataset(Dataset):
             "pixel_values": self.transform(self.images[index]),
             "prompt": self.captions[index],
             "key": self.keys[index],
+            "original_size": self.original_sizes[index],
         }
 
 

@@ -43,7 +43,7 @@ class ClassImageDataset(Dataset):
     """The first ``limit`` class images of a folder (by name), all trained on ``class_prompt``.
 
     Items are ``{"pixel_values": float32 [3, resolution, resolution] in [-1, 1], "prompt": str,
-    "key": str}``, preprocessed like the subject photos (`ImageTransform`).
+    "key": str, "original_size": (h, w)}``, preprocessed like the subject photos (`ImageTransform`).
 
     Raises:
         DataError: the folder holds no class image.
@@ -85,4 +85,5 @@ class ClassImageDataset(Dataset):
                 f"Class image '{path}' cannot be read ({type(error).__name__}: {error}); delete it "
                 "and rerun: missing class images are generated again."
             ) from error
-        return {"pixel_values": self.transform(image, generator), "prompt": self.class_prompt, "key": path.stem}
+        return {"pixel_values": self.transform(image, generator), "prompt": self.class_prompt, "key": path.stem,
+                "original_size": (image.height, image.width)}

@@ -256,9 +256,12 @@ def _collate(items: Sequence[dict[str, Any]], sources: Sequence[str]) -> dict[st
             f"Images of one training batch differ in size ({found}); build every dataset "
             "(subject, backbone, class) at the training resolution."
         )
-    return {
+    batch = {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "prompts": [item["prompt"] for item in items],
         "sources": list(sources),
         "keys": [str(item.get("key", "")) for item in items],
     }
+    if all("original_size" in item for item in items):  # SDXL's size conditioning, where every item knows it
+        batch["original_sizes"] = [tuple(item["original_size"]) for item in items]
+    return batch

@@ -126,7 +126,8 @@ class SubjectDataset(Dataset):
     """The subject photos of a folder, decoded once, preprocessed on each access.
 
     Items are dicts ``{"pixel_values": float32 [3, resolution, resolution] in [-1, 1],
-    "prompt": str, "key": str}``. ``key`` is the file stem (the full file name when two files
+    "prompt": str, "key": str, "original_size": (h, w)}`` (the photo's size before resizing, which
+    SDXL is conditioned on). ``key`` is the file stem (the full file name when two files
     share a stem, e.g. ``dog.jpg`` and ``dog.png``): a stable id, unique within the dataset, that
     later seeds the per-sample noise.
 
@@ -212,6 +213,7 @@ class SubjectDataset(Dataset):
             "pixel_values": self.transform(example.image, generator),
             "prompt": example.prompt,
             "key": self.keys[index],
+            "original_size": (example.image.height, example.image.width),
         }
 
     def _rng(self) -> torch.Generator | None:
@@ -226,11 +228,12 @@ def _unique_keys(paths: list[Path]) -> list[str]:
 
 def collate_subject(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack `SubjectDataset` items into ``{"pixel_values": [B, 3, H, W], "prompts": [B],
-    "keys": [B]}``."""
+    "keys": [B], "original_sizes": [B] of (height, width)}``."""
     if not batch:
         raise ValueError("collate_subject got an empty batch; the DataLoader yielded no items.")
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "prompts": [item["prompt"] for item in batch],
         "keys": [item["key"] for item in batch],
+        "original_sizes": [tuple(item["original_size"]) for item in batch],
     }

@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 
 from dreambat.errors import ConfigError
 
-__all__ = ["ImageTransform", "load_rgb", "to_rgb"]
+__all__ = ["ImageTransform", "load_rgb", "original_size", "to_rgb"]
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -36,6 +36,17 @@ def load_rgb(path_or_file: str | PathLike[str] | IO[bytes]) -> PIL.Image.Image:
     with PIL.Image.open(path_or_file) as image:
         image.load()
         return to_rgb(image)
+
+
+def original_size(image: PIL.Image.Image, metadata: dict | None = None) -> tuple[int, int]:
+    """``(height, width)`` of an image before any resizing: img2dataset's ``original_height`` /
+    ``original_width`` where its metadata records them (it resizes when it downloads), else the
+    decoded image's own size. SDXL is conditioned on it (its "original size" time ids)."""
+    metadata = metadata or {}
+    height, width = metadata.get("original_height"), metadata.get("original_width")
+    if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+        return height, width
+    return image.height, image.width
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:

@@ -87,8 +87,10 @@ class DiffusionLossTask:
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
         # One text-encoder row per term too, so a text-encoder LoRA's gradients separate by term.
         prompts = [prompt for prompt in batch["prompts"] for _ in range(J)]
-        conditioning = unet_conditioning(backbone, prompts, size=tuple(batch["pixel_values"].shape[-2:]),
-                                         crop_top_left=self.crop_top_left)
+        originals = batch.get("original_sizes")
+        conditioning = unet_conditioning(
+            backbone, prompts, size=tuple(batch["pixel_values"].shape[-2:]), crop_top_left=self.crop_top_left,
+            original_sizes=None if originals is None else [size for size in originals for _ in range(J)])
         prediction = backbone.unet(noisy, timesteps, **conditioning, return_dict=False)[0].float()
         if self.output == "square":
             per_row = prediction.pow(2).mean(dim=(1, 2, 3))

@@ -48,7 +48,7 @@ from ..data.embeddings import check_embeddings
 from ..data.shard_probe import ShardProbe, shared_shard_probe
 from ..data.shards import BackboneSample
 from ..data.subject import SubjectDataset, collate_subject
-from ..data.transforms import ImageTransform
+from ..data.transforms import ImageTransform, original_size
 from ..errors import DataError
 from ..files import atomic_write_text
 from ..inputs import ResolvedInputs, resolve_inputs
@@ -285,11 +285,13 @@ def finish_scoring(pool: ScoredPool, rule: SelectionRule) -> tuple[list[Manifest
 
 
 def collate_candidates(samples: Sequence[BackboneSample], transform: ImageTransform) -> dict:
-    """Backbone candidates as a task batch: centre-cropped pixels, their own captions, keys."""
+    """Backbone candidates as a task batch: centre-cropped pixels, their own captions, keys, and
+    their sizes before any resizing (SDXL's conditioning)."""
     return {
         "pixel_values": torch.stack([transform(s.image) for s in samples]),
         "prompts": [s.caption for s in samples],
         "keys": [s.key for s in samples],
+        "original_sizes": [original_size(s.image, s.metadata) for s in samples],
     }
 
 

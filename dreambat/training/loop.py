@@ -135,7 +135,7 @@ def training_loss(backbone: Backbone, config: TrainConfig, batch: dict, text_enc
     noisy = scheduler.add_noise(latents, noise, timesteps)
     conditioning = unet_conditioning(backbone, batch["prompts"], text_encoder=text_encoder,
                                      text_encoder_2=text_encoder_2, size=tuple(batch["pixel_values"].shape[-2:]),
-                                     crop_top_left=config.crop_top_left)
+                                     crop_top_left=config.crop_top_left, original_sizes=batch.get("original_sizes"))
     prediction = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
     target = diffusion_target(scheduler, latents, noise, timesteps)
     per_sample = denoising_loss(

@@ -177,3 +177,57 @@ def test_a_missing_second_text_encoder_is_named(tmp_path, tiny_sdxl_backbone):
     with pytest.raises(ModelNotFoundError, match="missing subfolder.*text_encoder_2"):
         resolve_backbone(str(broken))
     assert json.loads((broken / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+
+
+def test_each_rows_original_size_conditions_sdxl_as_the_pipelines_time_ids(tiny_sdxl_backbone):
+    backbone = load_backbone(str(tiny_sdxl_backbone))
+    pipe = StableDiffusionXLPipeline(vae=backbone.vae, text_encoder=backbone.text_encoder,
+                                     text_encoder_2=backbone.text_encoder_2, tokenizer=backbone.tokenizer,
+                                     tokenizer_2=backbone.tokenizer_2, unet=backbone.unet,
+                                     scheduler=backbone.noise_scheduler, add_watermarker=False)
+    with torch.no_grad():
+        ours = unet_conditioning(backbone, ["a", "b"], size=(32, 32), original_sizes=[(512, 768), (40, 30)])
+    dim = backbone.text_encoder_2.config.projection_dim
+    for row, original in enumerate([(512, 768), (40, 30)]):
+        want = pipe._get_add_time_ids(original, (0, 0), (32, 32), dtype=torch.float32, text_encoder_projection_dim=dim)
+        torch.testing.assert_close(ours["added_cond_kwargs"]["time_ids"][row:row + 1], want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="1 original sizes for 2 prompts"):
+        unet_conditioning(backbone, ["a", "b"], original_sizes=[(1, 1)])
+
+
+def test_original_sizes_come_from_img2datasets_metadata_else_the_image(tmp_path):
+    """Candidates (scoring and final training) carry img2dataset's original_height/width; subject
+    photos, class images and candidates without them their decoded size; a training batch has them
+    when every row does."""
+    from PIL import Image
+
+    from dreambat.bat.backbone_data import SelectedBackboneDataset
+    from dreambat.data.records import candidate_record
+    from dreambat.data.shard_writer import ShardRecord, write_shards
+    from dreambat.data.shards import ShardReader
+    from dreambat.data.stream import _collate
+    from dreambat.data.subject import SubjectDataset, collate_subject
+    from dreambat.data.transforms import ImageTransform, original_size
+    from dreambat.scoring.run import collate_candidates
+
+    image = Image.new("RGB", (48, 40), (200, 10, 10))
+    shard = write_shards([
+        ShardRecord("a", image, "a red square", {"key": "a", "status": "success", "caption": "a red square",
+                                                  "width": 48, "height": 40, "original_width": 960,
+                                                  "original_height": 800}),
+        ShardRecord("b", image, "a red square"),  # the writer's defaults: no original size
+    ], tmp_path / "shard-00000.tar")[0]
+    samples = list(ShardReader([str(shard)], min_image_size=0))
+    assert [original_size(s.image, s.metadata) for s in samples] == [(800, 960), (40, 48)]
+    batch = collate_candidates(samples, ImageTransform(32, center_crop=True))
+    assert batch["original_sizes"] == [(800, 960), (40, 48)]
+    records = [candidate_record(s.index, s.key, s.url, s.caption, 1.0, selected=True) for s in samples]
+    kept = SelectedBackboneDataset(records, 32)
+    assert [kept[i]["original_size"] for i in range(2)] == [(800, 960), (40, 48)]
+    subject = SubjectDataset(SUBJECT, PROMPT, 32, center_crop=True)
+    photo = subject.images[0].image
+    assert collate_subject([subject[0]])["original_sizes"] == [(photo.height, photo.width)]
+    mixed = _collate([subject[0], kept[0]], ["subject", "backbone"])
+    assert mixed["original_sizes"] == [(photo.height, photo.width), (800, 960)]
+    assert "original_sizes" not in _collate([subject[0], {k: v for k, v in kept[0].items() if k != "original_size"}],
+                                            ["subject", "backbone"])
