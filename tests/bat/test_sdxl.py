@@ -231,3 +231,21 @@ def test_original_sizes_come_from_img2datasets_metadata_else_the_image(tmp_path)
     assert mixed["original_sizes"] == [(photo.height, photo.width), (800, 960)]
     assert "original_sizes" not in _collate([subject[0], {k: v for k, v in kept[0].items() if k != "original_size"}],
                                             ["subject", "backbone"])
+
+
+def test_dreambat_score_on_sdxl_gives_the_bat_runs_scores(sdxl_run, tmp_path, shard):  # noqa: F811
+    """``dreambat score`` with the SDXL run's surrogate: the same scores its score stage wrote."""
+    from dreambat.cli import score_main
+
+    out = tmp_path / "scores"
+    flags = ["--pretrained_model_name_or_path", str(sdxl_run["backbone"]), "--instance_data_dir", str(SUBJECT),
+             "--instance_prompt", PROMPT, "--backbone_shards", shard, "--output_dir", str(out), "--seed", "0",
+             "--surrogate_lora", str(sdxl_run["out"] / "surrogate"), "--num_score_timesteps", "2",
+             "--reference_draws", "2", "--score_batch_size", "4"]
+    assert score_main(flags, prog="dreambat score") == 0
+    mine = read_manifest(out / "selection.jsonl")
+    theirs = read_manifest(sdxl_run["out"] / "selection.jsonl")
+    assert [r.key for r in mine] == [r.key for r in theirs]
+    # the run was launched with one thread, this process may have more: equal up to float32 reduction order
+    scale = max(abs(r.score) for r in theirs)
+    assert max(abs(a.score - b.score) for a, b in zip(mine, theirs)) <= 1e-4 * scale
