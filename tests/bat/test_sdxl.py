@@ -249,3 +249,22 @@ def test_dreambat_score_on_sdxl_gives_the_bat_runs_scores(sdxl_run, tmp_path, sh
     # the run was launched with one thread, this process may have more: equal up to float32 reduction order
     scale = max(abs(r.score) for r in theirs)
     assert max(abs(a.score - b.score) for a, b in zip(mine, theirs)) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("point", ["score", "train"])
+def test_sdxl_run_killed_then_rerun_gives_the_uninterrupted_outputs(
+        point, tmp_path, tiny_sdxl_backbone, shard, sdxl_uninterrupted):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    flags = stops._flags(tiny_sdxl_backbone, out, shard)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # bit for bit needs the same threads
+    killed = subprocess.run([sys.executable, "-m", "tests.runs.stop_points", point, "SIGKILL", "train", *flags],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_bat(parse_run_config(flags))
+    stops._assert_clean(out)
+    stops._assert_stages(out, point)
+    stops._assert_same(stops._outputs(out), sdxl_uninterrupted)
