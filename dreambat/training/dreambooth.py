@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from diffusers.training_utils import cast_training_params
 from torch.utils.data import Dataset
 
-from ..backbone.load import Backbone, load_backbone
+from ..backbone.load import Backbone, is_sdxl_folder, load_backbone
 from ..constants import RESOLVED_CONFIG_NAME, VALIDATION_GRID_NAME
 from ..data.class_images import ClassImageDataset
 from ..data.stream import TrainingStream
@@ -157,7 +157,8 @@ def run_dreambooth(
             resolved.subject_images, instance_prompt, config.resolution,
             center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed,
         )
-        accelerator = make_accelerator(config)
+        accelerator = make_accelerator(
+            config, find_unused_parameters=config.train_text_encoder and is_sdxl_folder(backbone_path))
         resume = resolve_resume(result.output_dir, config.resume_from_checkpoint)
         result.resumed_from = str(resume) if resume is not None else None
         micro_per_epoch = micro_batches_per_epoch(len(subject), config.train_batch_size)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import Dataset
 
 from ..data.class_images import list_class_images
@@ -69,8 +69,12 @@ def check_mixture(backbone_data: Dataset | None, gamma: float, resolution: int) 
         )
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The run's accelerator: CPU process group without a GPU, trackers under output_dir."""
+def make_accelerator(config: TrainConfig, *, find_unused_parameters: bool = False) -> Accelerator:
+    """The run's accelerator: CPU process group without a GPU, trackers under output_dir.
+
+    ``find_unused_parameters``: let DDP find trained parameters that get no gradient (SDXL's first
+    text encoder: its last layer's LoRA, since SDXL reads the penultimate layer), as diffusers'
+    SDXL script does; otherwise a multi-process run stops at its second step."""
     output_dir = Path(config.output_dir)
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -83,6 +87,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
         ),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else None,
     )
 
 

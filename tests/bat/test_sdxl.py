@@ -268,3 +268,16 @@ def test_sdxl_run_killed_then_rerun_gives_the_uninterrupted_outputs(
     stops._assert_clean(out)
     stops._assert_stages(out, point)
     stops._assert_same(stops._outputs(out), sdxl_uninterrupted)
+
+
+def test_sdxl_text_encoder_loras_train_in_two_processes(sdxl_run, tmp_path, shard):  # noqa: F811
+    """SDXL reads the first encoder's penultimate layer, so its last layer's LoRA gets no gradient:
+    DDP must be told (find_unused_parameters), or the second step stops every rank."""
+    out = tmp_path / "out"
+    _launch(_flags(sdxl_run["backbone"], SUBJECT, out, shard, "--surrogate_lora", str(sdxl_run["out"] / "surrogate"),
+                   "--train_text_encoder", "--max_train_steps", "3", "--report_to", "none", validation=False),
+            processes=2)
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in saved} == {"unet", "text_encoder", "text_encoder_2"}
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if k.startswith("text_encoder_2.") and ".up." in k)
+    assert json.loads((out / "bat_report.json").read_text())["num_processes"] == 2
