@@ -42,10 +42,14 @@ class Backbone:
         return self.text_encoder_2 is not None
 
     @property
+    def text_encoders(self) -> tuple[torch.nn.Module, ...]:
+        """The text encoder, and SDXL's second one."""
+        return (self.text_encoder, self.text_encoder_2) if self.is_sdxl else (self.text_encoder,)
+
+    @property
     def models(self) -> tuple[torch.nn.Module, ...]:
         """The networks: UNet, VAE and the text encoder(s)."""
-        second = (self.text_encoder_2,) if self.is_sdxl else ()
-        return (self.unet, self.vae, self.text_encoder, *second)
+        return (self.unet, self.vae, *self.text_encoders)
 
     def to(self, device: torch.device | str) -> Backbone:
         for model in self.models:

@@ -37,6 +37,14 @@ SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_0
 """Parameter counts of SD-1.5's released components, which these configs reproduce."""
 
 
+def sd_scheduler(**overrides) -> DDPMScheduler:
+    """The DDPM noise schedule Stable Diffusion 1.x and SDXL train with (``overrides``: SDXL's
+    ``timestep_spacing="leading"``)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
+                         prediction_type="epsilon", **overrides)
+
+
 def build_sd15_components(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, object]:
     """The five components with SD-1.5's shapes and seeded random weights (``dtype`` for the models)."""
     with torch.random.fork_rng(devices=[]):
@@ -44,9 +52,7 @@ def build_sd15_components(*, seed: int = 0, dtype: torch.dtype = torch.float32) 
         unet = UNet2DConditionModel(**SD15_UNET)
         vae = AutoencoderKL(**SD15_VAE)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER))
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
-                              prediction_type="epsilon")
+    scheduler = sd_scheduler()
     if dtype != torch.float32:  # diffusers warns on any .to(dtype) cast, even a no-op one
         unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
     return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from .sd15 import SD15_TEXT_ENCODER, SD15_VAE
+from .sd15 import SD15_TEXT_ENCODER, SD15_VAE, sd_scheduler
 from .tokenizer import build_clip_tokenizer, build_real_clip_tokenizer
 
 SDXL_SIZES = ("test-sdxl", "sdxl")
@@ -56,9 +56,7 @@ TINY_SDXL_RESOLUTION = 32
 
 
 def _scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
-                         prediction_type="epsilon", timestep_spacing="leading")
+    return sd_scheduler(timestep_spacing="leading")
 
 
 def build_sdxl_components(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, object]:

@@ -329,7 +329,7 @@ def _score(
         # a surrogate trained with new tokens (pivotal tuning) scores with them; they stay fixed:
         # what is differentiated is the LoRA alone
         new_tokens = load_new_tokens(surrogate, backbone.tokenizer, backbone.text_encoder)
-        blocks = LoraBlocks.from_models(*backbone.models[:1], *backbone.models[2:])  # UNet and text encoder(s)
+        blocks = LoraBlocks.from_models(backbone.unet, *backbone.text_encoders)
         task = DiffusionLossTask(backbone, scoring.candidate_design(), output=scoring.score_output,
                                  crop_top_left=inputs.crop_top_left)
         reference_task = DiffusionLossTask(backbone, scoring.reference_design(), output=scoring.score_output,

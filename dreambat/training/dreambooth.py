@@ -84,7 +84,7 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
     backbone.to(accelerator.device)
     add_unet_lora(backbone.unet, config.rank, dropout=config.lora_dropout)
     if config.train_text_encoder:  # both of SDXL's, as diffusers' SDXL script does
-        for text_encoder in backbone.models[2:]:
+        for text_encoder in backbone.text_encoders:
             add_text_encoder_lora(text_encoder, config.rank, dropout=config.lora_dropout)
     pivotal = None
     if config.new_tokens is not None:
@@ -94,7 +94,7 @@ def prepare_backbone(config: TrainConfig, accelerator: Accelerator, backbone_pat
         pivotal.to(accelerator.device)
     if dtype != torch.float32:
         # Frozen weights run in half precision; the trained LoRA weights stay in fp32.
-        cast_training_params([backbone.unet, *backbone.models[2:]], dtype=torch.float32)
+        cast_training_params([backbone.unet, *backbone.text_encoders], dtype=torch.float32)
     return backbone, pivotal
 
 
@@ -287,7 +287,7 @@ def _save_outputs(
     """Main process: LoRA weights (and new-token embeddings), base-vs-LoRA grid read back from the
     saved files, model card."""
     unet = accelerator.unwrap_model(backbone.unet)
-    text_encoders = [accelerator.unwrap_model(m) for m in backbone.models[2:]] if config.train_text_encoder else []
+    text_encoders = [accelerator.unwrap_model(m) for m in backbone.text_encoders] if config.train_text_encoder else []
     result.lora_path = save_lora(result.output_dir, unet, *text_encoders)
     logger.info("%s: saved the LoRA weights to %s.", description, result.lora_path)
     if pivotal is not None:
